@@ -1,0 +1,113 @@
+"""Acknowledgments: Jinja2 templates -> ``EmailMessage``. Renders, never sends.
+
+Built just before sending (PERF-NOTES: an EmailMessage costs about as much as the SMTP
+exchange), from plain data the outbox row and its work order carry. Nothing the client
+wrote reaches the mail except the subject, already stripped of CR/LF and cut to 200
+characters; the HTML part escapes it (autoescape), the text part is plain text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from triage.calendar import humanize_due
+from triage.parse import clean_header
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+SUBJECT_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class AckView:
+    number: str
+    request_type: str
+    priority: str
+    priority_meaning: str
+    to_addr: str
+    message_id: str  # without angle brackets
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    subject: str  # the client's subject
+    timezone: str
+    response_due: datetime
+    callback_due: datetime | None
+    fulfil_due: datetime | None
+    milestones: tuple[tuple[str, datetime], ...]
+    date: datetime
+
+
+def make_env(templates: Path = TEMPLATES_DIR) -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(templates)),
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def due_lines(v: AckView) -> list[str]:
+    tz = v.timezone
+    lines = [f"A person from our team will reply {humanize_due(v.response_due, tz)}."]
+    if v.callback_due:
+        lines.append(f"We will call you back {humanize_due(v.callback_due, tz)}.")
+    for name, due in v.milestones:
+        lines.append(f"{name.replace('_', ' ').capitalize()}: {humanize_due(due, tz)}.")
+    if v.fulfil_due and not v.milestones:
+        verb = "restored" if v.request_type == "website_down" else "completed"
+        lines.append(f"Our target is to have this {verb} {humanize_due(v.fulfil_due, tz)}.")
+    if not v.fulfil_due and not v.milestones:
+        lines.append("We will agree a date for the work with you.")
+    return lines
+
+
+def ack_subject(subject: str, number: str) -> str:
+    subject = clean_header(subject, SUBJECT_LIMIT)
+    tag = f"[{number}]"
+    if not subject:
+        return f"{tag} We received your request"
+    if tag in subject:
+        return subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    return f"Re: {subject} {tag}" if not subject.lower().startswith("re:") else f"{subject} {tag}"
+
+
+def render_ack(
+    env: Environment, v: AckView, *, from_address: str, from_name: str, phone: str
+) -> EmailMessage:
+    ctx = {
+        "number": v.number,
+        "priority": v.priority,
+        "priority_meaning": v.priority_meaning,
+        "subject": clean_header(v.subject, SUBJECT_LIMIT),
+        "due_lines": due_lines(v),
+        "urgent": v.priority == "urgent",
+        "phone": phone,
+        "from_address": from_address,
+    }
+    name = v.request_type if (TEMPLATES_DIR / "email" / "ack" / f"{v.request_type}.txt.j2"
+                               ).exists() else "other"
+    text = env.get_template(f"email/ack/{name}.txt.j2").render(ctx)
+    html = env.get_template(f"email/ack/{name}.html.j2").render(ctx)
+
+    msg = EmailMessage()
+    msg["From"] = formataddr((from_name, from_address))
+    msg["To"] = v.to_addr
+    msg["Subject"] = ack_subject(v.subject, v.number)
+    msg["Date"] = format_datetime(v.date)
+    msg["Message-ID"] = f"<{v.message_id}>"
+    if v.in_reply_to:
+        msg["In-Reply-To"] = f"<{v.in_reply_to}>"
+    if v.references:
+        msg["References"] = " ".join(f"<{r}>" for r in v.references)
+    # RFC 3834: an automatic reply; Exchange and others honour the X- header too.
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["X-ITX-Work-Order"] = v.number
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    return msg

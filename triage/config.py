@@ -1,0 +1,137 @@
+"""Settings: ``TRIAGE_*`` environment variables over an optional TOML file, validated once.
+
+Secrets are ``SecretStr`` so that a logged or printed Settings never shows them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT / "data"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIAGE_", extra="forbid", frozen=True)
+
+    mailbox_url: str = "maildir://var/inbox"
+    mailbox_password: SecretStr | None = None
+    mailbox_mark: str = "flag"  # "flag" ($Triaged keyword) or "move:Folder"
+    smtp_url: str = "dir://var/outbox"  # smtps://, smtp:// (STARTTLS), smtp+plain:// (loopback), dir://
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    database_url: str = "sqlite:///var/triage.db"
+    from_address: str = "helpdesk@itx.net"
+    from_name: str = "ITX Helpdesk"
+    helpdesk_phone: str = "800-600-7785"
+    attachments_dir: Path = Path("var/attachments")
+    max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+    batch_size: int = Field(default=50, ge=1, le=500)
+    poll_interval: float = Field(default=60.0, gt=0)
+    use_idle: bool = True
+    ack_rate_per_hour: int = Field(default=5, ge=0)
+    outbox_interval: float = Field(default=5.0, gt=0)
+    outbox_max_attempts: int = Field(default=8, ge=1)
+    outbox_retry_base: float = Field(default=30.0, ge=0)
+    outbox_retry_cap: float = Field(default=3600.0, gt=0)
+    review_threshold: float = Field(default=0.6, ge=0, le=1)
+    model_path: Path | None = None
+    sla_policy_path: Path | None = None
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("from_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if "@" not in v or any(c in v for c in "\r\n <>"):
+            raise ValueError(f"not a plain address: {v!r}")
+        return v.lower()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("TRIAGE_CONFIG_FILE")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @property
+    def mailbox(self) -> MailboxURL:
+        return MailboxURL.parse(self.mailbox_url)
+
+
+class MailboxURL:
+    """``imaps://user@host[:port]/FOLDER``, ``imap://`` (STARTTLS), ``imap+plain://`` (loopback
+    only) or ``maildir:///path`` (also ``maildir://relative/path``)."""
+
+    def __init__(
+        self, scheme: str, host: str, port: int, user: str, folder: str, path: Path | None
+    ) -> None:
+        self.scheme, self.host, self.port, self.user = scheme, host, port, user
+        self.folder, self.path = folder, path
+
+    @classmethod
+    def parse(cls, url: str) -> MailboxURL:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "maildir":
+            raw = (parts.netloc + parts.path) if parts.netloc else parts.path
+            if not raw:
+                raise ValueError(f"maildir URL without a path: {url!r}")
+            return cls(scheme, "", 0, "", "", Path(unquote(raw)))
+        defaults = {"imaps": 993, "imap": 143, "imap+plain": 143}
+        if scheme not in defaults:
+            raise ValueError(f"unsupported mailbox URL scheme {scheme!r} (imaps, imap, maildir)")
+        if not parts.hostname or not parts.username:
+            raise ValueError("mailbox URL needs user@host")
+        if parts.password:
+            raise ValueError("put the mailbox password in TRIAGE_MAILBOX_PASSWORD, not the URL")
+        if scheme == "imap+plain" and not is_loopback(parts.hostname):
+            raise ValueError("plaintext IMAP is allowed only to a loopback host")
+        folder = unquote(parts.path.lstrip("/")) or "INBOX"
+        return cls(
+            scheme, parts.hostname, parts.port or defaults[scheme], unquote(parts.username),
+            folder, None,
+        )
+
+    @property
+    def security(self) -> Literal["tls", "starttls", "plain"]:
+        return {"imaps": "tls", "imap": "starttls"}.get(self.scheme, "plain")  # type: ignore[return-value]
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Build Settings once at start; ``config_file`` is the ``--config`` TOML path."""
+    if config_file:
+        if not Path(config_file).is_file():
+            raise ValueError(f"config file not found: {config_file}")
+        os.environ["TRIAGE_CONFIG_FILE"] = config_file
+    return Settings(**overrides)

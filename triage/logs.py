@@ -1,0 +1,50 @@
+"""Logging configuration as a dict, applied once at start (never inside the work loop)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+from datetime import UTC, datetime
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; message text is the %-formatted message, never a body."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def logging_config(fmt: str = "json", level: str = "INFO") -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {"()": JsonFormatter},
+            "text": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"},
+        },
+        "handlers": {
+            "stdout": {"class": "logging.StreamHandler", "formatter": fmt,
+                       "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "triage": {"level": level.upper()},
+            "classifiers": {"level": level.upper()},
+            "aioimaplib": {"level": "WARNING"},
+            "apscheduler": {"level": "WARNING"},
+        },
+        "root": {"handlers": ["stdout"], "level": "WARNING"},
+    }
+
+
+def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
+    logging.config.dictConfig(logging_config(fmt, level))

@@ -1,0 +1,174 @@
+"""Drain the outbox: claim due rows, render, send through a transport, record the answer.
+
+Rows are claimed with a lease (``status='sending'``, ``claimed_until``) in their own short
+transaction, so several processes can sweep one PostgreSQL (``FOR UPDATE SKIP LOCKED``)
+and a process killed mid-send leaves a row that is retried once the lease runs out: at most
+one duplicate, with the same Message-ID, for a kill inside the SMTP transaction.
+Rows go out in id order; a transient failure ends the sweep so later mail never overtakes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Protocol
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.ack import AckView
+from triage.storage.models import Event, Outbox, WorkOrder
+
+log = logging.getLogger(__name__)
+
+
+class SendResultLike(Protocol):
+    ok: bool
+    permanent: bool
+    code: int | None
+    text: str
+
+
+class Transport(Protocol):
+    async def send(
+        self, msg: EmailMessage, *, sender: str, recipients: Sequence[str]
+    ) -> SendResultLike: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    to_addr: str
+    attempts: int
+    view: AckView | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base: float = 30.0
+    cap: float = 3600.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Exponential backoff with full jitter; attempt 1 -> up to ``base`` seconds."""
+        ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
+        return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+class OutboxStore:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        retry: RetryPolicy,
+        clock: Callable[[], datetime],
+        timezone_for: Callable[[str], str],
+        priority_meaning: Callable[[str], str],
+        lease: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self._sessions = sessions
+        self._retry = retry
+        self._clock = clock
+        self._tz = timezone_for
+        self._meaning = priority_meaning
+        self._lease = lease
+
+    def claim(self, limit: int = 20) -> list[Job]:
+        now = self._clock()
+        with self._sessions.begin() as s:
+            q = (
+                select(Outbox)
+                .where(
+                    or_(
+                        (Outbox.status == "pending") & (Outbox.next_attempt_at <= now),
+                        (Outbox.status == "sending") & (Outbox.claimed_until < now),
+                    )
+                )
+                .order_by(Outbox.id)
+                .limit(limit)
+            )
+            if s.get_bind().dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows = list(s.scalars(q))
+            jobs: list[Job] = []
+            for row in rows:
+                row.status, row.claimed_until = "sending", now + self._lease
+                row.attempts += 1
+                jobs.append(Job(row.id, row.kind, row.to_addr, row.attempts, self._view(s, row)))
+            return jobs
+
+    def _view(self, s: Session, row: Outbox) -> AckView | None:
+        if row.work_order_id is None:
+            return None
+        wo = s.get(WorkOrder, row.work_order_id)
+        if wo is None or wo.number is None:
+            return None
+        ctx = row.context or {}
+        return AckView(
+            number=wo.number,
+            request_type=wo.request_type,
+            priority=wo.priority,
+            priority_meaning=self._meaning(wo.priority),
+            to_addr=row.to_addr,
+            message_id=row.message_id,
+            in_reply_to=ctx.get("in_reply_to"),
+            references=tuple(ctx.get("references") or ()),
+            subject=str(ctx.get("subject") or ""),
+            timezone=self._tz(wo.contract),
+            response_due=wo.response_due,
+            callback_due=wo.callback_due,
+            fulfil_due=wo.fulfil_due,
+            milestones=tuple(
+                (m["name"], datetime.fromisoformat(m["due"])) for m in (wo.milestones or [])
+            ),
+            date=row.created_at,
+        )
+
+    def record(self, job: Job, result: SendResultLike) -> None:
+        now = self._clock()
+        answer = f"{result.code} {result.text}".strip()[:1000]
+        with self._sessions.begin() as s:
+            row = s.get(Outbox, job.id)
+            if row is None:
+                return
+            row.claimed_until = None
+            if result.ok:
+                row.status, row.sent_at, row.smtp_response = "sent", now, answer
+                row.last_error = None
+                s.add(Event(work_order_id=row.work_order_id, actor="system",
+                            action=f"{row.kind}_sent", detail={"outbox": row.id}, at=now))
+            elif result.permanent or row.attempts >= self._retry.max_attempts:
+                row.status, row.last_error = "dead", answer
+                s.add(Event(work_order_id=row.work_order_id, actor="system",
+                            action=f"{row.kind}_failed",
+                            detail={"outbox": row.id, "answer": answer}, at=now))
+            else:
+                row.status, row.last_error = "pending", answer
+                row.next_attempt_at = now + timedelta(seconds=self._retry.delay(row.attempts))
+
+    def dead_letter(self, job: Job, reason: str) -> None:
+        """A row that cannot be rendered is not retried forever."""
+        with self._sessions.begin() as s:
+            row = s.get(Outbox, job.id)
+            if row is not None:
+                row.status, row.last_error, row.claimed_until = "dead", reason[:1000], None
+
+    def release(self, jobs: Sequence[Job]) -> None:
+        """Give back claimed rows not attempted (sweep stopped early): no attempt is counted."""
+        if not jobs:
+            return
+        with self._sessions.begin() as s:
+            for job in jobs:
+                row = s.get(Outbox, job.id)
+                if row is not None and row.status == "sending":
+                    row.status, row.claimed_until = "pending", None
+                    row.attempts = max(0, row.attempts - 1)
+
+    def pending_count(self) -> int:
+        with self._sessions() as s:
+            return len(list(s.scalars(select(Outbox.id).where(
+                Outbox.status.in_(("pending", "sending"))))))

@@ -1,0 +1,216 @@
+"""bytes -> ParsedEmail with ``email.policy.default``. Pure; raises ``ParseError`` only when
+nothing usable can be read, and otherwise records what was wrong in ``defects``.
+
+Every string that leaves here is safe to store and display as text: CR, LF and NUL are
+removed from header values (header injection), bodies are decoded with a charset that
+actually decodes them (declared charsets lie), and file names are reduced to a bare name.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import logging
+import re
+from datetime import datetime
+from email.message import Message
+from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+
+from classifiers.features import html_to_text
+from triage.messages import Attachment, ParsedEmail
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT = 1_000_000  # characters of body text kept; the raw bytes keep the rest
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CRLF = re.compile(r"[\r\n\x00]+")
+_MSGID = re.compile(r"<([^<>\s]{1,900})>")
+_FALLBACK_CHARSETS = ("utf-8", "cp1252", "latin-1")
+
+
+class ParseError(Exception):
+    """The bytes are not a message at all (empty, or no header could be read)."""
+
+
+def clean_header(value: str, limit: int = 2000) -> str:
+    """One line, no control characters: what a header value may be when shown or reused."""
+    return _CTRL.sub("", _CRLF.sub(" ", value)).strip()[:limit]
+
+
+def _header_str(msg: Message, name: str) -> str | None:
+    try:
+        v = msg.get(name)
+    except Exception:  # a header the policy cannot parse: fall back to raw bytes
+        v = next((raw for k, raw in msg.raw_items() if k.lower() == name.lower()), None)
+    return None if v is None else clean_header(str(v))
+
+
+def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for k, raw in msg.raw_items():
+        try:
+            value = str(msg.policy.header_fetch_parse(k, raw))
+        except Exception as e:
+            defects.append(f"header {clean_header(k, 64)}: {type(e).__name__}")
+            value = str(raw)
+        out.append((clean_header(k, 128), clean_header(value, 8000)))
+    return tuple(out)
+
+
+def _decode_bytes(data: bytes, declared: str | None, defects: list[str]) -> str:
+    """Decode with the declared charset if it truly decodes, else the first that does."""
+    tried: list[str] = []
+    for cs in (declared, *_FALLBACK_CHARSETS):
+        if not cs or cs in tried:
+            continue
+        tried.append(cs)
+        try:
+            text = data.decode(cs)
+        except (LookupError, UnicodeDecodeError):
+            continue
+        if declared and cs != declared.lower():
+            defects.append(f"charset {declared!r} did not decode; used {cs}")
+        return text
+    return data.decode("utf-8", errors="replace")  # unreachable: latin-1 decodes anything
+
+
+def _part_text(part: Message, defects: list[str]) -> str:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception as e:
+        defects.append(f"payload: {type(e).__name__}")
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    charset = part.get_content_charset()
+    return _decode_bytes(payload, charset.lower() if charset else None, defects)
+
+
+def _safe_filename(name: str | None, index: int) -> str:
+    name = clean_header(name or "", 400).replace("\\", "/").rsplit("/", 1)[-1]
+    name = name.strip(". ") or f"attachment-{index}"
+    return name[:255]
+
+
+def _message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    m = _MSGID.search(value)
+    if m:
+        return m.group(1)
+    v = value.strip()
+    return v if v and " " not in v and len(v) <= 900 else None
+
+
+def _id_list(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    ids = _MSGID.findall(value)
+    return tuple(ids[-50:])  # the newest 50 are enough to thread
+
+
+def parse(raw: bytes) -> ParsedEmail:
+    if not raw or not raw.strip():
+        raise ParseError("empty message")
+    content_hash = hashlib.sha256(raw).hexdigest()
+    defects: list[str] = []
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    if not msg.keys():
+        raise ParseError("no header could be read")
+    defects.extend(type(d).__name__ for d in msg.defects)
+
+    headers = _all_headers(msg, defects)
+    subject = _header_str(msg, "subject") or ""
+    from_value = _header_str(msg, "from") or ""
+    from_name, from_addr = parseaddr(from_value)
+    from_addr = clean_header(from_addr, 320).lower()
+    if from_addr and ("@" not in from_addr or " " in from_addr):
+        defects.append("unusable From address")
+        from_addr = ""
+    to = tuple(
+        clean_header(a, 320).lower() for _, a in getaddresses([_header_str(msg, "to") or ""]) if a
+    )
+    date: datetime | None = None
+    date_value = _header_str(msg, "date")
+    if date_value:
+        try:
+            date = parsedate_to_datetime(date_value)
+            if date.tzinfo is None:
+                date = None
+        except (TypeError, ValueError, IndexError):
+            defects.append("unparseable Date")
+
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    attachments: list[Attachment] = []
+    try:
+        parts = list(msg.walk())
+    except RecursionError as e:
+        raise ParseError("MIME structure nested too deeply") from e
+    for i, part in enumerate(parts):
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        disposition = part.get_content_disposition()
+        filename = part.get_filename() if disposition or ctype not in ("text/plain",
+                                                                       "text/html") else None
+        if disposition == "attachment" or filename or not ctype.startswith("text/"):
+            if ctype == "message/delivery-status" or ctype.startswith("multipart/"):
+                continue
+            try:
+                payload = part.get_payload(decode=True)
+            except Exception as e:
+                defects.append(f"attachment payload: {type(e).__name__}")
+                payload = None
+            data = payload if isinstance(payload, bytes) else b""
+            attachments.append(
+                Attachment(
+                    filename=_safe_filename(filename, i),
+                    content_type=clean_header(ctype, 255),
+                    size=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    payload=data,
+                )
+            )
+        elif ctype == "text/html":
+            html_parts.append(_part_text(part, defects))
+        else:
+            text_parts.append(_part_text(part, defects))
+
+    html = "\n".join(html_parts) if html_parts else None
+    text = "\n\n".join(t for t in text_parts if t.strip())
+    if not text.strip() and html:
+        text = html_to_text(html)
+    text = text.replace("\x00", "")
+    if len(text) > MAX_TEXT:
+        defects.append(f"body text truncated to {MAX_TEXT} characters")
+        text = text[:MAX_TEXT]
+
+    return ParsedEmail(
+        message_id=_message_id(_header_str(msg, "message-id")),
+        subject=subject,
+        from_addr=from_addr,
+        from_name=clean_header(from_name, 255),
+        to=to,
+        date=date,
+        in_reply_to=_message_id(_header_str(msg, "in-reply-to")),
+        references=_id_list(_header_str(msg, "references")),
+        headers=headers,
+        text=text,
+        html=html[:MAX_TEXT] if html else None,
+        attachments=tuple(attachments),
+        defects=tuple(dict.fromkeys(defects)),
+        content_hash=content_hash,
+    )
+
+
+def build_reply_headers(parsed: ParsedEmail) -> tuple[str | None, tuple[str, ...]]:
+    """In-Reply-To and References for a mail that answers ``parsed`` (RFC 5322 3.6.4)."""
+    refs = list(parsed.references)
+    if parsed.message_id and parsed.message_id not in refs:
+        refs.append(parsed.message_id)
+    return parsed.message_id, tuple(refs[-20:])
+
+

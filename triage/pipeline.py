@@ -1,0 +1,182 @@
+"""One batch end to end: fetched bytes -> parsed -> classified -> stored -> marked.
+
+Mailman's runner shape: each message either completes or becomes a quarantine record with
+its raw bytes and the reason; nothing here lets one message stop the daemon. CPU and
+database work run in one worker thread per batch, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from jinja2 import Environment
+
+from classifiers.types import Decision, EmailInput
+from triage.ack import render_ack
+from triage.mailbox import Mailbox
+from triage.messages import ParsedEmail, RawMessage
+from triage.outbox import Job, OutboxStore, Transport
+from triage.parse import ParseError, parse
+from triage.workorders import Ingest, Outcome, WorkOrderStore
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierLike:
+    """What the pipeline needs of ``classifiers.predict.Classifier``."""
+
+    def classify_many(self, emails: Sequence[EmailInput]) -> list[Decision]:
+        raise NotImplementedError
+
+
+@dataclass
+class Counters:
+    fetched: int = 0
+    by_disposition: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    send_failures: int = 0
+
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            self.by_disposition[o.disposition] = self.by_disposition.get(o.disposition, 0) + 1
+
+
+def to_input(p: ParsedEmail) -> EmailInput:
+    return EmailInput(subject=p.subject, body=p.text, sender=p.from_addr,
+                      headers=p.header_map(), html=p.html)
+
+
+def prepare_batch(raws: Sequence[RawMessage], classifier: ClassifierLike) -> list[Ingest]:
+    """Parse and classify; every failure becomes an ``Ingest`` with ``error`` set."""
+    items: list[Ingest | None] = []
+    parsed_at: list[tuple[int, ParsedEmail]] = []
+    for raw in raws:
+        if raw.data is None:
+            items.append(Ingest(raw=raw, error=f"oversize: {raw.size} bytes; left on the server"))
+            continue
+        try:
+            p = parse(raw.data)
+        except ParseError as e:
+            items.append(Ingest(raw=raw, error=f"unparseable: {e}"))
+            continue
+        except Exception as e:  # the stdlib parser has surprises; never lose the message
+            log.exception("parser crashed on uid=%s", raw.uid)
+            items.append(Ingest(raw=raw, error=f"parser error: {type(e).__name__}"))
+            continue
+        parsed_at.append((len(items), p))
+        items.append(None)
+    decisions: list[Decision | None]
+    try:
+        decisions = list(classifier.classify_many([to_input(p) for _, p in parsed_at]))
+    except Exception:
+        log.exception("batch classification failed; classifying one by one")
+        decisions = []
+        for _, p in parsed_at:
+            try:
+                decisions.append(classifier.classify_many([to_input(p)])[0])
+            except Exception:
+                log.exception("classifier failed on one message")
+                decisions.append(None)
+    for (i, p), d in zip(parsed_at, decisions, strict=True):
+        raw = raws[i]
+        items[i] = Ingest(raw=raw, parsed=p, decision=d,
+                          error=None if d is not None else "classifier error")
+    return [i for i in items if i is not None]
+
+
+class Runner:
+    """Fetch -> store -> mark, and drain the outbox. Owns no connection's lifecycle."""
+
+    def __init__(
+        self,
+        mailbox: Mailbox,
+        store: WorkOrderStore,
+        classifier: ClassifierLike,
+        outbox: OutboxStore,
+        transport: Transport,
+        env: Environment,
+        *,
+        from_address: str,
+        from_name: str,
+        phone: str,
+        batch_size: int = 50,
+    ) -> None:
+        self.mailbox, self.store, self.classifier = mailbox, store, classifier
+        self.outbox, self.transport, self.env = outbox, transport, env
+        self.from_address, self.from_name, self.phone = from_address, from_name, phone
+        self.batch_size = batch_size
+        self.counters = Counters()
+        self.outbox_wakeup = asyncio.Event()
+
+    async def process_waiting(self) -> int:
+        """Everything waiting in the mailbox, batch by batch; returns messages handled."""
+        handled = 0
+        async for batch in self.mailbox.batches(self.batch_size):
+            handled += await self.process_batch(batch)
+        return handled
+
+    async def process_batch(self, batch: Sequence[RawMessage]) -> int:
+        if not batch:
+            return 0
+        self.counters.fetched += len(batch)
+        outcomes = await asyncio.to_thread(self._store_sync, list(batch))
+        self.counters.add(outcomes)
+        # Marked only now: the batch is committed. A crash before this line re-fetches it,
+        # and the fetch keys make the second pass a no-op.
+        await self.mailbox.mark_done(batch)
+        for o in outcomes:
+            log.info("uid=%s disposition=%s work_order=%s acked=%s reason=%s",
+                     o.uid, o.disposition, o.work_order, o.acked, o.reason)
+        if any(o.acked for o in outcomes):
+            self.outbox_wakeup.set()
+        return len(batch)
+
+    def _store_sync(self, batch: list[RawMessage]) -> list[Outcome]:
+        first = batch[0]
+        stored = self.store.stored_uids(first.mailbox, first.uidvalidity, [r.uid for r in batch])
+        fresh = [r for r in batch if r.uid not in stored]
+        outcomes = [Outcome(r.uid, "already") for r in batch if r.uid in stored]
+        if fresh:
+            outcomes += self.store.store_batch(prepare_batch(fresh, self.classifier))
+        return outcomes
+
+    async def drain_outbox(self, limit: int = 50) -> tuple[int, int]:
+        """One sweep: (sent, failed). Stops at the first transient failure to keep order."""
+        jobs = await asyncio.to_thread(self.outbox.claim, limit)
+        sent = failed = 0
+        for n, job in enumerate(jobs):
+            msg = self._render(job)
+            if msg is None:
+                await asyncio.to_thread(self.outbox.dead_letter, job, "cannot render")
+                failed += 1
+                continue
+            result = await self.transport.send(msg, sender=self.from_address,
+                                               recipients=[job.to_addr])
+            await asyncio.to_thread(self.outbox.record, job, result)
+            if result.ok:
+                sent += 1
+                continue
+            failed += 1
+            log.warning("outbox row %s not delivered (%s): %s %s", job.id,
+                        "permanent" if result.permanent else "transient", result.code,
+                        result.text)
+            if not result.permanent:
+                await asyncio.to_thread(self.outbox.release, jobs[n + 1:])
+                break
+        self.counters.sent += sent
+        self.counters.send_failures += failed
+        return sent, failed
+
+    def _render(self, job: Job) -> EmailMessage | None:
+        if job.view is None:
+            return None
+        try:
+            return render_ack(self.env, job.view, from_address=self.from_address,
+                              from_name=self.from_name, phone=self.phone)
+        except Exception:
+            log.exception("rendering outbox row %s failed", job.id)
+            return None

@@ -1,0 +1,278 @@
+"""The daemon: open the database, load the model and policy, then fetch, store, mark and
+send until told to stop.
+
+Shutdown (uvicorn's order): a signal only sets ``should_exit``; the poll loop finishes the
+batch in hand (store and mark), the scheduler stops taking jobs and waits for the running
+one, the transport and mailbox close, the engine is disposed. A second signal forces exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import Engine
+
+from triage.ack import make_env
+from triage.config import Settings
+from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
+from triage.outbox import OutboxStore, RetryPolicy, Transport
+from triage.pipeline import ClassifierLike, Runner
+from triage.sla import SlaPolicy, load_policy
+from triage.storage.engine import make_engine, make_sessionmaker
+from triage.storage.migrate import upgrade
+from triage.workorders import StoreConfig, WorkOrderStore
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_mailbox(settings: Settings) -> Mailbox:
+    url = settings.mailbox
+    if url.scheme == "maildir":
+        from triage.mailbox.maildir import MaildirMailbox
+
+        assert url.path is not None
+        return MaildirMailbox(url.path, max_size=settings.max_message_size)
+    from triage.mailbox.imap import ImapMailbox
+
+    password = settings.mailbox_password.get_secret_value() if settings.mailbox_password else ""
+    return ImapMailbox(
+        url.host, url.port, url.user, password, folder=url.folder, security=url.security,
+        mark=settings.mailbox_mark, max_size=settings.max_message_size,
+    )
+
+
+def make_transport(settings: Settings) -> Transport:
+    from triage.smtp import DirectoryTransport, SmtpSettings, SmtpTransport
+
+    if settings.smtp_url.startswith("dir://"):
+        return DirectoryTransport(settings.smtp_url.removeprefix("dir://"))
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    return SmtpTransport(SmtpSettings.from_url(settings.smtp_url, settings.smtp_user, password))
+
+
+@dataclass
+class Components:
+    engine: Engine
+    policy: SlaPolicy
+    runner: Runner
+    transport: Transport
+
+
+def build(
+    settings: Settings,
+    *,
+    classifier: ClassifierLike | None = None,
+    mailbox: Mailbox | None = None,
+    transport: Transport | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Components:
+    """Wire the stages. Tests pass their own mailbox/transport; nothing else is swapped."""
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    policy = load_policy(settings.sla_policy_path)
+    if classifier is None:
+        from classifiers.predict import Classifier
+
+        classifier = Classifier.load(settings.model_path)
+    store = WorkOrderStore(
+        sessions, policy,
+        StoreConfig(from_address=settings.from_address,
+                    ack_rate_per_hour=settings.ack_rate_per_hour,
+                    attachments_dir=settings.attachments_dir,
+                    review_threshold=settings.review_threshold),
+        clock,
+    )
+    outbox = OutboxStore(
+        sessions,
+        RetryPolicy(settings.outbox_max_attempts, settings.outbox_retry_base,
+                    settings.outbox_retry_cap),
+        clock,
+        timezone_for=lambda contract: policy.calendar(contract).tz.key,
+        priority_meaning=policy.priority_meaning,
+    )
+    transport = transport or make_transport(settings)
+    runner = Runner(
+        mailbox or make_mailbox(settings), store, classifier, outbox, transport, make_env(),
+        from_address=settings.from_address, from_name=settings.from_name,
+        phone=settings.helpdesk_phone, batch_size=settings.batch_size,
+    )
+    return Components(engine, policy, runner, transport)
+
+
+class Service:
+    def __init__(self, settings: Settings, components: Components) -> None:
+        self.settings = settings
+        self.c = components
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self._mailbox_lock = asyncio.Lock()
+        self._connected = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def run_once(self) -> int:
+        """Process everything waiting, try every due outbox row once, return."""
+        runner = self.c.runner
+        async with self.c.transport:
+            await runner.mailbox.connect()
+            try:
+                n = await runner.process_waiting()
+            finally:
+                await runner.mailbox.close()
+            while True:
+                sent, failed = await runner.drain_outbox()
+                if failed or not sent:
+                    break
+        log.info("run --once: %d messages, counters %s", n, runner.counters)
+        return n
+
+    async def run(self) -> None:
+        self._install_signals()
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(self._outbox_job, "interval", seconds=self.settings.outbox_interval,
+                          id="outbox", max_instances=1, coalesce=True,
+                          next_run_time=utcnow())
+        async with self.c.transport:
+            await self._connect_with_backoff()
+            scheduler.start()
+            idle = getattr(self.c.runner.mailbox, "supports_idle", True) and self.settings.use_idle
+            if not idle:
+                scheduler.add_job(self._poll_job, "interval", seconds=self.settings.poll_interval,
+                                  id="poll", max_instances=1, coalesce=True,
+                                  next_run_time=utcnow())
+            try:
+                if idle:
+                    await self._idle_loop()
+                else:
+                    await self.should_exit.wait()
+            finally:
+                scheduler.shutdown(wait=False)
+                async with self._mailbox_lock:
+                    with contextlib.suppress(Exception):
+                        await self.c.runner.mailbox.close()
+        self.c.engine.dispose()
+        log.info("stopped; counters %s", self.c.runner.counters)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set():
+            self.force_exit = True
+            log.warning("second %s: exiting now", sig.name)
+            raise SystemExit(1)
+        log.info("%s: finishing the message in hand, then stopping", sig.name)
+        self.should_exit.set()
+
+    # ---- work ----------------------------------------------------------------------------------
+    async def _connect_with_backoff(self) -> None:
+        from triage.mailbox.backoff import Backoff
+
+        backoff = Backoff()
+        while not self.should_exit.is_set():
+            try:
+                await self.c.runner.mailbox.connect()
+                self._connected = True
+                return
+            except PermanentMailboxError:
+                raise
+            except MailboxError as e:
+                delay = backoff.next_delay()
+                log.warning("mailbox connect failed (%s); retrying in %.1fs", e, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.should_exit.wait(), delay)
+
+    async def _poll_once(self) -> None:
+        async with self._mailbox_lock:
+            if self.should_exit.is_set():
+                return
+            try:
+                if not self._connected:
+                    await self._connect_with_backoff()
+                await self.c.runner.process_waiting()
+            except PermanentMailboxError:
+                raise
+            except MailboxError as e:
+                log.warning("mailbox failed (%s); reconnecting", e)
+                self._connected = False
+                with contextlib.suppress(Exception):
+                    await self.c.runner.mailbox.close()
+        if self.c.runner.outbox_wakeup.is_set():
+            self.c.runner.outbox_wakeup.clear()
+            await self._outbox_job()
+
+    async def _poll_job(self) -> None:
+        try:
+            await self._poll_once()
+        except Exception:
+            log.exception("poll failed")
+
+    async def _idle_loop(self) -> None:
+        while not self.should_exit.is_set():
+            await self._poll_job()
+            if self.should_exit.is_set():
+                break
+            waiter = asyncio.create_task(self._wait_mail())
+            stopper = asyncio.create_task(self.should_exit.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (waiter, stopper):
+                if not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+
+    async def _wait_mail(self) -> None:
+        async with self._mailbox_lock:
+            if not self._connected:
+                return
+            try:
+                await self.c.runner.mailbox.wait_for_new(self.settings.poll_interval)
+            except MailboxError as e:
+                log.warning("IDLE failed (%s); reconnecting", e)
+                self._connected = False
+                with contextlib.suppress(Exception):
+                    await self.c.runner.mailbox.close()
+
+    async def _outbox_job(self) -> None:
+        try:
+            while True:
+                sent, failed = await self.c.runner.drain_outbox()
+                if failed or not sent or self.should_exit.is_set():
+                    return
+        except Exception:
+            log.exception("outbox sweep failed")
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from triage.config import load_settings
+    from triage.logs import configure_logging
+
+    settings = load_settings(ns.config)
+    configure_logging(settings.log_format, settings.log_level)
+    return run_service(settings, once=ns.once)
+
+
+def run_service(settings: Settings, *, once: bool) -> int:
+    components = build(settings)
+    service = Service(settings, components)
+    if once:
+        asyncio.run(service.run_once())
+        components.engine.dispose()
+        return 0
+    asyncio.run(service.run())
+    return 0

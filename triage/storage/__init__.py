@@ -1,0 +1,1 @@
+"""Database: SQLAlchemy 2.x tables, the engine, Alembic migrations."""
