@@ -1,0 +1,187 @@
+"""The store's guarantees on real SQLite and real PostgreSQL, with hand-made decisions
+(the end-to-end tests use the real classifier)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from classifiers.types import Decision
+from triage.messages import RawMessage
+from triage.parse import parse
+from triage.sla import load_policy
+from triage.storage.engine import make_engine, make_sessionmaker
+from triage.storage.migrate import upgrade
+from triage.storage.models import Event, Fetch, Message, Outbox, RawBlob, WorkOrder
+from triage.workorders import Ingest, StoreConfig, WorkOrderStore
+
+NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)  # Friday 10:00 New York
+MBOX = "imap://helpdesk@127.0.0.1:1/INBOX"
+
+
+def mail(uid: int, *, frm: str = "dana@harborview.com", subject: str = "help",
+         mid: str | None = None, extra: str = "", body: str = "Outlook is broken") -> RawMessage:
+    mid = mid if mid is not None else f"m{uid}@harborview.com"
+    head = f"From: {frm}\r\nTo: helpdesk@itx.net\r\nSubject: {subject}\r\n"
+    if mid:
+        head += f"Message-ID: <{mid}>\r\n"
+    data = (head + extra + "\r\n" + body + "\r\n").encode()
+    return RawMessage(MBOX, 7, str(uid), len(data), data)
+
+
+def req(label: str = "email_problem", priority: str = "urgent", conf: float = 0.9) -> Decision:
+    return Decision(label=label, confidence=conf, priority=priority, needs_review=False,
+                    model_version="test")
+
+
+def nonreq(kind: str) -> Decision:
+    return Decision(label="not_a_request", confidence=0.99, priority=None, needs_review=False,
+                    non_request_kind=kind, screened_by="header")
+
+
+def ingest(raw: RawMessage, d: Decision) -> Ingest:
+    assert raw.data is not None
+    return Ingest(raw=raw, parsed=parse(raw.data), decision=d)
+
+
+@pytest.fixture
+def store(db_url: str, tmp_path: Path):
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    st = WorkOrderStore(sessions, load_policy(),
+                        StoreConfig("helpdesk@itx.net", 2, tmp_path / "att", 0.6), lambda: NOW)
+    yield st, sessions
+    engine.dispose()
+
+
+def count(sessions, model, *where) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def test_request_opens_work_order_with_sla_and_ack(store) -> None:
+    st, sessions = store
+    (o,) = st.store_batch([ingest(mail(1), req())])
+    assert o.disposition == "work_order" and o.work_order == "ITX-000001" and o.acked
+    with sessions() as s:
+        wo = s.scalar(select(WorkOrder))
+        assert wo.priority == "urgent" and wo.client.domain == "harborview.com"
+        assert wo.callback_due == NOW + timedelta(hours=1)  # 1 business hour, open now
+        # 10 open hours left on Friday, 2 more on Monday: Monday 10:00 New York
+        assert wo.response_due == datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
+        ob = s.scalar(select(Outbox))
+        assert ob.status == "pending" and ob.to_addr == "dana@harborview.com"
+        assert ob.message_id == "ITX-000001.ack.1@itx.net"
+        assert ob.context["in_reply_to"] == "m1@harborview.com"
+        assert s.scalar(select(RawBlob.data)) == mail(1).data
+    assert st.stored_uids(MBOX, 7, ["1", "2"]) == {"1"}
+
+
+def test_same_fetch_key_and_same_message_id_are_not_processed_twice(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    (again,) = st.store_batch([ingest(mail(1), req())])
+    assert again.disposition == "already"
+    (dup,) = st.store_batch([ingest(mail(9, mid="m1@harborview.com"), req())])
+    assert dup.disposition == "duplicate"
+    assert count(sessions, WorkOrder) == 1 and count(sessions, Outbox) == 1
+    assert count(sessions, Fetch) == 2
+
+
+def test_reply_threads_and_reopens_without_new_ack(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    with sessions.begin() as s:
+        wo = s.scalar(select(WorkOrder))
+        wo.status = "resolved"
+        wo.resolved_at = NOW
+    reply = mail(2, subject="Re: help [ITX-000001]",
+                 extra="In-Reply-To: <ITX-000001.ack.1@itx.net>\r\n", body="still broken")
+    (o,) = st.store_batch([ingest(reply, req())])
+    assert o.disposition == "reply" and o.work_order == "ITX-000001" and not o.acked
+    with sessions() as s:
+        assert s.scalar(select(WorkOrder.status)) == "open"
+        assert s.scalar(select(Event.id).where(Event.action == "reopened")) is not None
+    assert count(sessions, Outbox) == 1 and count(sessions, WorkOrder) == 1
+
+
+def test_thanks_reply_does_not_reopen(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    with sessions.begin() as s:
+        s.scalar(select(WorkOrder)).status = "resolved"
+    thanks = mail(2, subject="Re: help [ITX-000001]", body="thanks, all fixed")
+    (o,) = st.store_batch([ingest(thanks, nonreq("thanks"))])
+    assert o.disposition == "reply"
+    with sessions() as s:
+        assert s.scalar(select(WorkOrder.status)) == "resolved"
+
+
+def test_tag_from_another_client_opens_flagged_work_order(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    forged = mail(2, frm="mallory@elsewhere.org", subject="Re: [ITX-000001] change password")
+    (o,) = st.store_batch([ingest(forged, req("password_reset"))])
+    assert o.disposition == "work_order" and o.work_order == "ITX-000002"
+    with sessions() as s:
+        wo = s.get(WorkOrder, 2)
+        assert wo.needs_review and "another client" in (wo.review_reason or "")
+    colleague = mail(3, frm="li@harborview.com", subject="Re: [ITX-000001] any news?")
+    (o,) = st.store_batch([ingest(colleague, req())])
+    assert o.disposition == "reply" and o.work_order == "ITX-000001"
+
+
+@pytest.mark.parametrize("kind", ["auto_reply", "bounce", "bulk"])
+def test_screened_mail_is_recorded_without_ack(store, kind: str) -> None:
+    st, sessions = store
+    (o,) = st.store_batch([ingest(mail(1, extra="Auto-Submitted: auto-replied\r\n"),
+                                  nonreq(kind))])
+    assert o.disposition == "non_request" and o.reason == kind
+    assert count(sessions, Outbox) == 0 and count(sessions, WorkOrder) == 0
+    assert count(sessions, Message, Message.disposition == "non_request") == 1
+
+
+def test_own_mail_is_never_acknowledged(store) -> None:
+    st, sessions = store
+    (o,) = st.store_batch([ingest(mail(1, frm="helpdesk@itx.net"), req())])
+    assert o.disposition == "non_request" and o.reason == "own"
+    assert count(sessions, Outbox) == 0
+
+
+def test_ack_rate_limit_per_sender(store) -> None:
+    st, sessions = store
+    outs = st.store_batch([ingest(mail(i, body=f"problem {i}"), req()) for i in range(1, 4)])
+    assert [o.acked for o in outs] == [True, True, False]
+    assert count(sessions, WorkOrder) == 3 and count(sessions, Outbox) == 2
+    assert count(sessions, Event, Event.action == "ack_suppressed") == 1
+
+
+def test_oversize_and_failures_are_quarantined_and_neighbours_survive(store) -> None:
+    st, sessions = store
+    big = RawMessage(MBOX, 7, "5", 40_000_000, None, head=b"From: x@y.com\r\nSubject: big\r\n")
+    bad_type = ingest(mail(6), req(label="no_such_type"))  # the SLA engine refuses it
+    outs = st.store_batch([ingest(mail(4), req()),
+                           Ingest(raw=big, error="oversize: 40000000 bytes"), bad_type,
+                           ingest(mail(7), req())])
+    assert [o.disposition for o in outs] == ["work_order", "quarantined", "quarantined",
+                                             "work_order"]
+    with sessions() as s:
+        q = s.scalars(select(Message).where(Message.disposition == "quarantined")
+                      .order_by(Message.id)).all()
+        assert q[0].reason.startswith("oversize") and q[0].raw.truncated
+        assert q[0].raw.data.startswith(b"From: x@y.com")
+        assert "store failed" in q[1].reason and q[1].raw.data == mail(6).data
+    assert count(sessions, Fetch) == 4  # every fetch accounted for
+
+
+def test_uidvalidity_change_is_recorded(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    moved = RawMessage(MBOX, 8, "1", len(mail(1).data or b""), mail(1).data)
+    (o,) = st.store_batch([ingest(moved, req())])
+    assert o.disposition == "duplicate"  # the Message-ID saves us
+    assert count(sessions, Event, Event.action == "uidvalidity_changed") == 1
