@@ -31,28 +31,36 @@ def test_plain_message_fields() -> None:
     assert "locked out" in p.text
     assert p.content_hash == hashlib.sha256(PLAIN).hexdigest()
     assert ("Subject", "Outlook keeps asking for my password") in p.headers
-    assert build_reply_headers(p) == ("abc123@harborviewdental.com",
-                                      ("r1@x", "r2@x", "abc123@harborviewdental.com"))
+    assert build_reply_headers(p) == (
+        "abc123@harborviewdental.com",
+        ("r1@x", "r2@x", "abc123@harborviewdental.com"),
+    )
 
 
 def test_lying_charset_is_decoded_and_recorded() -> None:
-    raw = (b"From: a@b.com\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-           b"Caf\xe9 cr\xe8me: imprimante en panne\r\n")
+    raw = (
+        b"From: a@b.com\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        b"Caf\xe9 cr\xe8me: imprimante en panne\r\n"
+    )
     p = parse(raw)
     assert "Café crème" in p.text
     assert any("did not decode" in d for d in p.defects)
 
 
 def test_unknown_charset_falls_back() -> None:
-    raw = (b"From: a@b.com\r\nSubject: x\r\nContent-Type: text/plain; charset=x-klingon\r\n\r\n"
-           b"server is down\r\n")
+    raw = (
+        b"From: a@b.com\r\nSubject: x\r\nContent-Type: text/plain; charset=x-klingon\r\n\r\n"
+        b"server is down\r\n"
+    )
     assert "server is down" in parse(raw).text
 
 
 def test_html_only_becomes_text_without_script() -> None:
-    raw = (b"From: a@b.com\r\nSubject: site\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
-           b"<html><head><script>alert('x')</script><style>p{}</style></head>"
-           b"<body><p>Our <b>website</b> is down</p></body></html>")
+    raw = (
+        b"From: a@b.com\r\nSubject: site\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><head><script>alert('x')</script><style>p{}</style></head>"
+        b"<body><p>Our <b>website</b> is down</p></body></html>"
+    )
     p = parse(raw)
     assert "website" in p.text and "is down" in p.text
     assert "alert" not in p.text and "<p>" not in p.text
@@ -60,8 +68,10 @@ def test_html_only_becomes_text_without_script() -> None:
 
 
 def test_header_injection_is_flattened() -> None:
-    raw = (b"From: =?utf-8?q?Eve=0D=0ABcc=3A_x=40evil.com?= <eve@evil.com>\r\n"
-           b"Subject: =?utf-8?q?hello=0D=0ABcc=3A_victim=40example.com?=\r\n\r\nbody\r\n")
+    raw = (
+        b"From: =?utf-8?q?Eve=0D=0ABcc=3A_x=40evil.com?= <eve@evil.com>\r\n"
+        b"Subject: =?utf-8?q?hello=0D=0ABcc=3A_victim=40example.com?=\r\n\r\nbody\r\n"
+    )
     p = parse(raw)
     assert "\r" not in p.subject and "\n" not in p.subject
     assert "\n" not in p.from_name and "\r" not in p.from_name
@@ -78,8 +88,7 @@ def test_attachment_recorded_with_safe_name_and_hash() -> None:
         b"--XX\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
         b"--XX\r\nContent-Type: application/pdf\r\n"
         b'Content-Disposition: attachment; filename="../../etc/passwd.pdf"\r\n'
-        b"Content-Transfer-Encoding: base64\r\n\r\n"
-        + base64.b64encode(payload) + b"\r\n--XX--\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(payload) + b"\r\n--XX--\r\n"
     )
     p = parse(raw)
     assert p.text.strip() == "see attached"
@@ -95,8 +104,10 @@ def test_missing_headers_and_message_id() -> None:
 
 
 def test_broken_base64_does_not_raise() -> None:
-    raw = (b"From: a@b.com\r\nSubject: x\r\nContent-Type: text/plain\r\n"
-           b"Content-Transfer-Encoding: base64\r\n\r\n!!!not*base64===\r\n")
+    raw = (
+        b"From: a@b.com\r\nSubject: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n!!!not*base64===\r\n"
+    )
     p = parse(raw)
     assert isinstance(p.text, str)
 

@@ -22,8 +22,15 @@ NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)  # Friday 10:00 New York
 MBOX = "imap://helpdesk@127.0.0.1:1/INBOX"
 
 
-def mail(uid: int, *, frm: str = "dana@harborview.com", subject: str = "help",
-         mid: str | None = None, extra: str = "", body: str = "Outlook is broken") -> RawMessage:
+def mail(
+    uid: int,
+    *,
+    frm: str = "dana@harborview.com",
+    subject: str = "help",
+    mid: str | None = None,
+    extra: str = "",
+    body: str = "Outlook is broken",
+) -> RawMessage:
     mid = mid if mid is not None else f"m{uid}@harborview.com"
     head = f"From: {frm}\r\nTo: helpdesk@itx.net\r\nSubject: {subject}\r\n"
     if mid:
@@ -33,13 +40,20 @@ def mail(uid: int, *, frm: str = "dana@harborview.com", subject: str = "help",
 
 
 def req(label: str = "email_problem", priority: str = "urgent", conf: float = 0.9) -> Decision:
-    return Decision(label=label, confidence=conf, priority=priority, needs_review=False,
-                    model_version="test")
+    return Decision(
+        label=label, confidence=conf, priority=priority, needs_review=False, model_version="test"
+    )
 
 
 def nonreq(kind: str) -> Decision:
-    return Decision(label="not_a_request", confidence=0.99, priority=None, needs_review=False,
-                    non_request_kind=kind, screened_by="header")
+    return Decision(
+        label="not_a_request",
+        confidence=0.99,
+        priority=None,
+        needs_review=False,
+        non_request_kind=kind,
+        screened_by="header",
+    )
 
 
 def ingest(raw: RawMessage, d: Decision) -> Ingest:
@@ -52,8 +66,12 @@ def store(db_url: str, tmp_path: Path):
     engine = make_engine(db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
-    st = WorkOrderStore(sessions, load_policy(),
-                        StoreConfig("helpdesk@itx.net", 2, tmp_path / "att", 0.6), lambda: NOW)
+    st = WorkOrderStore(
+        sessions,
+        load_policy(),
+        StoreConfig("helpdesk@itx.net", 2, tmp_path / "att", 0.6),
+        lambda: NOW,
+    )
     yield st, sessions
     engine.dispose()
 
@@ -99,8 +117,12 @@ def test_reply_threads_and_reopens_without_new_ack(store) -> None:
         wo = s.scalar(select(WorkOrder))
         wo.status = "resolved"
         wo.resolved_at = NOW
-    reply = mail(2, subject="Re: help [ITX-000001]",
-                 extra="In-Reply-To: <ITX-000001.ack.1@itx.net>\r\n", body="still broken")
+    reply = mail(
+        2,
+        subject="Re: help [ITX-000001]",
+        extra="In-Reply-To: <ITX-000001.ack.1@itx.net>\r\n",
+        body="still broken",
+    )
     (o,) = st.store_batch([ingest(reply, req())])
     assert o.disposition == "reply" and o.work_order == "ITX-000001" and not o.acked
     with sessions() as s:
@@ -138,8 +160,7 @@ def test_tag_from_another_client_opens_flagged_work_order(store) -> None:
 @pytest.mark.parametrize("kind", ["auto_reply", "bounce", "bulk"])
 def test_screened_mail_is_recorded_without_ack(store, kind: str) -> None:
     st, sessions = store
-    (o,) = st.store_batch([ingest(mail(1, extra="Auto-Submitted: auto-replied\r\n"),
-                                  nonreq(kind))])
+    (o,) = st.store_batch([ingest(mail(1, extra="Auto-Submitted: auto-replied\r\n"), nonreq(kind))])
     assert o.disposition == "non_request" and o.reason == kind
     assert count(sessions, Outbox) == 0 and count(sessions, WorkOrder) == 0
     assert count(sessions, Message, Message.disposition == "non_request") == 1
@@ -164,14 +185,24 @@ def test_oversize_and_failures_are_quarantined_and_neighbours_survive(store) -> 
     st, sessions = store
     big = RawMessage(MBOX, 7, "5", 40_000_000, None, head=b"From: x@y.com\r\nSubject: big\r\n")
     bad_type = ingest(mail(6), req(label="no_such_type"))  # the SLA engine refuses it
-    outs = st.store_batch([ingest(mail(4), req()),
-                           Ingest(raw=big, error="oversize: 40000000 bytes"), bad_type,
-                           ingest(mail(7), req())])
-    assert [o.disposition for o in outs] == ["work_order", "quarantined", "quarantined",
-                                             "work_order"]
+    outs = st.store_batch(
+        [
+            ingest(mail(4), req()),
+            Ingest(raw=big, error="oversize: 40000000 bytes"),
+            bad_type,
+            ingest(mail(7), req()),
+        ]
+    )
+    assert [o.disposition for o in outs] == [
+        "work_order",
+        "quarantined",
+        "quarantined",
+        "work_order",
+    ]
     with sessions() as s:
-        q = s.scalars(select(Message).where(Message.disposition == "quarantined")
-                      .order_by(Message.id)).all()
+        q = s.scalars(
+            select(Message).where(Message.disposition == "quarantined").order_by(Message.id)
+        ).all()
         assert q[0].reason.startswith("oversize") and q[0].raw.truncated
         assert q[0].raw.data.startswith(b"From: x@y.com")
         assert "store failed" in q[1].reason and q[1].raw.data == mail(6).data
