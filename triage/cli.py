@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--once", action="store_true", help="process what is waiting, send, exit")
 
-    demo = sub.add_parser("demo", help="Maildir inbox with sample mail, SQLite, acks to ./var/outbox")
+    demo = sub.add_parser("demo", help="sample Maildir inbox, SQLite, acks to ./var/outbox")
     demo.add_argument("--var", default="var", help="working folder (default ./var)")
     demo.add_argument("--once", action="store_true", help="process the samples and exit")
 

@@ -17,10 +17,11 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Protocol
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import AckView
+from triage.mailbox.backoff import Backoff
 from triage.storage.models import Event, Outbox, WorkOrder
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ class SendResultLike(Protocol):
     permanent: bool
     code: int | None
     text: str
+
+    @property
+    def transport_failed(self) -> bool:
+        """Connect/TLS/AUTH failed: our settings or the server, not this message."""
+        ...
 
 
 class Transport(Protocol):
@@ -54,10 +60,12 @@ class RetryPolicy:
     base: float = 30.0
     cap: float = 3600.0
 
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Exponential backoff with full jitter; attempt 1 -> up to ``base`` seconds."""
-        ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
-        return (rng or random).uniform(ceiling / 2, ceiling)
+    def delay(self, attempt: int) -> float:
+        """Seconds before retry ``attempt`` (1 = first): the shared capped, jittered backoff."""
+        if self.base <= 0:
+            return 0.0
+        return Backoff(base=self.base, cap=max(self.cap, self.base)).ceiling(
+            max(0, attempt - 1)) * random.random()
 
 
 class OutboxStore:
@@ -141,6 +149,13 @@ class OutboxStore:
                 row.last_error = None
                 s.add(Event(work_order_id=row.work_order_id, actor="system",
                             action=f"{row.kind}_sent", detail={"outbox": row.id}, at=now))
+            elif result.transport_failed:
+                # A wrong password or a bad certificate must not dead-letter the whole
+                # outbox: keep the row, do not count the attempt, retry after backoff.
+                row.status, row.last_error = "pending", answer
+                row.attempts = max(0, row.attempts - 1)
+                row.next_attempt_at = now + timedelta(
+                    seconds=self._retry.delay(max(1, row.attempts)))
             elif result.permanent or row.attempts >= self._retry.max_attempts:
                 row.status, row.last_error = "dead", answer
                 s.add(Event(work_order_id=row.work_order_id, actor="system",
@@ -170,5 +185,5 @@ class OutboxStore:
 
     def pending_count(self) -> int:
         with self._sessions() as s:
-            return len(list(s.scalars(select(Outbox.id).where(
-                Outbox.status.in_(("pending", "sending"))))))
+            return s.scalar(select(func.count(Outbox.id)).where(
+                Outbox.status.in_(("pending", "sending")))) or 0

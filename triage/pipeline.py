@@ -164,7 +164,7 @@ class Runner:
             log.warning("outbox row %s not delivered (%s): %s %s", job.id,
                         "permanent" if result.permanent else "transient", result.code,
                         result.text)
-            if not result.permanent:
+            if not result.permanent or result.transport_failed:
                 await asyncio.to_thread(self.outbox.release, jobs[n + 1:])
                 break
         self.counters.sent += sent

@@ -54,12 +54,10 @@ def make_mailbox(settings: Settings) -> Mailbox:
 
 
 def make_transport(settings: Settings) -> Transport:
-    from triage.smtp import DirectoryTransport, SmtpSettings, SmtpTransport
+    from triage.smtp import transport_from_url
 
-    if settings.smtp_url.startswith("dir://"):
-        return DirectoryTransport(settings.smtp_url.removeprefix("dir://"))
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-    return SmtpTransport(SmtpSettings.from_url(settings.smtp_url, settings.smtp_user, password))
+    return transport_from_url(settings.smtp_url, settings.smtp_user, password)
 
 
 @dataclass

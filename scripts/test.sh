@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine, then run all of it.
+# Idempotent: what is already there is not reinstalled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-imapd)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need_apt[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    # The packaged service is not needed (tests run private instances); keep it quiet.
+    (service dovecot stop || true) >/dev/null 2>&1
+fi
+
+# PostgreSQL on 127.0.0.1:5432 is part of this machine kind; start it if it stopped.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+
+python -m pip install -q --disable-pip-version-check -e ".[test]"
+python -m ruff check .
+exec python -m pytest -q "$@"

@@ -1,0 +1,357 @@
+"""A real SMTP server for tests (aiosmtpd); pytest plugin: ``pytest_plugins = ["tests.smtpsink"]``.
+
+Fixtures:
+- ``smtp_sink``: plain SMTP on 127.0.0.1, no AUTH.
+- ``smtp_sink_starttls``: STARTTLS required, AUTH required (only after TLS).
+- ``smtp_sink_tls``: implicit TLS (SMTPS), AUTH required.
+- ``make_smtp_sink``: factory for other combinations; every sink is stopped at teardown.
+
+Each sink binds 127.0.0.1 on a free port, records what it accepts in ``sink.received``,
+and can be told to misbehave (``sink.behave(...)``) or be stopped and restarted on the same
+port to simulate an SMTP outage. The certificate is self-signed, made for the test session,
+for ``localhost`` and ``127.0.0.1``; ``sink.client_context`` trusts only it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+SINK_USER = "triage"
+SINK_PASSWORD = "Sink-Pass-7f3a9c"  # distinctive, so a leak into logs is easy to spot
+
+Behaviour = Literal["accept", "tempfail", "reject"]
+Security = Literal["plain", "starttls", "tls"]
+
+# Replies as named constants (what the tests expect back).
+TEMPFAIL = "451 4.3.0 Try again later (test sink)"
+REJECT = "550 5.1.1 Mailbox unavailable (test sink)"
+CLOSING = "421 4.4.2 Closing idle connection (test sink)"
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes  # as received, CRLF line ends, dot-unstuffed
+    mail_options: tuple[str, ...]
+
+
+@dataclass
+class SinkHandler:
+    """aiosmtpd handler: only the hooks it needs. Attributes are read on the server thread
+    and set from the test; each is a single reference swap, so no lock is needed for them."""
+
+    behaviour: Behaviour = "accept"
+    at: Literal["rcpt", "data"] = "rcpt"
+    refuse: frozenset[str] = frozenset()  # these recipients always get REJECT
+    drop_next_mail: bool = False  # answer the next MAIL with 421 (server closing), once
+    received: list[Received] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _failure(self, stage: str) -> str | None:
+        if self.at != stage:
+            return None
+        return {"accept": None, "tempfail": TEMPFAIL, "reject": REJECT}[self.behaviour]
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.drop_next_mail:
+            self.drop_next_mail = False
+            return CLOSING
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address in self.refuse:
+            return REJECT
+        failure = self._failure("rcpt")
+        if failure:
+            return failure
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        failure = self._failure("data")
+        if failure:
+            return failure
+        assert isinstance(envelope.original_content, bytes)
+        with self._lock:
+            self.received.append(
+                Received(
+                    mail_from=str(envelope.mail_from),
+                    rcpt_tos=tuple(envelope.rcpt_tos),
+                    data=envelope.original_content,
+                    mail_options=tuple(envelope.mail_options),
+                )
+            )
+        return "250 2.0.0 Accepted (test sink)"
+
+
+def _authenticator(user: str, password: str) -> Callable[..., AuthResult]:
+    def authenticate(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == user.encode()
+            and auth_data.password == password.encode()
+        )
+        return AuthResult(success=ok, handled=False)
+
+    return authenticate
+
+
+class _SinkController(Controller):
+    """aiosmtpd's Controller, adjusted for tests:
+
+    - it cannot bind port 0 (its start-up probe connects to ``port``): read the port the OS
+      picked before the probe;
+    - ``stop()`` stops the loop without closing open sessions, which leaks their sockets
+      (ResourceWarning, an error here): abort them on the server loop first;
+    - on an implicit-TLS socket every session is TLS, but aiosmtpd counts only STARTTLS
+      as TLS and would hide AUTH.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions: list[SMTP] = []
+
+    def factory(self) -> SMTP:
+        smtpd = super().factory()
+        if self.ssl_context is not None:
+            smtpd._auth_require_tls = False  # see the class docstring
+        self._sessions.append(smtpd)
+        return smtpd
+
+    def _trigger_server(self) -> None:
+        if self.port == 0 and self.server is not None:
+            self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+    async def _abort_sessions(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for smtpd in self._sessions:
+            for transport in (smtpd.transport, getattr(smtpd, "_original_transport", None)):
+                if transport is not None:
+                    transport.abort()
+        for _ in range(5):  # let the scheduled connection_lost callbacks close the sockets
+            await asyncio.sleep(0)
+
+    def stop(self, no_assert: bool = False) -> None:
+        if self._thread is not None and self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._abort_sessions(), self.loop).result(10)
+        super().stop(no_assert)
+
+
+@dataclass(frozen=True)
+class SinkCert:
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """Verifies hostname and chain, trusting only this certificate."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+def make_cert(folder: Path) -> SinkCert:
+    """Self-signed certificate for localhost/127.0.0.1 (cryptography; openssl as fallback)."""
+    cert, key = folder / "sink-cert.pem", folder / "sink-key.pem"
+    try:
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:  # pragma: no cover - cryptography is installed here
+        import subprocess
+
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key),
+             "-out", str(cert), "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return SinkCert(cert, key)
+    pkey = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(pkey.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(pkey, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        pkey.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return SinkCert(cert, key)
+
+
+class SmtpSink:
+    """One aiosmtpd server in a thread; ``stop()``/``start()`` keep the port and the record."""
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        security: Security = "plain",
+        *,
+        cert: SinkCert | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
+        if security != "plain" and cert is None:
+            raise ValueError("a TLS sink needs a certificate")
+        self.security = security
+        self.cert = cert
+        self.auth = auth
+        self.handler = SinkHandler()
+        self.port = 0
+        self._controller: _SinkController | None = None
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    @property
+    def running(self) -> bool:
+        return self._controller is not None
+
+    @property
+    def client_context(self) -> ssl.SSLContext | None:
+        return self.cert.client_context() if self.cert else None
+
+    @property
+    def url(self) -> str:
+        scheme = {"plain": "smtp+plain", "starttls": "smtp", "tls": "smtps"}[self.security]
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def behave(
+        self,
+        behaviour: Behaviour = "accept",
+        *,
+        at: Literal["rcpt", "data"] = "rcpt",
+        refuse: frozenset[str] = frozenset(),
+    ) -> None:
+        self.handler.behaviour = behaviour
+        self.handler.at = at
+        self.handler.refuse = refuse
+
+    def drop_next_mail(self) -> None:
+        """Answer the next MAIL with 421, as a server does to a connection it timed out."""
+        self.handler.drop_next_mail = True
+
+    def start(self) -> None:
+        if self._controller is not None:
+            raise RuntimeError("sink already running")
+        kwargs: dict[str, Any] = {}
+        if self.auth:
+            kwargs.update(authenticator=_authenticator(*self.auth), auth_required=True)
+        if self.security == "starttls":
+            assert self.cert is not None
+            kwargs.update(tls_context=self.cert.server_context(), require_starttls=True)
+        elif self.security == "tls":
+            assert self.cert is not None
+            kwargs.update(ssl_context=self.cert.server_context())
+        controller = _SinkController(
+            self.handler, hostname=self.host, port=self.port, ready_timeout=10, **kwargs
+        )
+        controller.start()
+        self.port = controller.port
+        self._controller = controller
+
+    def stop(self) -> None:
+        """Stop listening and drop every open session (the clients see the connection close)."""
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def sink_cert(tmp_path_factory: pytest.TempPathFactory) -> SinkCert:
+    return make_cert(tmp_path_factory.mktemp("smtpsink"))
+
+
+@pytest.fixture
+def make_smtp_sink(sink_cert: SinkCert) -> Iterator[Callable[..., SmtpSink]]:
+    sinks: list[SmtpSink] = []
+
+    def make(security: Security = "plain", *, auth: bool = False) -> SmtpSink:
+        sink = SmtpSink(
+            security,
+            cert=sink_cert if security != "plain" else None,
+            auth=(SINK_USER, SINK_PASSWORD) if auth else None,
+        )
+        sinks.append(sink)
+        sink.start()
+        return sink
+
+    yield make
+    for sink in sinks:
+        sink.stop()
+
+
+@pytest.fixture
+def smtp_sink(make_smtp_sink: Callable[..., SmtpSink]) -> SmtpSink:
+    return make_smtp_sink("plain")
+
+
+@pytest.fixture
+def smtp_sink_starttls(make_smtp_sink: Callable[..., SmtpSink]) -> SmtpSink:
+    return make_smtp_sink("starttls", auth=True)
+
+
+@pytest.fixture
+def smtp_sink_tls(make_smtp_sink: Callable[..., SmtpSink]) -> SmtpSink:
+    return make_smtp_sink("tls", auth=True)
