@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 pytest_plugins = ["tests.dovecot", "tests.smtpsink"]
 
@@ -19,7 +20,7 @@ PG_ADMIN_URL = os.environ.get(
 
 def _pg_available() -> str | None:
     try:
-        eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
         with eng.connect() as c:
             c.execute(text("select 1"))
         eng.dispose()
@@ -35,7 +36,7 @@ def pg_reason() -> str | None:
 
 def _create_pg_db() -> tuple[str, str]:
     name = f"triage_test_{uuid.uuid4().hex[:12]}"
-    eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with eng.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     eng.dispose()
@@ -43,7 +44,7 @@ def _create_pg_db() -> tuple[str, str]:
 
 
 def _drop_pg_db(name: str) -> None:
-    eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with eng.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     eng.dispose()

@@ -52,15 +52,21 @@ def make_env(templates: Path = TEMPLATES_DIR) -> Environment:
 
 
 def due_lines(v: AckView) -> list[str]:
+    """The promises, earliest first, in the client's zone and in words."""
     tz = v.timezone
-    lines = [f"A person from our team will reply {humanize_due(v.response_due, tz)}."]
+    dated: list[tuple[datetime, str]] = [
+        (v.response_due, f"A person from our team will reply {humanize_due(v.response_due, tz)}.")
+    ]
     if v.callback_due:
-        lines.append(f"We will call you back {humanize_due(v.callback_due, tz)}.")
+        dated.append((v.callback_due,
+                      f"We will call you back {humanize_due(v.callback_due, tz)}."))
     for name, due in v.milestones:
-        lines.append(f"{name.replace('_', ' ').capitalize()}: {humanize_due(due, tz)}.")
+        dated.append((due, f"{name.replace('_', ' ').capitalize()}: {humanize_due(due, tz)}."))
     if v.fulfil_due and not v.milestones:
         verb = "restored" if v.request_type == "website_down" else "completed"
-        lines.append(f"Our target is to have this {verb} {humanize_due(v.fulfil_due, tz)}.")
+        dated.append((v.fulfil_due,
+                      f"Our target is to have this {verb} {humanize_due(v.fulfil_due, tz)}."))
+    lines = [text for _, text in sorted(dated, key=lambda d: d[0])]
     if not v.fulfil_due and not v.milestones:
         lines.append("We will agree a date for the work with you.")
     return lines
