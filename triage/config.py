@@ -5,7 +5,6 @@ Secrets are ``SecretStr`` so that a logged or printed Settings never shows them.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,17 +18,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from triage.netutil import is_loopback
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data"
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(BaseSettings):

@@ -29,7 +29,6 @@ import copy
 import email.errors
 import email.policy
 import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -47,6 +46,8 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
+from triage.netutil import is_loopback
+
 logger = logging.getLogger(__name__)
 
 Security = Literal["tls", "starttls", "plain"]
@@ -59,14 +60,6 @@ _SCHEMES: dict[str, tuple[Security, int]] = {
 }
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals; names are never resolved."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import re
 import ssl
@@ -32,6 +31,7 @@ from aioimaplib import aioimaplib
 
 from triage.mailbox import PermanentMailboxError, TransientMailboxError
 from triage.messages import RawMessage
+from triage.netutil import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ _MONTHS = {
 _NETWORK_ERRORS = (OSError, EOFError, ssl.SSLError, aioimaplib.AioImapException)
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1: the only hosts a password may go to in clear."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def quote(text: str) -> str:
