@@ -17,7 +17,6 @@ HANDLERS: dict[str, str] = {
     "classify": "classifiers.cli:cmd_classify",
     "sla due": "triage.sla_cli:cmd_due",
     "db upgrade": "triage.storage.migrate:cmd_upgrade",
-    "user add": "triage.users:cmd_user_add",
 }
 
 
@@ -67,16 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database")
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     db_sub.add_parser("upgrade", help="apply Alembic migrations")
-
-    user = sub.add_parser("user", help="staff users")
-    user_sub = user.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
-    ua = user_sub.add_parser("add", help="create a staff user")
-    ua.add_argument("name")
     return p
 
 
 def _command_key(ns: argparse.Namespace) -> str:
-    for group in ("sla_command", "db_command", "user_command"):
+    for group in ("sla_command", "db_command"):
         sub = getattr(ns, group, None)
         if sub:
             return f"{ns.command} {sub}"
