@@ -1,0 +1,190 @@
+"""Train the classifier from labelled JSONL and write a versioned artifact.
+
+Records: one JSON object per line, ``{"subject", "body", "from", "headers", "label",
+"priority"}``. Default data: ``data/training/*.jsonl`` plus staff corrections in
+``data/corrections/*.jsonl`` when that folder exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sklearn
+import skops
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+
+from classifiers import artifact
+from classifiers.evaluate import PRIORITIES, Record, evaluate, jsonl_files, load_records
+from classifiers.features import load_keywords, prepare
+from classifiers.pipeline import build_pipeline
+from classifiers.predict import DEFAULT_PRIORITIES, DEFAULT_REVIEW_THRESHOLD, Classifier
+from classifiers.types import LABELS, NOT_A_REQUEST
+
+log = logging.getLogger(__name__)
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_TRAINING = (REPO_DATA / "training", REPO_DATA / "corrections")
+SLA_POLICY = REPO_DATA / "sla_policy.toml"
+
+
+Progress = Callable[[str], None]
+
+
+def data_hash(files: Sequence[Path]) -> str:
+    """SHA-256 over the training files' bytes, in order; names excluded so moves don't count."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def load_priorities(path: Path = SLA_POLICY) -> dict[str, str]:
+    """Default priority per type from the SLA policy, else the built-in table."""
+    table = {t: "normal" for t in LABELS if t != NOT_A_REQUEST} | DEFAULT_PRIORITIES
+    try:
+        with open(path, "rb") as fh:
+            policy = tomllib.load(fh)
+    except FileNotFoundError:
+        log.info("no SLA policy at %s; using built-in priorities", path)
+        return table
+    for name, spec in policy.get("types", {}).items():
+        if name in table and isinstance(spec, dict) and spec.get("priority") in PRIORITIES:
+            table[name] = spec["priority"]
+    return table
+
+
+def fit(
+    records: Sequence[Record],
+    keywords: dict[str, Any],
+    **model_options: Any,
+) -> Pipeline:
+    pipe = build_pipeline(keywords, **model_options)
+    pipe.fit([prepare(r.email) for r in records], [r.label for r in records])
+    return pipe
+
+
+def split(
+    records: Sequence[Record], test_size: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Stratified split; labels too rare to stratify all go to training."""
+    counts = Counter(r.label for r in records)
+    rare = [r for r in records if counts[r.label] < 2]
+    common = [r for r in records if counts[r.label] >= 2]
+    if test_size <= 0 or len(common) < 4:
+        return list(records), []
+    train, test = train_test_split(
+        common, test_size=test_size, random_state=seed, stratify=[r.label for r in common]
+    )
+    return [*train, *rare], list(test)
+
+
+def pick_threshold(clf: Classifier, records: Sequence[Record], target: float = 0.97) -> float:
+    """Lowest confidence above which the test split's accuracy is at least ``target``.
+
+    Decisions below it are flagged ``needs_review``; with no test split, the default.
+    """
+    if not records:
+        return DEFAULT_REVIEW_THRESHOLD
+    decisions = clf.classify_many([r.email for r in records])
+    pairs = sorted(
+        (
+            (d.confidence, d.label == r.label)
+            for d, r in zip(decisions, records, strict=True)
+            if d.screened_by is None
+        ),
+        reverse=True,
+    )
+    best = DEFAULT_REVIEW_THRESHOLD
+    correct = 0
+    for n, (conf, ok) in enumerate(pairs, 1):
+        correct += ok
+        if correct / n >= target:
+            best = conf
+    return float(min(max(best, 0.2), 0.9))
+
+
+def train(
+    data: Sequence[Path] | None = None,
+    out: Path | None = None,
+    *,
+    keywords_path: Path | None = None,
+    test_size: float = 0.2,
+    seed: int = 13,
+    progress: Progress | None = None,
+    **model_options: Any,
+) -> dict[str, Any]:
+    """Train, report on a held-out stratified split, write the artifact; returns its metadata."""
+    say = progress or (lambda msg: log.info("%s", msg))
+    started = time.perf_counter()
+    # Named data must exist; of the defaults, the corrections folder may not (yet).
+    sources = list(data) if data else [p for p in DEFAULT_TRAINING if p.exists()]
+    files = jsonl_files(sources)
+    if not files:
+        raise FileNotFoundError("no training data (*.jsonl) found")
+    say(f"reading {len(files)} file(s)")
+    records = load_records(files)
+    labels = Counter(r.label for r in records)
+    if len(labels) < 2:
+        raise ValueError(f"need at least two labels to train, found {sorted(labels)}")
+    keywords = load_keywords(keywords_path)
+    keywords_digest = hashlib.sha256(json.dumps(keywords, sort_keys=True).encode()).hexdigest()
+    train_set, test_set = split(records, test_size, seed)
+    say(
+        f"{len(records)} records, {len(labels)} labels; training on {len(train_set)}, "
+        f"testing on {len(test_set)}"
+    )
+
+    t0 = time.perf_counter()
+    pipe = fit(train_set, keywords, **model_options)
+    fit_seconds = time.perf_counter() - t0
+    say(f"fitted in {fit_seconds:.1f}s")
+
+    priorities = load_priorities()
+    digest = data_hash(files)
+    stamp = datetime.now(UTC)
+    meta: dict[str, Any] = {
+        "model_version": f"{stamp:%Y%m%d%H%M%S}-{digest[:8]}",
+        "created_at": stamp.isoformat(timespec="seconds"),
+        "sklearn_version": sklearn.__version__,
+        "skops_version": skops.__version__,
+        "python_version": platform.python_version(),
+        "training_data_sha256": digest,
+        "training_files": [f"{f.parent.name}/{f.name}" for f in files],
+        "test_split": {"size": test_size, "seed": seed, "stratified": True},
+        "keywords_sha256": keywords_digest,
+        "n_records": len(records),
+        "n_train": len(train_set),
+        "n_test": len(test_set),
+        "label_counts": dict(sorted(labels.items())),
+        "labels": [str(c) for c in pipe.classes_],
+        "priorities": priorities,
+        "model": {"name": type(pipe.named_steps["model"]).__name__, **model_options},
+        "fit_seconds": round(fit_seconds, 2),
+        "review_threshold": DEFAULT_REVIEW_THRESHOLD,
+    }
+    clf = Classifier(pipe, meta)
+    if test_set:
+        meta["review_threshold"] = pick_threshold(clf, test_set)
+        clf = Classifier(pipe, meta)
+        report = evaluate(clf, test_set)
+        meta["metrics"] = {"test_split": report.summary()}
+        say(
+            f"test split: macro-F1 {report.macro_f1:.3f}, accuracy {report.accuracy:.3f}, "
+            f"priority accuracy {report.priority_accuracy:.3f}"
+        )
+    out = Path(out) if out is not None else artifact.DEFAULT_MODEL_PATH
+    meta = artifact.save(pipe, meta, out)
+    say(f"wrote {out} ({meta['model_version']}) in {time.perf_counter() - started:.1f}s")
+    return meta
