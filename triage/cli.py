@@ -17,6 +17,7 @@ HANDLERS: dict[str, str] = {
     "classify": "classifiers.cli:cmd_classify",
     "sla due": "triage.sla_cli:cmd_due",
     "db upgrade": "triage.storage.migrate:cmd_upgrade",
+    "client set": "triage.clients:cmd_client_set",
 }
 
 
@@ -66,11 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database")
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     db_sub.add_parser("upgrade", help="apply Alembic migrations")
+
+    client = sub.add_parser("client", help="clients and their contracts")
+    client_sub = client.add_subparsers(dest="client_command", required=True, parser_class=_Parser)
+    cs = client_sub.add_parser("set", help="record a client's contract by mail domain")
+    cs.add_argument("domain", help="the client's mail domain, e.g. harborviewdental.com")
+    cs.add_argument("--contract", required=True, choices=["standard", "24x7"])
+    cs.add_argument("--name", help="display name")
     return p
 
 
 def _command_key(ns: argparse.Namespace) -> str:
-    for group in ("sla_command", "db_command"):
+    for group in ("sla_command", "db_command", "client_command"):
         sub = getattr(ns, group, None)
         if sub:
             return f"{ns.command} {sub}"

@@ -73,7 +73,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_path = os.environ.get("TRIAGE_CONFIG_FILE")
+        toml_path = settings_cls.model_config.get("toml_file") or os.environ.get(
+            "TRIAGE_CONFIG_FILE")
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
@@ -123,9 +124,14 @@ class MailboxURL:
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
-    """Build Settings once at start; ``config_file`` is the ``--config`` TOML path."""
-    if config_file:
-        if not Path(config_file).is_file():
-            raise ValueError(f"config file not found: {config_file}")
-        os.environ["TRIAGE_CONFIG_FILE"] = config_file
-    return Settings(**overrides)
+    """Build Settings once at start; ``config_file`` is the ``--config`` TOML path
+    (``TRIAGE_CONFIG_FILE`` also names one). Environment variables win over the file."""
+    if not config_file:
+        return Settings(**overrides)
+    if not Path(config_file).is_file():
+        raise ValueError(f"config file not found: {config_file}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return FileSettings(**overrides)
