@@ -29,7 +29,8 @@ def test_plain_message_fields() -> None:
     assert p.date is not None and p.date.utcoffset() is not None
     assert p.references == ("r1@x", "r2@x") and p.in_reply_to == "r2@x"
     assert "locked out" in p.text
-    assert p.content_hash == hashlib.sha256(PLAIN).hexdigest()
+    assert p.content_hash == hashlib.sha256(PLAIN.replace(b"\r\n", b"\n")).hexdigest()
+    assert parse(PLAIN.replace(b"\r\n", b"\n")).content_hash == p.content_hash
     assert ("Subject", "Outlook keeps asking for my password") in p.headers
     assert build_reply_headers(p) == (
         "abc123@harborviewdental.com",

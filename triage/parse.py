@@ -114,7 +114,9 @@ def _id_list(value: str | None) -> tuple[str, ...]:
 def parse(raw: bytes) -> ParsedEmail:
     if not raw or not raw.strip():
         raise ParseError("empty message")
-    content_hash = hashlib.sha256(raw).hexdigest()
+    # Line ends normalised: Dovecot stores LF and serves CRLF, so the same message read two
+    # ways must hash the same (the hash is the dedupe key when Message-ID is missing).
+    content_hash = hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
     defects: list[str] = []
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     if not msg.keys():

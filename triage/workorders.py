@@ -314,7 +314,9 @@ class WorkOrderStore:
         p, d, raw = item.parsed, item.decision, item.raw
         assert p is not None and d is not None
         now = self._clock()
-        received = raw.internal_date or now
+        # The mailbox's arrival time starts the clock (mail that waited while we were down
+        # is not younger than it is); a server clock ahead of ours is not trusted.
+        received = min(raw.internal_date or now, now)
         client = self._client_for(s, p.from_addr)
         priority = d.priority or "normal"
         due = self._policy.due(d.label, priority, client.contract, received)
