@@ -135,3 +135,13 @@ def test_daemon_stops_cleanly_on_sigterm(dovecot, smtp_sink, tmp_path: Path) -> 
             proc.communicate()
     assert proc.returncode == 0, err
     assert "finishing the message in hand" in out and "stopped" in out
+
+
+@pytest.mark.imap
+def test_daemon_exits_non_zero_when_the_mailbox_refuses_login(dovecot, smtp_sink,
+                                                              tmp_path: Path) -> None:
+    env = _env(dovecot, smtp_sink, tmp_path) | {"TRIAGE_MAILBOX_PASSWORD": "wrong-Secret-42"}
+    r = triage("run", env=env, timeout=60)
+    assert r.returncode == 1
+    assert "refuses us" in r.stdout
+    assert "wrong-Secret-42" not in r.stdout + r.stderr

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from triage.parse import parse
 from triage.sla import load_policy
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
-from triage.storage.models import Event, Fetch, Message, Outbox, RawBlob, WorkOrder
-from triage.workorders import Ingest, StoreConfig, WorkOrderStore
+from triage.storage.models import Client, Event, Fetch, Message, Outbox, RawBlob, WorkOrder
+from triage.workorders import Ingest, RetryBatch, StoreConfig, WorkOrderStore
 
 NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)  # Friday 10:00 New York
 MBOX = "imap://helpdesk@127.0.0.1:1/INBOX"
@@ -76,6 +77,11 @@ def store(db_url: str, tmp_path: Path):
     engine.dispose()
 
 
+def ack_id(sessions) -> str:
+    with sessions() as s:
+        return s.scalar(select(Outbox.message_id).order_by(Outbox.id))
+
+
 def count(sessions, model, *where) -> int:
     with sessions() as s:
         return s.scalar(select(func.count()).select_from(model).where(*where)) or 0
@@ -93,7 +99,7 @@ def test_request_opens_work_order_with_sla_and_ack(store) -> None:
         assert wo.response_due == datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
         ob = s.scalar(select(Outbox))
         assert ob.status == "pending" and ob.to_addr == "dana@harborview.com"
-        assert ob.message_id == "ITX-000001.ack.1@itx.net"
+        assert re.fullmatch(r"ITX-000001\.ack\.1\.[0-9a-f]{12}@itx\.net", ob.message_id)
         assert ob.context["in_reply_to"] == "m1@harborview.com"
         assert s.scalar(select(RawBlob.data)) == mail(1).data
     assert st.stored_uids(MBOX, 7, ["1", "2"]) == {"1"}
@@ -120,7 +126,7 @@ def test_reply_threads_and_reopens_without_new_ack(store) -> None:
     reply = mail(
         2,
         subject="Re: help [ITX-000001]",
-        extra="In-Reply-To: <ITX-000001.ack.1@itx.net>\r\n",
+        extra=f"In-Reply-To: <{ack_id(sessions)}>\r\n",
         body="still broken",
     )
     (o,) = st.store_batch([ingest(reply, req())])
@@ -216,3 +222,59 @@ def test_uidvalidity_change_is_recorded(store) -> None:
     (o,) = st.store_batch([ingest(moved, req())])
     assert o.disposition == "duplicate"  # the Message-ID saves us
     assert count(sessions, Event, Event.action == "uidvalidity_changed") == 1
+
+
+def test_quoted_ack_id_from_a_stranger_does_not_thread(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    forged = mail(2, frm="mallory@evil.example", subject="Re: help",
+                  extra=f"In-Reply-To: <{ack_id(sessions)}>\r\n")
+    (o,) = st.store_batch([ingest(forged, req())])
+    assert o.disposition == "work_order" and o.work_order == "ITX-000002"
+    with sessions() as s:
+        assert s.get(WorkOrder, 2).needs_review
+
+
+def test_free_mail_users_are_not_one_client(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1, frm="alice@gmail.com"), req())])
+    eve = mail(2, frm="eve@gmail.com", subject="Re: [ITX-000001] reset it")
+    (o,) = st.store_batch([ingest(eve, req("password_reset"))])
+    assert o.disposition == "work_order"  # not threaded onto Alice's work order
+    with sessions() as s:
+        keys = sorted(s.scalars(select(Client.domain)))
+    assert keys == ["alice@gmail.com", "eve@gmail.com"]
+
+
+def test_environment_failure_rolls_back_the_batch_for_a_retry(db_url: str,
+                                                              tmp_path: Path) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the attachments folder should be")
+    st = WorkOrderStore(sessions, load_policy(),
+                        StoreConfig("helpdesk@itx.net", 5, blocked, 0.6), lambda: NOW)
+    raw = (b"From: a@b.com\r\nSubject: scan\r\nMessage-ID: <att@b.com>\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="Z"\r\n\r\n--Z\r\n'
+           b"Content-Type: text/plain\r\n\r\nserver down\r\n--Z\r\n"
+           b"Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf"
+           b"\r\n\r\nPDF\r\n--Z--\r\n")
+    item = Ingest(raw=RawMessage(MBOX, 7, "1", len(raw), raw), parsed=parse(raw),
+                  decision=req("server_down"))
+    with pytest.raises(RetryBatch):
+        st.store_batch([ingest(mail(2), req()), item])
+    assert count(sessions, Message) == 0 and count(sessions, Fetch) == 0  # nothing half-kept
+    blocked.unlink()
+    outs = st.store_batch([ingest(mail(2), req()), item])
+    assert [o.disposition for o in outs] == ["work_order", "work_order"]
+    engine.dispose()
+
+
+def test_nul_in_html_is_stored_on_every_backend(store) -> None:
+    st, _ = store
+    raw = (b"From: a@b.com\r\nSubject: site\r\nMessage-ID: <nul@b.com>\r\n"
+           b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>web\x00site down</p>\r\n")
+    (o,) = st.store_batch([Ingest(raw=RawMessage(MBOX, 7, "1", len(raw), raw),
+                                  parsed=parse(raw), decision=req("website_down"))])
+    assert o.disposition == "work_order"

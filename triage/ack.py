@@ -8,6 +8,7 @@ characters; the HTML part escapes it (autoescape), the text part is plain text.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -21,6 +22,21 @@ from triage.parse import clean_header
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 SUBJECT_LIMIT = 200
+
+_URL = re.compile(r"\b(?:[a-z][a-z0-9+.-]{1,15}://|www\.)\S*", re.IGNORECASE)
+_ADDRESS = re.compile(r"\S+@\S+")
+_HOSTNAME = re.compile(r"\b((?:[a-z0-9-]{1,63}\.)+)([a-z]{2,24})\b", re.IGNORECASE)
+
+
+def quote_subject(subject: str) -> str:
+    """The client's subject as we may repeat it: one line, at most 200 characters, and no
+    working link (invariant 4): a forged sender must not turn our acknowledgments into a
+    way to deliver someone's URL from itx.net. Host names are defanged (``evil[.]example``)."""
+    text = clean_header(subject, SUBJECT_LIMIT * 2)
+    text = _URL.sub("[link removed]", text)
+    text = _ADDRESS.sub("[address removed]", text)
+    text = _HOSTNAME.sub(lambda m: m.group(1).replace(".", "[.]") + m.group(2), text)
+    return text[:SUBJECT_LIMIT]
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ def due_lines(v: AckView) -> list[str]:
 
 
 def ack_subject(subject: str, number: str) -> str:
-    subject = clean_header(subject, SUBJECT_LIMIT)
+    subject = quote_subject(subject)
     tag = f"[{number}]"
     if not subject:
         return f"{tag} We received your request"
@@ -89,7 +105,7 @@ def render_ack(
         "number": v.number,
         "priority": v.priority,
         "priority_meaning": v.priority_meaning,
-        "subject": clean_header(v.subject, SUBJECT_LIMIT),
+        "subject": quote_subject(v.subject),
         "due_lines": due_lines(v),
         "urgent": v.priority == "urgent",
         "phone": phone,

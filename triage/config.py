@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     smtp_url: str = "dir://var/outbox"  # smtps://, smtp:// (STARTTLS), smtp+plain:// (loopback), dir://
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
-    database_url: str = "sqlite:///var/triage.db"
+    database_url: str = Field(default="sqlite:///var/triage.db", repr=False)  # may hold a password
     from_address: str = "helpdesk@itx.net"
     from_name: str = "ITX Helpdesk"
     helpdesk_phone: str = "800-600-7785"

@@ -52,6 +52,7 @@ class Job:
     to_addr: str
     attempts: int
     view: AckView | None
+    claimed_until: datetime  # the lease; also the claim's token (a reclaim changes it)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class OutboxStore:
         clock: Callable[[], datetime],
         timezone_for: Callable[[str], str],
         priority_meaning: Callable[[str], str],
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = timedelta(minutes=10),
     ) -> None:
         self._sessions = sessions
         self._retry = retry
@@ -85,7 +86,15 @@ class OutboxStore:
         self._meaning = priority_meaning
         self._lease = lease
 
-    def claim(self, limit: int = 20) -> list[Job]:
+    def lease_left(self, job: Job) -> timedelta:
+        return job.claimed_until - self._clock()
+
+    def _mine(self, row: Outbox | None, job: Job) -> bool:
+        """Still our claim? A lease that ran out may have been taken by another sweep."""
+        return (row is not None and row.status == "sending"
+                and row.claimed_until == job.claimed_until)
+
+    def claim(self, limit: int = 10) -> list[Job]:
         now = self._clock()
         with self._sessions.begin() as s:
             q = (
@@ -103,10 +112,12 @@ class OutboxStore:
                 q = q.with_for_update(skip_locked=True)
             rows = list(s.scalars(q))
             jobs: list[Job] = []
+            until = now + self._lease
             for row in rows:
-                row.status, row.claimed_until = "sending", now + self._lease
+                row.status, row.claimed_until = "sending", until
                 row.attempts += 1
-                jobs.append(Job(row.id, row.kind, row.to_addr, row.attempts, self._view(s, row)))
+                jobs.append(Job(row.id, row.kind, row.to_addr, row.attempts,
+                                self._view(s, row), until))
             return jobs
 
     def _view(self, s: Session, row: Outbox) -> AckView | None:
@@ -141,8 +152,10 @@ class OutboxStore:
         answer = f"{result.code} {result.text}".strip()[:1000]
         with self._sessions.begin() as s:
             row = s.get(Outbox, job.id)
-            if row is None:
+            if not self._mine(row, job):
+                log.warning("outbox row %s: lease lost before the result was recorded", job.id)
                 return
+            assert row is not None
             row.claimed_until = None
             if result.ok:
                 row.status, row.sent_at, row.smtp_response = "sent", now, answer
@@ -169,7 +182,7 @@ class OutboxStore:
         """A row that cannot be rendered is not retried forever."""
         with self._sessions.begin() as s:
             row = s.get(Outbox, job.id)
-            if row is not None:
+            if row is not None and self._mine(row, job):
                 row.status, row.last_error, row.claimed_until = "dead", reason[:1000], None
 
     def release(self, jobs: Sequence[Job]) -> None:
@@ -179,7 +192,7 @@ class OutboxStore:
         with self._sessions.begin() as s:
             for job in jobs:
                 row = s.get(Outbox, job.id)
-                if row is not None and row.status == "sending":
+                if row is not None and self._mine(row, job):
                     row.status, row.claimed_until = "pending", None
                     row.attempts = max(0, row.attempts - 1)
 

@@ -201,7 +201,7 @@ def parse(raw: bytes) -> ParsedEmail:
         references=_id_list(_header_str(msg, "references")),
         headers=headers,
         text=text,
-        html=html[:MAX_TEXT] if html else None,
+        html=html.replace("\x00", "")[:MAX_TEXT] if html else None,
         attachments=tuple(attachments),
         defects=tuple(dict.fromkeys(defects)),
         content_hash=content_hash,

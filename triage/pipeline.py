@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.message import EmailMessage
 
 from jinja2 import Environment
@@ -18,8 +20,9 @@ from jinja2 import Environment
 from classifiers.types import Decision, EmailInput
 from triage.ack import render_ack
 from triage.mailbox import Mailbox
+from triage.mailbox.backoff import Backoff
 from triage.messages import ParsedEmail, RawMessage
-from triage.outbox import Job, OutboxStore, Transport
+from triage.outbox import Job, OutboxStore, SendResultLike, Transport
 from triage.parse import ParseError, parse
 from triage.workorders import Ingest, Outcome, WorkOrderStore
 
@@ -104,6 +107,7 @@ class Runner:
         from_name: str,
         phone: str,
         batch_size: int = 50,
+        transport_pause: float = 5.0,
     ) -> None:
         self.mailbox, self.store, self.classifier = mailbox, store, classifier
         self.outbox, self.transport, self.env = outbox, transport, env
@@ -111,12 +115,21 @@ class Runner:
         self.batch_size = batch_size
         self.counters = Counters()
         self.outbox_wakeup = asyncio.Event()
+        self.should_stop: Callable[[], bool] = lambda: False
+        # A send must finish well inside the lease (SMTP timeout 30 s, plus margin).
+        self.lease_margin = timedelta(seconds=90)
+        self.sweep_lock = asyncio.Lock()
+        self._transport_backoff = (Backoff(base=transport_pause, cap=max(300.0, transport_pause))
+                                   if transport_pause > 0 else None)
+        self._paused_until = 0.0
 
     async def process_waiting(self) -> int:
         """Everything waiting in the mailbox, batch by batch; returns messages handled."""
         handled = 0
         async for batch in self.mailbox.batches(self.batch_size):
             handled += await self.process_batch(batch)
+            if self.should_stop():
+                break  # the batch in hand is stored and marked; the rest waits
         return handled
 
     async def process_batch(self, batch: Sequence[RawMessage]) -> int:
@@ -144,32 +157,54 @@ class Runner:
             outcomes += self.store.store_batch(prepare_batch(fresh, self.classifier))
         return outcomes
 
-    async def drain_outbox(self, limit: int = 50) -> tuple[int, int]:
-        """One sweep: (sent, failed). Stops at the first transient failure to keep order."""
-        jobs = await asyncio.to_thread(self.outbox.claim, limit)
-        sent = failed = 0
-        for n, job in enumerate(jobs):
-            msg = self._render(job)
-            if msg is None:
-                await asyncio.to_thread(self.outbox.dead_letter, job, "cannot render")
+    async def drain_outbox(self, limit: int = 10) -> tuple[int, int]:
+        """One sweep: (sent, failed). One sweep at a time per process; it stops at the first
+        transient failure (later mail never overtakes earlier), when asked to stop, or when
+        the lease is too short to send one more message safely."""
+        if self.sweep_lock.locked() or time.monotonic() < self._paused_until:
+            return 0, 0
+        async with self.sweep_lock:
+            jobs = await asyncio.to_thread(self.outbox.claim, limit)
+            sent = failed = 0
+            for n, job in enumerate(jobs):
+                if self.should_stop() or self.outbox.lease_left(job) < self.lease_margin:
+                    await asyncio.to_thread(self.outbox.release, jobs[n:])
+                    break
+                msg = self._render(job)
+                if msg is None:
+                    await asyncio.to_thread(self.outbox.dead_letter, job, "cannot render")
+                    failed += 1
+                    continue
+                # Shielded: a shutdown must not cancel between the server's 250 and our
+                # record of it, or the row would be sent again after restart.
+                result = await asyncio.shield(self._send_and_record(job, msg))
+                if result.ok:
+                    sent += 1
+                    if self._transport_backoff:
+                        self._transport_backoff.reset()
+                    continue
                 failed += 1
-                continue
-            result = await self.transport.send(msg, sender=self.from_address,
-                                               recipients=[job.to_addr])
-            await asyncio.to_thread(self.outbox.record, job, result)
-            if result.ok:
-                sent += 1
-                continue
-            failed += 1
-            log.warning("outbox row %s not delivered (%s): %s %s", job.id,
-                        "permanent" if result.permanent else "transient", result.code,
-                        result.text)
-            if not result.permanent or result.transport_failed:
-                await asyncio.to_thread(self.outbox.release, jobs[n + 1:])
-                break
-        self.counters.sent += sent
-        self.counters.send_failures += failed
-        return sent, failed
+                log.warning("outbox row %s not delivered (%s): %s %s", job.id,
+                            "permanent" if result.permanent else "transient", result.code,
+                            result.text)
+                if result.transport_failed and self._transport_backoff:
+                    # Wrong password, bad certificate, server away: stop hammering it.
+                    pause = self._transport_backoff.next_delay()
+                    self._paused_until = time.monotonic() + pause
+                    log.error("SMTP unavailable (%s); outbox paused for %.0fs",
+                              result.stage or "connect", pause)
+                if not result.permanent or result.transport_failed:
+                    await asyncio.to_thread(self.outbox.release, jobs[n + 1:])
+                    break
+            self.counters.sent += sent
+            self.counters.send_failures += failed
+            return sent, failed
+
+    async def _send_and_record(self, job: Job, msg: EmailMessage) -> SendResultLike:
+        result = await self.transport.send(msg, sender=self.from_address,
+                                           recipients=[job.to_addr])
+        await asyncio.to_thread(self.outbox.record, job, result)
+        return result
 
     def _render(self, job: Job) -> EmailMessage | None:
         if job.view is None:

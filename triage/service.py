@@ -23,12 +23,13 @@ from sqlalchemy import Engine
 from triage.ack import make_env
 from triage.config import Settings
 from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
+from triage.mailbox.backoff import Backoff
 from triage.outbox import OutboxStore, RetryPolicy, Transport
 from triage.pipeline import ClassifierLike, Runner
 from triage.sla import SlaPolicy, load_policy
-from triage.storage.engine import make_engine, make_sessionmaker
+from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
-from triage.workorders import StoreConfig, WorkOrderStore
+from triage.workorders import RetryBatch, StoreConfig, WorkOrderStore
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def build(
     engine = make_engine(settings.database_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
+    reads = make_read_sessionmaker(engine)
     policy = load_policy(settings.sla_policy_path)
     if classifier is None:
         from classifiers.predict import Classifier
@@ -92,6 +94,7 @@ def build(
                     attachments_dir=settings.attachments_dir,
                     review_threshold=settings.review_threshold),
         clock,
+        reads,
     )
     outbox = OutboxStore(
         sessions,
@@ -106,8 +109,13 @@ def build(
         mailbox or make_mailbox(settings), store, classifier, outbox, transport, make_env(),
         from_address=settings.from_address, from_name=settings.from_name,
         phone=settings.helpdesk_phone, batch_size=settings.batch_size,
+        transport_pause=settings.outbox_retry_base,
     )
     return Components(engine, policy, runner, transport)
+
+
+class FatalMailboxError(Exception):
+    """The mailbox refuses us for good (credentials, folder): stop with a non-zero code."""
 
 
 class Service:
@@ -116,8 +124,11 @@ class Service:
         self.c = components
         self.should_exit = asyncio.Event()
         self.force_exit = False
+        self.fatal: BaseException | None = None
         self._mailbox_lock = asyncio.Lock()
         self._connected = False
+        self._poll_backoff = Backoff(base=1.0, cap=max(1.0, min(300.0, settings.poll_interval * 5)))
+        components.runner.should_stop = self.should_exit.is_set
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def run_once(self) -> int:
@@ -139,29 +150,45 @@ class Service:
     async def run(self) -> None:
         self._install_signals()
         scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(self._outbox_job, "interval", seconds=self.settings.outbox_interval,
-                          id="outbox", max_instances=1, coalesce=True,
-                          next_run_time=utcnow())
         async with self.c.transport:
-            await self._connect_with_backoff()
+            # The outbox runs from the start: acknowledgments already queued go out even
+            # while the mailbox is unreachable.
+            scheduler.add_job(self._outbox_job, "interval", seconds=self.settings.outbox_interval,
+                              id="outbox", max_instances=1, coalesce=True,
+                              next_run_time=utcnow())
             scheduler.start()
-            idle = getattr(self.c.runner.mailbox, "supports_idle", True) and self.settings.use_idle
-            if not idle:
-                scheduler.add_job(self._poll_job, "interval", seconds=self.settings.poll_interval,
-                                  id="poll", max_instances=1, coalesce=True,
-                                  next_run_time=utcnow())
             try:
+                await self._connect_with_backoff()
+                idle = (getattr(self.c.runner.mailbox, "supports_idle", True)
+                        and self.settings.use_idle)
                 if idle:
                     await self._idle_loop()
                 else:
+                    scheduler.add_job(self._poll_job, "interval",
+                                      seconds=self.settings.poll_interval, id="poll",
+                                      max_instances=1, coalesce=True, next_run_time=utcnow())
                     await self.should_exit.wait()
             finally:
-                scheduler.shutdown(wait=False)
-                async with self._mailbox_lock:
-                    with contextlib.suppress(Exception):
-                        await self.c.runner.mailbox.close()
+                await self._stop(scheduler)
         self.c.engine.dispose()
         log.info("stopped; counters %s", self.c.runner.counters)
+        if self.fatal is not None:
+            raise FatalMailboxError(str(self.fatal)) from self.fatal
+
+    async def _stop(self, scheduler: AsyncIOScheduler) -> None:
+        """Stop taking work, let the job in hand finish (up to the timeout), then close."""
+        self.should_exit.set()
+        scheduler.pause()
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout):
+                async with self.c.runner.sweep_lock, self._mailbox_lock:
+                    pass  # both free: no sweep and no batch in flight
+        except TimeoutError:
+            log.warning("shutdown: work still running after %.0fs; cancelling it",
+                        self.settings.shutdown_timeout)
+        scheduler.shutdown(wait=False)
+        with contextlib.suppress(Exception):
+            await self.c.runner.mailbox.close()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -177,11 +204,14 @@ class Service:
         log.info("%s: finishing the message in hand, then stopping", sig.name)
         self.should_exit.set()
 
+    async def _pause(self, delay: float) -> None:
+        """Sleep that a stop request interrupts."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.should_exit.wait(), delay)
+
     # ---- work ----------------------------------------------------------------------------------
     async def _connect_with_backoff(self) -> None:
-        from triage.mailbox.backoff import Backoff
-
-        backoff = Backoff()
+        backoff = Backoff(base=1.0, cap=60.0)
         while not self.should_exit.is_set():
             try:
                 await self.c.runner.mailbox.connect()
@@ -192,33 +222,45 @@ class Service:
             except MailboxError as e:
                 delay = backoff.next_delay()
                 log.warning("mailbox connect failed (%s); retrying in %.1fs", e, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.should_exit.wait(), delay)
+                await self._pause(delay)
 
-    async def _poll_once(self) -> None:
+    async def _poll_once(self) -> bool:
+        """One pass over the mailbox; False when it failed (the caller backs off)."""
         async with self._mailbox_lock:
             if self.should_exit.is_set():
-                return
+                return True
             try:
                 if not self._connected:
                     await self._connect_with_backoff()
                 await self.c.runner.process_waiting()
-            except PermanentMailboxError:
-                raise
-            except MailboxError as e:
-                log.warning("mailbox failed (%s); reconnecting", e)
+                ok = True
+            except PermanentMailboxError as e:
+                # After start-up this means the password was changed or the folder removed:
+                # hammering the server would lock the account. Stop and say so.
+                log.error("mailbox refuses us permanently (%s); stopping", e)
+                self.fatal = e
+                self.should_exit.set()
+                return False
+            except (MailboxError, RetryBatch) as e:
+                log.warning("poll failed (%s); reconnecting after a pause", e)
+                ok = False
+            except Exception:
+                log.exception("poll failed")
+                ok = False
+            if not ok:
                 self._connected = False
                 with contextlib.suppress(Exception):
                     await self.c.runner.mailbox.close()
         if self.c.runner.outbox_wakeup.is_set():
             self.c.runner.outbox_wakeup.clear()
             await self._outbox_job()
+        return ok
 
     async def _poll_job(self) -> None:
-        try:
-            await self._poll_once()
-        except Exception:
-            log.exception("poll failed")
+        if await self._poll_once():
+            self._poll_backoff.reset()
+            return
+        await self._pause(self._poll_backoff.next_delay())
 
     async def _idle_loop(self) -> None:
         while not self.should_exit.is_set():
@@ -248,9 +290,9 @@ class Service:
 
     async def _outbox_job(self) -> None:
         try:
-            while True:
+            while not self.should_exit.is_set():
                 sent, failed = await self.c.runner.drain_outbox()
-                if failed or not sent or self.should_exit.is_set():
+                if failed or not sent:
                     return
         except Exception:
             log.exception("outbox sweep failed")
@@ -272,5 +314,9 @@ def run_service(settings: Settings, *, once: bool) -> int:
         asyncio.run(service.run_once())
         components.engine.dispose()
         return 0
-    asyncio.run(service.run())
+    try:
+        asyncio.run(service.run())
+    except (FatalMailboxError, PermanentMailboxError) as e:
+        log.error("stopped: the mailbox refuses us: %s", e)
+        return 1
     return 0

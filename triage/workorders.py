@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
@@ -91,8 +93,30 @@ def dedupe_key(parsed: ParsedEmail | None, raw: RawMessage) -> str:
     return f"fetch:{raw.mailbox}:{raw.uidvalidity}:{raw.uid}"[:1024]
 
 
+# Mail providers whose users are not one client: on these, "same client" means same address.
+FREEMAIL = frozenset({
+    "gmail.com", "googlemail.com", "yahoo.com", "ymail.com", "outlook.com", "hotmail.com",
+    "live.com", "msn.com", "aol.com", "icloud.com", "me.com", "mac.com", "proton.me",
+    "protonmail.com", "gmx.com", "gmx.net", "mail.com", "zoho.com", "yandex.com",
+    "comcast.net", "verizon.net", "att.net", "sbcglobal.net", "cox.net", "earthlink.net",
+})
+
+
 def _domain(addr: str) -> str:
     return addr.rsplit("@", 1)[-1].lower() if "@" in addr else ""
+
+
+def client_key(addr: str) -> str:
+    """The ``clients.domain`` a sender belongs to: the domain, or the address on free mail."""
+    domain = _domain(addr)
+    if not domain or len(domain) > 253:
+        return "unknown"
+    return addr.lower()[:255] if domain in FREEMAIL else domain
+
+
+class RetryBatch(Exception):
+    """A failure of the environment (disk, database connection), not of the message: the
+    whole batch is rolled back and left unmarked, so it is fetched and tried again."""
 
 
 class WorkOrderStore:
@@ -102,8 +126,10 @@ class WorkOrderStore:
         policy: DuePolicy,
         config: StoreConfig,
         clock: Callable[[], datetime],
+        reads: sessionmaker[Session] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._reads = reads or sessions
         self._policy = policy
         self._cfg = config
         self._clock = clock
@@ -113,7 +139,7 @@ class WorkOrderStore:
         """UIDs of this batch already stored: after a crash before ``mark_done`` they come back."""
         if not uids:
             return set()
-        with self._sessions() as s:
+        with self._reads() as s:
             rows = s.scalars(
                 select(Fetch.uid).where(
                     Fetch.mailbox == mailbox,
@@ -137,9 +163,16 @@ class WorkOrderStore:
         try:
             with s.begin_nested():
                 return self._store_one(s, item)
-        except Exception as e:  # one message must never take the batch down
-            log.exception("storing uid=%s failed; quarantining", item.raw.uid)
-            reason = f"store failed: {type(e).__name__}: {clean_header(str(e), 300)}"
+        except (OSError, OperationalError, InterfaceError) as e:
+            # Disk full, attachments folder gone, database unreachable or deadlocked: the
+            # message is fine; retrying later must not find it quarantined.
+            raise RetryBatch(f"{type(e).__name__} while storing uid={item.raw.uid}") from e
+        except Exception as e:  # one bad message must never take the batch down
+            # The type only: str(e) of a database error carries the statement's parameters,
+            # which include the message body.
+            log.error("storing uid=%s failed (%s); quarantining", item.raw.uid,
+                      type(e).__name__)
+            reason = f"store failed: {type(e).__name__}"
             with s.begin_nested():
                 return self._quarantine(s, Ingest(raw=item.raw, parsed=None, error=reason))
 
@@ -264,6 +297,7 @@ class WorkOrderStore:
 
     def _find_thread(self, s: Session, p: ParsedEmail) -> tuple[WorkOrder | None, str | None]:
         """The work order this answers, and a review reason when only an untrusted tag matched."""
+        wo: WorkOrder | None = None
         ids = [i for i in (p.in_reply_to, *p.references) if i]
         if ids:
             wo_id = s.scalar(select(Outbox.work_order_id).where(Outbox.message_id.in_(ids),
@@ -272,18 +306,18 @@ class WorkOrderStore:
                 wo_id = s.scalar(select(Message.work_order_id).where(
                     Message.message_id.in_(ids), Message.work_order_id.is_not(None)))
             if wo_id is not None:
-                return s.get(WorkOrder, wo_id), None
-        m = TAG_RE.search(p.subject)
-        if not m:
-            return None, None
-        wo = s.scalar(select(WorkOrder).where(WorkOrder.number == m.group(1)))
+                wo = s.get(WorkOrder, wo_id)
+        if wo is None:
+            m = TAG_RE.search(p.subject)
+            if m:
+                wo = s.scalar(select(WorkOrder).where(WorkOrder.number == m.group(1)))
         if wo is None:
             return None, None
-        same_person = p.from_addr == wo.requester
-        same_client = _domain(p.from_addr) == wo.client.domain and bool(wo.client.domain)
-        if same_person or same_client:
+        # Headers and tags can both be forged: only the requester or the same client may
+        # add to (and reopen) a work order; anyone else opens their own, flagged for review.
+        if p.from_addr == wo.requester or client_key(p.from_addr) == wo.client.domain:
             return wo, None
-        return wo, f"subject carries tag {wo.number} of another client; opened separately"
+        return wo, f"refers to {wo.number} of another client; opened separately"
 
     def _reply(self, s: Session, item: Ingest, key: str, wo: WorkOrder) -> Outcome:
         assert item.decision is not None
@@ -301,14 +335,22 @@ class WorkOrderStore:
         return Outcome(item.raw.uid, "reply", work_order=wo.number)
 
     def _client_for(self, s: Session, addr: str) -> Client:
-        domain = _domain(addr) or "unknown"
-        client = s.scalar(select(Client).where(Client.domain == domain))
-        if client is None:
-            client = Client(domain=domain, name=domain, contract="standard",
-                            created_at=self._clock())
-            s.add(client)
-            s.flush()
-        return client
+        key = client_key(addr)
+        client = s.scalar(select(Client).where(Client.domain == key))
+        if client is not None:
+            return client
+        try:
+            # Another poller may create the same client at the same moment (PostgreSQL).
+            with s.begin_nested():
+                client = Client(domain=key, name=key, contract="standard",
+                                created_at=self._clock())
+                s.add(client)
+                s.flush()
+            return client
+        except IntegrityError:
+            found = s.scalar(select(Client).where(Client.domain == key))
+            assert found is not None
+            return found
 
     def _open(self, s: Session, item: Ingest, key: str, review_reason: str | None) -> Outcome:
         p, d, raw = item.parsed, item.decision, item.raw
@@ -381,5 +423,7 @@ class WorkOrderStore:
         s.add(row)
         s.flush()
         domain = _domain(self._cfg.from_address) or "itx.net"
-        row.message_id = f"{wo.number}.ack.{row.id}@{domain}"
+        # Fixed per row (a resend is the same mail) but not guessable, so a stranger cannot
+        # thread onto someone else's work order by quoting a predictable Message-ID.
+        row.message_id = f"{wo.number}.ack.{row.id}.{secrets.token_hex(6)}@{domain}"
         return True, ""

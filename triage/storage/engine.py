@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,14 +31,29 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(u, connect_args={"timeout": 10})
+        # hide_parameters: a failed statement's message must not carry a mail body to logs.
+        engine = create_engine(u, connect_args={"timeout": 10}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
-    return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         hide_parameters=True)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the lock up front (IMMEDIATE), so two writers queue on busy_timeout instead
+    # of one failing on a lock upgrade; readers keep WAL's concurrency with a plain BEGIN.
+    readonly = conn.get_execution_options().get("triage_readonly", False)
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that write."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that only read: on SQLite they never wait for a writer."""
+    return sessionmaker(engine.execution_options(triage_readonly=True), expire_on_commit=False)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from triage.ack import AckView, ack_subject, make_env, quote_subject, render_ack
+
+
+def view(subject: str, priority: str = "urgent") -> AckView:
+    t = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
+    return AckView(number="ITX-000042", request_type="email_problem", priority=priority,
+                   priority_meaning="fulfilled within 24 hours", to_addr="dana@harborview.com",
+                   message_id="ITX-000042.ack.7.abc@itx.net", in_reply_to="m1@harborview.com",
+                   references=("m0@harborview.com", "m1@harborview.com"), subject=subject,
+                   timezone="America/New_York", response_due=t, callback_due=t,
+                   fulfil_due=t, milestones=(), date=t)
+
+
+def test_links_and_addresses_from_the_client_never_reach_the_mail() -> None:
+    subject = 'Click http://evil.example/x or www.bad.example <script>alert(1)</script> a@b.c'
+    msg = render_ack(make_env(), view(subject), from_address="helpdesk@itx.net",
+                     from_name="ITX Helpdesk", phone="800-600-7785")
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    for part in (msg["Subject"], text, html):
+        assert "http://" not in part and "www.bad" not in part and "a@b.c" not in part
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["In-Reply-To"] == "<m1@harborview.com>"
+    assert msg["References"] == "<m0@harborview.com> <m1@harborview.com>"
+    assert "800-600-7785" in text and "ITX-000042" in text
+
+
+def test_subject_is_one_line_and_capped() -> None:
+    s = quote_subject("x" * 500 + "\r\nBcc: victim@example.com")
+    assert len(s) <= 200 and "\n" not in s and "\r" not in s
+    assert ack_subject("", "ITX-000001") == "[ITX-000001] We received your request"
+    assert ack_subject("Re: help [ITX-000001]", "ITX-000001") == "Re: help [ITX-000001]"
+    assert ack_subject("help", "ITX-000001") == "Re: help [ITX-000001]"
+
+
+def test_normal_priority_has_no_phone_push_and_due_lines_in_order() -> None:
+    msg = render_ack(make_env(), view("new mailbox", "normal"), from_address="helpdesk@itx.net",
+                     from_name="ITX Helpdesk", phone="800-600-7785")
+    text = msg.get_body(("plain",)).get_content()
+    assert "Because this is urgent" not in text
+    assert "by 10:00 AM EST on Monday, November 30" in text

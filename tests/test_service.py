@@ -1,0 +1,160 @@
+"""The daemon loop's manners, with a scripted mailbox and transport (the real ones are
+exercised end to end in test_daemon.py): back off when the mailbox fails, keep sending
+while it is away, stop hammering an SMTP server that refuses us."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from classifiers.predict import Classifier
+from triage.config import Settings
+from triage.mailbox import PermanentMailboxError, TransientMailboxError
+from triage.messages import RawMessage
+from triage.service import FatalMailboxError, Service, build
+
+
+class ScriptedMailbox:
+    name = "scripted://test"
+    supports_idle = True
+
+    def __init__(self, messages: list[bytes] | None = None, fail: type[Exception] | None = None,
+                 fail_connect: bool = False) -> None:
+        self.messages = list(messages or [])
+        self.fail, self.fail_connect = fail, fail_connect
+        self.connects = self.polls = 0
+        self.marked: list[str] = []
+
+    @property
+    def uidvalidity(self) -> int:
+        return 1
+
+    async def connect(self) -> None:
+        self.connects += 1
+        if self.fail_connect:
+            raise TransientMailboxError("connection refused")
+
+    async def close(self) -> None:
+        return None
+
+    async def batches(self, batch_size: int = 50) -> AsyncIterator[list[RawMessage]]:
+        self.polls += 1
+        if self.fail:
+            raise self.fail("server said NO")
+        waiting = [(str(i), m) for i, m in enumerate(self.messages, 1)
+                   if str(i) not in self.marked]
+        if waiting:
+            yield [RawMessage(self.name, 1, uid, len(m), m) for uid, m in waiting]
+
+    async def mark_done(self, messages: Sequence[RawMessage]) -> None:
+        self.marked += [m.uid for m in messages]
+
+    async def wait_for_new(self, timeout: float) -> bool:
+        await asyncio.sleep(min(timeout, 0.05))
+        return False
+
+
+@dataclass
+class Result:
+    ok: bool
+    permanent: bool
+    code: int | None
+    text: str
+    stage: str = ""
+
+    @property
+    def transport_failed(self) -> bool:
+        return not self.ok and self.stage in ("connect", "tls", "auth")
+
+
+class ScriptedTransport:
+    def __init__(self, result: Result) -> None:
+        self.result, self.sent = result, 0
+
+    async def __aenter__(self) -> ScriptedTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send(self, msg: EmailMessage, *, sender: str, recipients: Sequence[str]) -> Result:
+        self.sent += 1
+        return self.result
+
+
+REQUEST = (b"From: dana@harborview.com\r\nSubject: cannot send email\r\nMessage-ID: <s1@h.com>"
+           b"\r\n\r\nOutlook cannot send any email since this morning.\r\n")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier.load()
+
+
+def make(tmp_path: Path, classifier: Classifier, mailbox: ScriptedMailbox, transport,
+         **kw: object) -> Service:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 't.db'}",
+                        attachments_dir=tmp_path / "att", poll_interval=0.05,
+                        outbox_interval=0.05, **kw)  # type: ignore[arg-type]
+    return Service(settings, build(settings, classifier=classifier, mailbox=mailbox,
+                                   transport=transport))
+
+
+async def run_for(svc: Service, seconds: float) -> None:
+    task = asyncio.create_task(svc.run())
+    await asyncio.sleep(seconds)
+    svc.should_exit.set()
+    async with asyncio.timeout(10):
+        await task
+
+
+async def test_failing_polls_back_off(tmp_path: Path, classifier: Classifier) -> None:
+    mbox = ScriptedMailbox(fail=TransientMailboxError)
+    svc = make(tmp_path, classifier, mbox, ScriptedTransport(Result(True, False, 250, "ok")))
+    await run_for(svc, 2.0)
+    # Without backoff this loop made tens of thousands of attempts in 2 s.
+    assert 1 <= mbox.polls <= 8
+    svc.c.engine.dispose()
+
+
+async def test_permanent_refusal_after_start_stops_the_daemon(tmp_path: Path,
+                                                              classifier: Classifier) -> None:
+    mbox = ScriptedMailbox(fail=PermanentMailboxError)
+    svc = make(tmp_path, classifier, mbox, ScriptedTransport(Result(True, False, 250, "ok")))
+    with pytest.raises(FatalMailboxError):
+        async with asyncio.timeout(10):
+            await svc.run()
+    assert mbox.polls == 1
+
+
+async def test_outbox_sends_while_the_mailbox_is_away(tmp_path: Path,
+                                                      classifier: Classifier) -> None:
+    transport = ScriptedTransport(Result(True, False, 250, "ok"))
+    svc = make(tmp_path, classifier, ScriptedMailbox([REQUEST]), transport,
+               outbox_retry_base=0.0)
+    svc.c.runner.outbox_wakeup.clear()
+    await svc.c.runner.process_waiting()  # stored and queued, not sent
+    assert transport.sent == 0
+    svc.c.runner.mailbox = away = ScriptedMailbox(fail_connect=True)
+    await run_for(svc, 1.0)
+    assert transport.sent == 1 and away.connects >= 1
+
+
+async def test_smtp_login_refused_pauses_the_outbox(tmp_path: Path,
+                                                    classifier: Classifier) -> None:
+    refused = ScriptedTransport(Result(False, True, 535, "bad credentials", stage="auth"))
+    svc = make(tmp_path, classifier, ScriptedMailbox([REQUEST]), refused,
+               outbox_retry_base=5.0)
+    await run_for(svc, 2.0)
+    assert refused.sent == 1  # one login attempt, then a pause instead of one per sweep
+    from sqlalchemy import select
+
+    from triage.storage.models import Outbox
+    with svc.c.runner.store._sessions() as s:
+        row = s.scalar(select(Outbox))
+    assert row.status == "pending" and row.attempts == 0  # kept, not dead-lettered
