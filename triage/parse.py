@@ -67,7 +67,7 @@ def _decode_bytes(data: bytes, declared: str | None, defects: list[str]) -> str:
         tried.append(cs)
         try:
             text = data.decode(cs)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, UnicodeDecodeError, ValueError):  # ValueError: NUL in the name
             continue
         if declared and cs != declared.lower():
             defects.append(f"charset {declared!r} did not decode; used {cs}")
