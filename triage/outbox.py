@@ -4,7 +4,9 @@ Rows are claimed with a lease (``status='sending'``, ``claimed_until``) in their
 transaction, so several processes can sweep one PostgreSQL (``FOR UPDATE SKIP LOCKED``)
 and a process killed mid-send leaves a row that is retried once the lease runs out: at most
 one duplicate, with the same Message-ID, for a kill inside the SMTP transaction.
-Rows go out in id order; a transient failure ends the sweep so later mail never overtakes it.
+Rows go out in id order. A server that cannot be reached (connect/TLS/AUTH) pauses the
+whole outbox and keeps every row due, so order survives an outage; a temporary refusal of
+one message (4xx) backs that row off and holds only later mail to the same recipient.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Protocol
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from triage.ack import AckView
 from triage.mailbox.backoff import Backoff
@@ -97,13 +99,26 @@ class OutboxStore:
     def claim(self, limit: int = 10) -> list[Job]:
         now = self._clock()
         with self._sessions.begin() as s:
+            earlier = aliased(Outbox)
+            # One recipient's mail leaves in order: a row waits while an earlier row to the
+            # same address is backing off or in another sweep's hands. Other recipients are
+            # not held up by one greylisting server.
+            blocked = exists().where(
+                earlier.to_addr == Outbox.to_addr,
+                earlier.id < Outbox.id,
+                or_(
+                    (earlier.status == "pending") & (earlier.next_attempt_at > now),
+                    (earlier.status == "sending") & (earlier.claimed_until >= now),
+                ),
+            )
             q = (
                 select(Outbox)
                 .where(
                     or_(
                         (Outbox.status == "pending") & (Outbox.next_attempt_at <= now),
                         (Outbox.status == "sending") & (Outbox.claimed_until < now),
-                    )
+                    ),
+                    ~blocked,
                 )
                 .order_by(Outbox.id)
                 .limit(limit)
@@ -165,10 +180,11 @@ class OutboxStore:
             elif result.transport_failed:
                 # A wrong password or a bad certificate must not dead-letter the whole
                 # outbox: keep the row, do not count the attempt, retry after backoff.
+                # The runner pauses the whole outbox; the row stays due so that, when the
+                # server is back, everything leaves in the original order.
                 row.status, row.last_error = "pending", answer
                 row.attempts = max(0, row.attempts - 1)
-                row.next_attempt_at = now + timedelta(
-                    seconds=self._retry.delay(max(1, row.attempts)))
+                row.next_attempt_at = now
             elif result.permanent or row.attempts >= self._retry.max_attempts:
                 row.status, row.last_error = "dead", answer
                 s.add(Event(work_order_id=row.work_order_id, actor="system",

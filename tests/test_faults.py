@@ -1,0 +1,478 @@
+"""Faults while the daemon runs (issue 7), against the real thing: ``python -m triage run`` as
+a subprocess, a real Dovecot, a real aiosmtpd sink, SQLite.
+
+- SIGKILL at seeded random points, restarted each time: one work order per request, one
+  acknowledgment per work order (at most one duplicate per kill that landed inside an SMTP
+  transaction), nothing lost, nothing left without $Triaged on the server.
+- Dovecot down for ~10 s: the daemon reconnects and handles mail from before and after.
+- SMTP answering 451, then accepting: each acknowledgment arrives once, after recovery.
+- A mail loop with an auto-responder: acknowledgments stop at the per-sender cap.
+
+Waiting loops have deadlines only so that a broken daemon fails the test instead of hanging
+it; no assertion is about speed.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import Engine, create_engine, func, select, update
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.pool import NullPool
+
+from tests.smtpsink import TEMPFAIL, SinkHandler, SmtpSink
+from tests.test_hostile import daemon_env, unmarked
+from triage.storage.models import Fetch, Message, Outbox, WorkOrder
+
+pytestmark = [pytest.mark.imap, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 20261126
+N_MESSAGES = 300
+N_KILLS = 10
+BATCH = 20  # smaller than the default 50, so kills also land between batches
+AUTO_EVERY = 10  # every 10th message is an RFC 3834 auto-reply, not a request
+
+REQUESTS = [
+    ("Locked out", "I am locked out of my email account, please reset my password."),
+    ("Website down", "Our website is down and shows a 503 error, clients cannot reach it."),
+    ("Printer", "The office printer does not print, please set it up on the new laptop."),
+    ("QuickBooks error", "QuickBooks says the company file is damaged and will not open."),
+    ("New hire", "Please create an email account for our new hire starting Monday."),
+    ("Server down", "The server in the back office is not responding since this morning."),
+    ("Install Acrobat", "Please install Adobe Acrobat on the reception computer."),
+]
+
+
+def request(i: int, sender: str | None = None, auto: bool = False) -> bytes:
+    subject, body = REQUESTS[i % len(REQUESTS)]
+    sender = sender or f"user{i}@client{i % 25}.test"
+    extra = "Auto-Submitted: auto-replied\r\n" if auto else ""
+    return (f"From: User {i} <{sender}>\r\nTo: helpdesk@itx.net\r\nSubject: {subject}\r\n"
+            f"Date: Wed, 25 Nov 2026 14:00:00 -0500\r\nMessage-ID: <k{i}@faults.test>\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\n{extra}\r\n{body} (ref {i})\r\n"
+            ).encode()
+
+
+# ---- a sink that knows whether a client is inside an SMTP transaction ------------------------
+@dataclass
+class TrackingHandler(SinkHandler):
+    """The test sink's handler, plus: per open session, where its transaction stands.
+
+    ``mail`` = MAIL seen, DATA not yet answered; ``data`` = DATA answered 250 and the client
+    has not moved on (no MAIL/RSET/NOOP/QUIT yet): it may not have recorded the send yet.
+    """
+
+    sessions: dict[int, tuple[SMTP, str]] = field(default_factory=dict)
+    tempfails: int = 0
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        self.sessions[id(server)] = (server, "mail")
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        answer = await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+        if answer == TEMPFAIL:
+            self.tempfails += 1
+        return answer
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        answer = await super().handle_DATA(server, session, envelope)
+        if answer.startswith("250"):
+            self.sessions[id(server)] = (server, "data")
+        return answer
+
+    async def _idle(self, server: SMTP) -> str:
+        self.sessions.pop(id(server), None)
+        return "250 OK"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return await self._idle(server)
+
+    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope,
+                          arg: str) -> str:
+        return await self._idle(server)
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.sessions.pop(id(server), None)
+        return "221 Bye"
+
+    def open_transactions(self) -> list[str]:
+        """States of the transactions on connections still open (dead sessions dropped)."""
+        return [state for server, state in list(self.sessions.values())
+                if server.transport is not None and not server.transport.is_closing()]
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    s = SmtpSink("plain")
+    s.handler = TrackingHandler()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def handler(sink: SmtpSink) -> TrackingHandler:
+    assert isinstance(sink.handler, TrackingHandler)
+    return sink.handler
+
+
+# ---- the daemon as a subprocess ---------------------------------------------------------------
+class Daemon:
+    """``python -m triage run``; output goes to a file (a pipe could fill and block it)."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out: TextIO = log.open("a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "triage", "run"], cwd=REPO, env=env,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._out.close()
+
+    def stop(self) -> int:
+        """SIGTERM, as an operator stops it; the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.alive():
+                self.proc.kill()
+                self.proc.wait()
+            self._out.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Every daemon a test starts is gone when the test ends, whatever happened."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        if d.alive():
+            d.proc.kill()
+            d.proc.wait()
+        if not d._out.closed:
+            d._out.close()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str,
+               daemon: Daemon | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if daemon is not None and not daemon.alive():
+            raise AssertionError(f"daemon exited while waiting for {what}: "
+                                 + daemon.log.read_text()[-3000:])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Db:
+    """Read-only look at the daemon's database from the test process."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, poolclass=NullPool)
+
+    def scalar(self, stmt: Any) -> Any:
+        with DbSession(self.engine) as s:
+            return s.scalar(stmt)
+
+    def all(self, stmt: Any) -> list[Any]:
+        with DbSession(self.engine) as s:
+            return list(s.scalars(stmt))
+
+    def ready(self) -> bool:
+        """True once the daemon has created the schema."""
+        try:
+            self.scalar(select(func.count()).select_from(Message))
+        except Exception:
+            return False
+        return True
+
+    def stored(self) -> int:
+        if not self.ready():
+            return 0
+        return self.scalar(select(func.count()).select_from(Message)) or 0
+
+    def unsent(self) -> int:
+        if not self.ready():
+            return 0
+        return self.scalar(select(func.count()).select_from(Outbox).where(
+            Outbox.status.in_(("pending", "sending")))) or 0
+
+    def claimable(self) -> int:
+        if not self.ready():
+            return 0
+        return self.scalar(select(func.count()).select_from(Outbox).where(
+            Outbox.status == "pending")) or 0
+
+
+def ack_ids(sink: SmtpSink) -> Counter[str]:
+    return Counter(
+        str(email.message_from_bytes(r.data, policy=email.policy.default)["Message-ID"])
+        for r in sink.received
+    )
+
+
+# ---- SIGKILL ----------------------------------------------------------------------------------
+def expire_leases(db: Db) -> None:
+    """A killed sender leaves its claimed rows leased for 5 minutes (outbox.py); play that
+    time forward instead of waiting for it."""
+    with DbSession(db.engine) as s, s.begin():
+        s.execute(update(Outbox).where(Outbox.status == "sending").values(
+            claimed_until=datetime.now(UTC) - timedelta(seconds=1)))
+
+
+def test_sigkill_at_random_points(dovecot, sink, tmp_path: Path, daemons) -> None:
+    rnd = random.Random(SEED)
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    env = daemon_env(dovecot, sink, url, tmp_path, TRIAGE_BATCH_SIZE=str(BATCH))
+    db = Db(url)
+    msgs = [request(i, auto=(i % AUTO_EVERY == 0)) for i in range(N_MESSAGES)]
+    half = N_MESSAGES // 2
+    dovecot.deliver_files(msgs[:half])
+    kills: list[dict[str, Any]] = []
+    try:
+        for k in range(N_KILLS):
+            if k == N_KILLS // 2:  # the rest arrives while the daemon is up and down
+                dovecot.deliver_files(msgs[half:])
+            d = Daemon(env, tmp_path / f"daemon{k}.log")
+            daemons.append(d)
+            start = db.stored() + len(sink.received)
+            step = rnd.randint(5, 45)
+
+            def progressed(start: int = start, step: int = step, k: int = k) -> bool:
+                done = db.stored() + len(sink.received)
+                delivered = N_MESSAGES if k >= N_KILLS // 2 else half
+                # Nothing left to do until the leases of killed senders run out: kill anyway.
+                stalled = db.stored() == delivered and db.claimable() == 0
+                return done >= start + step or stalled
+
+            wait_until(progressed, 60, f"progress before kill {k}", d)
+            time.sleep(rnd.uniform(0, 0.3))
+            in_txn = handler(sink).open_transactions()
+            before = len(sink.received)
+            d.kill()
+            kills.append({"stored": db.stored(), "acks": before, "smtp": in_txn})
+            # The connection died with the process: forget it even if the sink lags behind.
+            handler(sink).sessions.clear()
+            if rnd.random() < 0.5:  # a slow restart: the leases ran out meanwhile
+                expire_leases(db)
+        expire_leases(db)
+        final = Daemon(env, tmp_path / "final.log")
+        daemons.append(final)
+        wait_until(lambda: db.stored() == N_MESSAGES and db.unsent() == 0, 120,
+                   "all stored and sent", final)
+        wait_until(lambda: unmarked(dovecot) == [], 30, "all marked", final)
+        assert final.stop() == 0, final.log.read_text()[-3000:]
+    finally:
+        db.engine.dispose()
+
+    db = Db(url)
+    try:
+        messages = db.all(select(Message).where(Message.direction == "in"))
+        wos = db.all(select(WorkOrder))
+        outbox = db.all(select(Outbox))
+        dup_fetches = db.scalar(select(func.count()).select_from(Fetch).where(Fetch.duplicate))
+    finally:
+        db.engine.dispose()
+
+    # Nothing lost, nothing twice.
+    by_mid = {m.message_id: m for m in messages}
+    assert len(messages) == len(by_mid) == N_MESSAGES and dup_fetches == 0
+    for i in range(N_MESSAGES):
+        expected = "non_request" if i % AUTO_EVERY == 0 else "work_order"
+        assert by_mid[f"k{i}@faults.test"].disposition == expected, i
+    requests = {f"k{i}@faults.test" for i in range(N_MESSAGES) if i % AUTO_EVERY}
+    roots = Counter(w.root_message_id for w in wos)
+    assert set(roots) == requests and max(roots.values()) == 1  # one work order per request
+    assert unmarked(dovecot) == []
+
+    # One acknowledgment per work order; duplicates bounded by the kills inside SMTP.
+    assert len(outbox) == len(wos) and all(o.status == "sent" for o in outbox)
+    received = ack_ids(sink)
+    assert set(received) == {f"<{o.message_id}>" for o in outbox}
+    duplicates = sum(n - 1 for n in received.values())
+    in_data = sum(1 for k in kills if "data" in k["smtp"])
+    in_txn = sum(1 for k in kills if k["smtp"])
+    assert max(received.values()) <= 2
+    assert duplicates <= in_txn, (duplicates, kills)
+    print(f"\nSIGKILL: {N_MESSAGES} messages, {len(kills)} kills, {in_txn} inside an SMTP "
+          f"transaction ({in_data} after DATA, before the next command), {duplicates} "
+          f"duplicate acknowledgments; kill points {[(k['stored'], k['acks']) for k in kills]}")
+
+
+# ---- Dovecot outage ---------------------------------------------------------------------------
+def test_dovecot_outage_reconnects(dovecot, sink, tmp_path: Path, daemons) -> None:
+    url = f"sqlite:///{tmp_path / 'outage.db'}"
+    db = Db(url)
+    try:
+        d = Daemon(daemon_env(dovecot, sink, url, tmp_path), tmp_path / "outage.log")
+        daemons.append(d)
+        dovecot.deliver_files([request(i) for i in range(5)])
+        wait_until(lambda: len(sink.received) == 5, 60, "first acks", d)
+        dovecot.stop()
+        dovecot.deliver_files([request(i) for i in range(5, 10)])  # arrives while IMAP is down
+        time.sleep(10)  # the outage; the daemon must ride it out
+        assert d.alive()
+        dovecot.start()
+        for i in range(10, 15):
+            dovecot.append(request(i))
+        wait_until(lambda: len(sink.received) == 15 and db.unsent() == 0, 90, "all acks", d)
+        wait_until(lambda: unmarked(dovecot) == [], 30, "all marked", d)
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+        roots = Counter(w.root_message_id for w in db.all(select(WorkOrder)))
+    finally:
+        db.engine.dispose()
+    assert roots == Counter({f"k{i}@faults.test": 1 for i in range(15)})
+    assert sorted(ack_ids(sink).values()) == [1] * 15
+    log = d.log.read_text()
+    assert "reconnecting" in log or "retrying in" in log  # the outage was seen and logged
+
+
+# ---- SMTP 451 then accept ---------------------------------------------------------------------
+def test_smtp_tempfail_then_accept(dovecot, sink, tmp_path: Path, daemons) -> None:
+    url = f"sqlite:///{tmp_path / 'tempfail.db'}"
+    db = Db(url)
+    sink.behave("tempfail", at="rcpt")
+    env = daemon_env(dovecot, sink, url, tmp_path, TRIAGE_OUTBOX_RETRY_BASE="0.2",
+                     TRIAGE_OUTBOX_RETRY_CAP="1", TRIAGE_OUTBOX_MAX_ATTEMPTS="50")
+    try:
+        dovecot.deliver_files([request(i) for i in range(6)])
+        d = Daemon(env, tmp_path / "tempfail.log")
+        daemons.append(d)
+        wait_until(lambda: handler(sink).tempfails >= 3, 60, "three 451 answers", d)
+        assert sink.received == []
+        sink.behave("accept")
+        wait_until(lambda: db.unsent() == 0 and db.stored() == 6, 60, "all sent", d)
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+        outbox = db.all(select(Outbox).order_by(Outbox.id))
+    finally:
+        db.engine.dispose()
+    assert [o.status for o in outbox] == ["sent"] * 6
+    assert outbox[0].attempts >= 4  # three refusals counted, then the success
+    assert ack_ids(sink) == Counter({f"<{o.message_id}>": 1 for o in outbox})
+
+
+# ---- mail loop --------------------------------------------------------------------------------
+def test_auto_responder_loop_is_capped(dovecot, sink, tmp_path: Path, daemons) -> None:
+    """Every acknowledgment gets two answers from its recipient: an RFC 3834 one
+    (Auto-Submitted, In-Reply-To) and a careless one that looks like a fresh request. The
+    careless one opens a work order each time, so only the per-sender cap ends the loop."""
+    cap = 3
+    responder = "robot@autoreply.test"
+    url = f"sqlite:///{tmp_path / 'loop.db'}"
+    db = Db(url)
+    env = daemon_env(dovecot, sink, url, tmp_path, TRIAGE_ACK_RATE_PER_HOUR=str(cap))
+    answered = 0
+
+    def answer(ack: bytes, n: int) -> None:
+        msg = email.message_from_bytes(ack, policy=email.policy.default)
+        polite = (f"From: Robot <{responder}>\r\nTo: helpdesk@itx.net\r\n"
+                  f"Subject: Auto: {msg['Subject']}\r\nMessage-ID: <polite{n}@autoreply.test>\r\n"
+                  f"In-Reply-To: {msg['Message-ID']}\r\nAuto-Submitted: auto-replied\r\n"
+                  "Date: Wed, 25 Nov 2026 14:00:00 -0500\r\n\r\n"
+                  "I am out of the office; our website is down so call me.\r\n")
+        careless = (f"From: Robot <{responder}>\r\nTo: helpdesk@itx.net\r\n"
+                    f"Subject: Website down\r\nMessage-ID: <careless{n}@autoreply.test>\r\n"
+                    "Date: Wed, 25 Nov 2026 14:00:00 -0500\r\n\r\n"
+                    f"Our website is down and shows a 503 error, clients cannot reach it. "
+                    f"(auto-response {n})\r\n")
+        dovecot.append(polite.encode())
+        dovecot.append(careless.encode())
+
+    try:
+        dovecot.append(request(0, sender=responder))
+        d = Daemon(env, tmp_path / "loop.log")
+        daemons.append(d)
+
+        def quiet() -> bool:
+            nonlocal answered
+            while answered < len(sink.received):
+                answer(sink.received[answered].data, answered)
+                answered += 1
+            return (answered > 0 and db.stored() == 1 + 2 * answered and db.unsent() == 0
+                    and unmarked(dovecot) == [] and answered == len(sink.received))
+
+        wait_until(quiet, 90, "the loop to settle", d)
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+        messages = db.all(select(Message).where(Message.direction == "in"))
+        wos = db.all(select(WorkOrder))
+    finally:
+        db.engine.dispose()
+    assert len(sink.received) == cap  # the cap, and no storm past it
+    assert all(r.rcpt_tos == (responder,) for r in sink.received)
+    kinds = Counter((m.disposition, m.reason) for m in messages)
+    assert kinds == Counter({("work_order", None): 1 + cap, ("non_request", "auto_reply"): cap})
+    assert len(wos) == 1 + cap and sum(1 for w in wos if w.requester == responder) == 1 + cap
+
+
+async def test_tempfail_holds_only_the_same_recipients_later_mail(
+        dovecot, sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 451 backs off that acknowledgment; a later one to the same client waits behind it
+    (never overtakes), while another client's acknowledgment is not held up."""
+    from classifiers.predict import Classifier
+    from triage.config import Settings
+    from triage.service import Service, build
+
+    monkeypatch.setattr("triage.outbox.random.random", lambda: 0.5)  # jitter made exact
+    settings = Settings(
+        mailbox_url=f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
+        mailbox_password=dovecot.password, smtp_url=sink.url,
+        database_url=f"sqlite:///{tmp_path / 'order.db'}", attachments_dir=tmp_path / "att",
+        outbox_retry_base=30.0,
+    )
+    classifier = Classifier.load()
+    dovecot.append(request(0, sender="same@client0.test"))
+    dovecot.append(request(1, sender="same@client0.test"))
+    dovecot.append(request(2, sender="other@client2.test"))
+    sink.behave("tempfail", at="rcpt")
+    first = Service(settings, build(settings, classifier=classifier))
+    await first.run_once()  # stores three; the first ack is refused with 451
+    first.c.engine.dispose()
+    sink.behave("accept")
+
+    async def run() -> list[Outbox]:
+        svc = Service(settings, build(settings, classifier=classifier))
+        try:
+            await svc.run_once()
+            with DbSession(svc.c.engine) as s:
+                return list(s.scalars(select(Outbox).order_by(Outbox.id)))
+        finally:
+            svc.c.engine.dispose()
+
+    outbox = await run()  # the refused row is backing off
+    assert [o.status for o in outbox] == ["pending", "pending", "sent"]
+    assert [r.rcpt_tos for r in sink.received] == [("other@client2.test",)]
+    engine = create_engine(settings.database_url)
+    with DbSession(engine) as s, s.begin():  # the backoff has run out
+        s.execute(update(Outbox).values(next_attempt_at=datetime.now(UTC)))
+    engine.dispose()
+    outbox = await run()
+    assert [o.status for o in outbox] == ["sent", "sent", "sent"]
+    sent_order = list(ack_ids(sink))
+    assert sent_order == [f"<{outbox[i].message_id}>" for i in (2, 0, 1)]
