@@ -119,8 +119,11 @@ class Runner:
         # A send must finish well inside the lease (SMTP timeout 30 s, plus margin).
         self.lease_margin = timedelta(seconds=90)
         self.sweep_lock = asyncio.Lock()
-        self._transport_backoff = (Backoff(base=transport_pause, cap=max(300.0, transport_pause))
-                                   if transport_pause > 0 else None)
+        # No jitter: this pauses one process's sweeps, so full jitter would only make some
+        # pauses near zero, which is the hammering the pause exists to prevent.
+        self._transport_backoff = (
+            Backoff(base=transport_pause, cap=max(300.0, transport_pause), jitter=False)
+            if transport_pause > 0 else None)
         self._paused_until = 0.0
 
     async def process_waiting(self) -> int:
