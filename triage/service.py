@@ -311,8 +311,14 @@ def run_service(settings: Settings, *, once: bool) -> int:
     components = build(settings)
     service = Service(settings, components)
     if once:
-        asyncio.run(service.run_once())
-        components.engine.dispose()
+        try:
+            asyncio.run(service.run_once())
+        except (MailboxError, RetryBatch) as e:
+            # Nothing half-written: the batch in hand was rolled back and left unmarked.
+            log.error("run --once stopped: %s", e)
+            return 1
+        finally:
+            components.engine.dispose()
         return 0
     try:
         asyncio.run(service.run())
