@@ -38,24 +38,27 @@ def clean_header(value: str, limit: int = 2000) -> str:
     return _CTRL.sub("", _CRLF.sub(" ", value)).strip()[:limit]
 
 
-def _header_str(msg: Message, name: str) -> str | None:
-    try:
-        v = msg.get(name)
-    except Exception:  # a header the policy cannot parse: fall back to raw bytes
-        v = next((raw for k, raw in msg.raw_items() if k.lower() == name.lower()), None)
-    return None if v is None else clean_header(str(v))
-
-
 def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...]:
+    """Every header once, decoded. Plain ASCII without encoded words needs no parser (the
+    policy would only unfold it): Received/DKIM/ARC chains are most of a message's headers,
+    and the policy's parse of each is the largest single cost of ingestion (bench/results.md).
+    """
     out: list[tuple[str, str]] = []
     for k, raw in msg.raw_items():
-        try:
-            value = str(msg.policy.header_fetch_parse(k, raw))
-        except Exception as e:
-            defects.append(f"header {clean_header(k, 64)}: {type(e).__name__}")
-            value = str(raw)
+        if isinstance(raw, str) and raw.isascii() and "=?" not in raw:
+            value = "".join(raw.splitlines())
+        else:
+            try:
+                value = str(msg.policy.header_fetch_parse(k, raw))
+            except Exception as e:
+                defects.append(f"header {clean_header(k, 64)}: {type(e).__name__}")
+                value = str(raw)
         out.append((clean_header(k, 128), clean_header(value, 8000)))
     return tuple(out)
+
+
+def _first(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name), None)
 
 
 def _decode_bytes(data: bytes, declared: str | None, defects: list[str]) -> str:
@@ -124,18 +127,18 @@ def parse(raw: bytes) -> ParsedEmail:
     defects.extend(type(d).__name__ for d in msg.defects)
 
     headers = _all_headers(msg, defects)
-    subject = _header_str(msg, "subject") or ""
-    from_value = _header_str(msg, "from") or ""
+    subject = _first(headers, "subject") or ""
+    from_value = _first(headers, "from") or ""
     from_name, from_addr = parseaddr(from_value)
     from_addr = clean_header(from_addr, 320).lower()
     if from_addr and ("@" not in from_addr or " " in from_addr):
         defects.append("unusable From address")
         from_addr = ""
     to = tuple(
-        clean_header(a, 320).lower() for _, a in getaddresses([_header_str(msg, "to") or ""]) if a
+        clean_header(a, 320).lower() for _, a in getaddresses([_first(headers, "to") or ""]) if a
     )
     date: datetime | None = None
-    date_value = _header_str(msg, "date")
+    date_value = _first(headers, "date")
     if date_value:
         try:
             date = parsedate_to_datetime(date_value)
@@ -191,14 +194,14 @@ def parse(raw: bytes) -> ParsedEmail:
         text = text[:MAX_TEXT]
 
     return ParsedEmail(
-        message_id=_message_id(_header_str(msg, "message-id")),
+        message_id=_message_id(_first(headers, "message-id")),
         subject=subject,
         from_addr=from_addr,
         from_name=clean_header(from_name, 255),
         to=to,
         date=date,
-        in_reply_to=_message_id(_header_str(msg, "in-reply-to")),
-        references=_id_list(_header_str(msg, "references")),
+        in_reply_to=_message_id(_first(headers, "in-reply-to")),
+        references=_id_list(_first(headers, "references")),
         headers=headers,
         text=text,
         html=html.replace("\x00", "")[:MAX_TEXT] if html else None,
