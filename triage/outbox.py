@@ -126,6 +126,11 @@ class OutboxStore:
             if s.get_bind().dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             rows = list(s.scalars(q))
+            # One query for the work orders instead of one per row (the identity map then
+            # answers _view's get()): 3.8 ms per claimed row on PostgreSQL before.
+            wo_ids = {r.work_order_id for r in rows if r.work_order_id is not None}
+            if wo_ids:
+                list(s.scalars(select(WorkOrder).where(WorkOrder.id.in_(wo_ids))))
             jobs: list[Job] = []
             until = now + self._lease
             for row in rows:
