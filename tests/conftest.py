@@ -29,6 +29,13 @@ def _pg_available() -> str | None:
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(e).__name__}"
 
 
+@pytest.fixture(autouse=True)
+def _no_fixed_ops_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's ops endpoints default to port 9108; a test that wants them asks for a
+    free port itself."""
+    monkeypatch.setenv("TRIAGE_OPS_PORT", "0")
+
+
 @pytest.fixture(scope="session")
 def pg_reason() -> str | None:
     return _pg_available()

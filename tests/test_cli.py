@@ -82,6 +82,7 @@ def _env(dovecot, smtp_sink, tmp_path: Path) -> dict[str, str]:
         "TRIAGE_ATTACHMENTS_DIR": str(tmp_path / "att"),
         "TRIAGE_POLL_INTERVAL": "1",
         "TRIAGE_OUTBOX_INTERVAL": "0.5",
+        "TRIAGE_OPS_PORT": "0",  # no fixed port in tests
     }
 
 

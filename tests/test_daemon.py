@@ -5,11 +5,14 @@ the sink received."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -276,21 +279,54 @@ async def test_bad_input_is_recorded_and_daemon_goes_on(make_service, dovecot, s
     assert await make_service().run_once() == 0  # all five marked, none lost
 
 
-async def test_daemon_idle_survives_imap_restart(make_service, dovecot, smtp_sink) -> None:
-    svc = make_service(poll_interval=1.0)
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_daemon_idle_survives_imap_restart_and_reports_it(make_service, dovecot,
+                                                               smtp_sink) -> None:
+    port = free_port()
+    svc = make_service(poll_interval=1.0, ops_port=port, metrics_token="scrape-Token-1")
     task = asyncio.create_task(svc.run())
+    base = f"http://127.0.0.1:{port}"
 
     async def wait_for(n: int, timeout: float = 20.0) -> None:
         async with asyncio.timeout(timeout):
             while len(smtp_sink.received) < n:
                 await asyncio.sleep(0.1)
 
+    async def ready(client: httpx.AsyncClient, want: int, timeout: float = 20.0) -> dict:
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    r = await client.get(f"{base}/readyz")
+                    if r.status_code == want:
+                        return r.json()
+                await asyncio.sleep(0.2)
+
     try:
-        await asyncio.to_thread(dovecot.append, REQUESTS[0])
-        await wait_for(1)
-        await asyncio.to_thread(dovecot.restart)
-        await asyncio.to_thread(dovecot.append, REQUESTS[1])
-        await wait_for(2)
+        async with httpx.AsyncClient(timeout=10) as client:
+            await asyncio.to_thread(dovecot.append, REQUESTS[0])
+            await wait_for(1)
+            assert (await client.get(f"{base}/healthz")).json() == {"status": "ok"}
+            body = await ready(client, 200)
+            assert body["checks"] == {"database": "ok", "mailbox": "ok", "smtp": "ok"}
+            assert (await client.get(f"{base}/metrics")).status_code == 401
+            scrape = (await client.get(f"{base}/metrics",
+                                       headers={"Authorization": "Bearer scrape-Token-1"})).text
+            assert ('triage_work_orders_opened_total{priority="urgent",'
+                    'request_type="password_reset"} 1.0') in scrape
+            assert "harborview" not in scrape and "@" not in scrape
+
+            await asyncio.to_thread(dovecot.stop)
+            body = await ready(client, 503)  # /readyz says which part is wrong
+            assert body["checks"]["mailbox"] != "ok" and body["checks"]["database"] == "ok"
+            await asyncio.to_thread(dovecot.start)
+            await asyncio.to_thread(dovecot.append, REQUESTS[1])
+            await wait_for(2)
+            await ready(client, 200)
     finally:
         svc.should_exit.set()
         async with asyncio.timeout(15):

@@ -69,6 +69,7 @@ def daemon_env(dovecot, sink, db_url: str, tmp_path: Path, **extra: str) -> dict
         "TRIAGE_OUTBOX_RETRY_BASE": "0",
         "TRIAGE_POLL_INTERVAL": "1",
         "TRIAGE_OUTBOX_INTERVAL": "0.5",
+        "TRIAGE_OPS_PORT": "0",  # no fixed port in tests; test_daemon serves ops on a free one
     })
     env.update(extra)
     return env

@@ -158,3 +158,37 @@ async def test_smtp_login_refused_pauses_the_outbox(tmp_path: Path,
     with svc.c.runner.store._sessions() as s:
         row = s.scalar(select(Outbox))
     assert row.status == "pending" and row.attempts == 0  # kept, not dead-lettered
+
+
+async def test_sla_watch_escalates_through_the_outbox(tmp_path: Path,
+                                                      classifier: Classifier) -> None:
+    """Wired end to end: a request nobody answers is escalated to the lead by mail."""
+    import email
+    import email.policy
+    from datetime import UTC, datetime, timedelta
+
+    from triage.smtp import DirectoryTransport
+
+    now = [datetime(2026, 11, 30, 14, 0, tzinfo=UTC)]  # Monday 09:00 New York
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'w.db'}",
+                        attachments_dir=tmp_path / "att", outbox_retry_base=0.0,
+                        lead_address="lead@itx.net")
+    svc = Service(settings, build(settings, classifier=classifier,
+                                  mailbox=ScriptedMailbox([REQUEST]),
+                                  transport=DirectoryTransport(tmp_path / "out"),
+                                  clock=lambda: now[0]))
+    async with svc.c.transport:
+        await svc.c.runner.process_waiting()
+        await svc._outbox_job()
+        now[0] += timedelta(hours=2)  # the 1-business-hour callback is breached
+        await svc._watch_job()
+        await svc._watch_job()
+    mails = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+             for p in sorted((tmp_path / "out").glob("*.eml"))]
+    to = sorted(str(m["To"]) for m in mails)
+    assert to.count("dana@harborview.com") == 1  # the acknowledgment
+    escalations = [m for m in mails if m["To"] == "lead@itx.net"]
+    assert escalations and all(m["Auto-Submitted"] == "auto-generated" for m in escalations)
+    assert any("breached" in str(m["Subject"]).lower() for m in escalations)
+    assert len(escalations) == len({str(m["Subject"]) for m in escalations})  # no repeats
+    svc.c.engine.dispose()

@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    # Operations endpoints (/metrics, /healthz, /readyz); port 0 turns them off.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(default=9108, ge=0, le=65535)
+    metrics_token: SecretStr | None = None
+    mailbox_id: str = Field(default="helpdesk", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ready_timeout: float = Field(default=3.0, gt=0)
+    # SLA watch: escalations to the lead, pages to on-call for 24x7 clients out of hours.
+    sla_watch_interval: float = Field(default=60.0, gt=0)
+    at_risk_fraction: float = Field(default=0.75, gt=0, lt=1)
+    lead_address: str = "helpdesk-lead@itx.net"
+    oncall_address: str | None = None
 
     @field_validator("from_address")
     @classmethod

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -53,8 +53,10 @@ class Job:
     kind: str
     to_addr: str
     attempts: int
-    view: AckView | None
+    view: AckView | None  # acknowledgments; other kinds render from ``context``
     claimed_until: datetime  # the lease; also the claim's token (a reclaim changes it)
+    message_id: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,9 @@ class OutboxStore:
             for row in rows:
                 row.status, row.claimed_until = "sending", until
                 row.attempts += 1
-                jobs.append(Job(row.id, row.kind, row.to_addr, row.attempts,
-                                self._view(s, row), until))
+                view = self._view(s, row) if row.kind == "ack" else None
+                jobs.append(Job(row.id, row.kind, row.to_addr, row.attempts, view, until,
+                                row.message_id, dict(row.context or {})))
             return jobs
 
     def _view(self, s: Session, row: Outbox) -> AckView | None:

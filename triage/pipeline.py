@@ -22,8 +22,10 @@ from triage.ack import render_ack
 from triage.mailbox import Mailbox
 from triage.mailbox.backoff import Backoff
 from triage.messages import ParsedEmail, RawMessage
+from triage.metrics import Metrics
 from triage.outbox import Job, OutboxStore, SendResultLike, Transport
 from triage.parse import ParseError, parse
+from triage.slawatch import render_escalation
 from triage.workorders import Ingest, Outcome, WorkOrderStore
 
 log = logging.getLogger(__name__)
@@ -108,11 +110,13 @@ class Runner:
         phone: str,
         batch_size: int = 50,
         transport_pause: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.mailbox, self.store, self.classifier = mailbox, store, classifier
         self.outbox, self.transport, self.env = outbox, transport, env
         self.from_address, self.from_name, self.phone = from_address, from_name, phone
         self.batch_size = batch_size
+        self.metrics = metrics or Metrics(process=False)
         self.counters = Counters()
         self.outbox_wakeup = asyncio.Event()
         self.should_stop: Callable[[], bool] = lambda: False
@@ -141,6 +145,11 @@ class Runner:
         self.counters.fetched += len(batch)
         outcomes = await asyncio.to_thread(self._store_sync, list(batch))
         self.counters.add(outcomes)
+        self.metrics.observe_outcomes(outcomes)
+        for o in outcomes:
+            if o.disposition == "work_order" and o.request_type:
+                self.metrics.observe_work_order(o.request_type, o.priority,
+                                                o.confidence or 0.0, o.needs_review)
         # Marked only now: the batch is committed. A crash before this line re-fetches it,
         # and the fetch keys make the second pass a no-op.
         await self.mailbox.mark_done(batch)
@@ -181,6 +190,7 @@ class Runner:
                 # Shielded: a shutdown must not cancel between the server's 250 and our
                 # record of it, or the row would be sent again after restart.
                 result = await asyncio.shield(self._send_and_record(job, msg))
+                self.metrics.observe_send(result.ok)
                 if result.ok:
                     sent += 1
                     if self._transport_backoff:
@@ -210,9 +220,12 @@ class Runner:
         return result
 
     def _render(self, job: Job) -> EmailMessage | None:
-        if job.view is None:
-            return None
         try:
+            if job.kind != "ack":  # escalations and pages: SLA watch rows
+                return render_escalation(self.env, job.context, job.message_id, job.to_addr,
+                                         self.from_address)
+            if job.view is None:
+                return None
             return render_ack(self.env, job.view, from_address=self.from_address,
                               from_name=self.from_name, phone=self.phone)
         except Exception:

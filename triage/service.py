@@ -12,23 +12,29 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import make_env
 from triage.config import Settings
 from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
+from triage.metrics import Metrics
 from triage.outbox import OutboxStore, RetryPolicy, Transport
 from triage.pipeline import ClassifierLike, Runner
 from triage.sla import SlaPolicy, load_policy
+from triage.slawatch import SlaWatch
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
+from triage.web.ops import create_ops_app, serve
 from triage.workorders import RetryBatch, StoreConfig, WorkOrderStore
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,9 @@ class Components:
     policy: SlaPolicy
     runner: Runner
     transport: Transport
+    reads: sessionmaker[Session]
+    metrics: Metrics
+    watch: SlaWatch
 
 
 def build(
@@ -105,13 +114,19 @@ def build(
         priority_meaning=policy.priority_meaning,
     )
     transport = transport or make_transport(settings)
+    metrics = Metrics()
     runner = Runner(
         mailbox or make_mailbox(settings), store, classifier, outbox, transport, make_env(),
         from_address=settings.from_address, from_name=settings.from_name,
         phone=settings.helpdesk_phone, batch_size=settings.batch_size,
-        transport_pause=settings.outbox_retry_base,
+        transport_pause=settings.outbox_retry_base, metrics=metrics,
     )
-    return Components(engine, policy, runner, transport)
+    watch = SlaWatch(
+        sessions, policy, clock, at_risk_fraction=settings.at_risk_fraction,
+        lead_address=settings.lead_address, oncall_address=settings.oncall_address,
+        from_domain=settings.from_address.rsplit("@", 1)[-1], reads=reads,
+    )
+    return Components(engine, policy, runner, transport, reads, metrics, watch)
 
 
 class FatalMailboxError(Exception):
@@ -127,7 +142,9 @@ class Service:
         self.fatal: BaseException | None = None
         self._mailbox_lock = asyncio.Lock()
         self._connected = False
-        self._poll_backoff = Backoff(base=1.0, cap=max(1.0, min(300.0, settings.poll_interval * 5)))
+        self._last_poll_ok = time.monotonic()
+        self._poll_backoff = Backoff(
+            base=1.0, cap=min(300.0, max(30.0, settings.poll_interval * 5)))
         components.runner.should_stop = self.should_exit.is_set
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -150,12 +167,16 @@ class Service:
     async def run(self) -> None:
         self._install_signals()
         scheduler = AsyncIOScheduler(timezone=UTC)
+        ops = self._start_ops()
         async with self.c.transport:
             # The outbox runs from the start: acknowledgments already queued go out even
             # while the mailbox is unreachable.
             scheduler.add_job(self._outbox_job, "interval", seconds=self.settings.outbox_interval,
                               id="outbox", max_instances=1, coalesce=True,
                               next_run_time=utcnow())
+            scheduler.add_job(self._watch_job, "interval",
+                              seconds=self.settings.sla_watch_interval, id="sla_watch",
+                              max_instances=1, coalesce=True, next_run_time=utcnow())
             scheduler.start()
             try:
                 await self._connect_with_backoff()
@@ -170,10 +191,56 @@ class Service:
                     await self.should_exit.wait()
             finally:
                 await self._stop(scheduler)
+                if ops is not None:
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(10):
+                            await ops
         self.c.engine.dispose()
         log.info("stopped; counters %s", self.c.runner.counters)
         if self.fatal is not None:
             raise FatalMailboxError(str(self.fatal)) from self.fatal
+
+    def _start_ops(self) -> asyncio.Task[None] | None:
+        """/metrics, /healthz and /readyz beside the daemon, in the same event loop."""
+        if not self.settings.ops_port:
+            return None
+        token = (self.settings.metrics_token.get_secret_value()
+                 if self.settings.metrics_token else None)
+        app = create_ops_app(
+            self.c.metrics,
+            {"database": self._check_database, "mailbox": self._check_mailbox,
+             "smtp": self._check_smtp},
+            metrics_token=token, timeout=self.settings.ready_timeout,
+            on_scrape=lambda: self.c.metrics.refresh_from_db(self.c.reads),
+        )
+        log.info("operations endpoints on http://%s:%d", self.settings.ops_host,
+                 self.settings.ops_port)
+        return asyncio.create_task(
+            serve(app, self.settings.ops_host, self.settings.ops_port, self.should_exit))
+
+    async def _check_database(self) -> None:
+        def ping() -> None:
+            with self.c.reads() as s:
+                s.execute(text("SELECT 1"))
+        await asyncio.to_thread(ping)
+
+    async def _check_mailbox(self) -> None:
+        if not self._connected:
+            raise ConnectionError("mailbox not connected")
+        stale = max(3 * self.settings.poll_interval, 120.0)
+        if time.monotonic() - self._last_poll_ok > stale:
+            raise TimeoutError(f"no successful poll for more than {stale:.0f}s")
+
+    async def _check_smtp(self) -> None:
+        smtp = getattr(self.c.transport, "settings", None)
+        if smtp is None:  # the demo's folder transport
+            path = getattr(self.c.transport, "path", None)
+            if path is not None and not os.access(path, os.W_OK):
+                raise PermissionError("outbox folder not writable")
+            return
+        _, writer = await asyncio.open_connection(smtp.host, smtp.port)
+        writer.close()
+        await writer.wait_closed()
 
     async def _stop(self, scheduler: AsyncIOScheduler) -> None:
         """Stop taking work, let the job in hand finish (up to the timeout), then close."""
@@ -257,7 +324,11 @@ class Service:
         return ok
 
     async def _poll_job(self) -> None:
-        if await self._poll_once():
+        started = time.monotonic()
+        ok = await self._poll_once()
+        self.c.metrics.observe_poll(self.settings.mailbox_id, time.monotonic() - started, ok)
+        if ok:
+            self._last_poll_ok = time.monotonic()
             self._poll_backoff.reset()
             return
         await self._pause(self._poll_backoff.next_delay())
@@ -287,6 +358,17 @@ class Service:
                 self._connected = False
                 with contextlib.suppress(Exception):
                     await self.c.runner.mailbox.close()
+
+    async def _watch_job(self) -> None:
+        """Several processes may run it at once: sla_alerts' unique key keeps one notice."""
+        try:
+            result = await asyncio.to_thread(self.c.watch.run_once)
+            if result.queued:
+                log.info("SLA watch queued %d notices (%s)", result.queued, result)
+                self.c.runner.outbox_wakeup.set()
+                await self._outbox_job()
+        except Exception:
+            log.exception("SLA watch failed")
 
     async def _outbox_job(self) -> None:
         try:

@@ -70,6 +70,11 @@ class Outcome:
     work_order: str | None = None  # number
     acked: bool = False
     reason: str | None = None
+    # Set for a new work order: what /metrics counts (never names or addresses).
+    request_type: str | None = None
+    priority: str | None = None
+    confidence: float | None = None
+    needs_review: bool = False
 
 
 @dataclass(frozen=True)
@@ -392,7 +397,9 @@ class WorkOrderStore:
         if not acked:
             s.add(Event(work_order_id=wo.id, actor="system", action="ack_suppressed",
                         detail={"reason": why_not}, at=now))
-        return Outcome(raw.uid, "work_order", work_order=wo.number, acked=acked)
+        return Outcome(raw.uid, "work_order", work_order=wo.number, acked=acked,
+                       request_type=wo.request_type, priority=wo.priority,
+                       confidence=wo.confidence, needs_review=wo.needs_review)
 
     def _queue_ack(
         self, s: Session, wo: WorkOrder, p: ParsedEmail, due: DueDates, now: datetime

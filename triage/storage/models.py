@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -193,6 +194,23 @@ class Outbox(Base):
     __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
 
 
+class SlaAlert(Base):
+    """One SLA notice sent: (work order, target, state) is unique, so the database itself
+    stops a second notice, even when several processes run the SLA watch at once."""
+
+    __tablename__ = "sla_alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    work_order_id: Mapped[int] = mapped_column(ForeignKey("work_orders.id"))
+    target: Mapped[str] = mapped_column(String(32))  # callback|response|fulfil|oncall_return
+    state: Mapped[str] = mapped_column(String(16))  # at_risk | breached | paged
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("work_order_id", "target", "state", name="uq_sla_alerts_once"),
+    )
+
+
 class Event(Base):
     """Audit trail: who did what to a work order, and when."""
 
@@ -207,5 +225,5 @@ class Event(Base):
 
 __all__ = [
     "AttachmentRow", "Base", "Client", "Event", "Fetch", "MailboxState", "Message",
-    "Outbox", "RawBlob", "WorkOrder", "utcnow",
+    "Outbox", "RawBlob", "SlaAlert", "WorkOrder", "utcnow",
 ]

@@ -1,0 +1,1 @@
+"""HTTP endpoints beside the daemon: operations (metrics, health) for now."""
