@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from triage.metrics import KINDS, OUTCOMES, PRIORITIES, TYPES, Metrics
+from triage.metrics import KINDS, OUTCOMES, PRIORITIES, SLA_STATES, SLA_TARGETS, TYPES, Metrics
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.storage.models import Outbox
@@ -68,7 +68,7 @@ def test_no_label_value_outside_the_fixed_sets():
     assert b"@" not in body
     allowed = {"outcome": set(OUTCOMES), "kind": {*KINDS, ""}, "request_type": set(TYPES),
                "priority": set(PRIORITIES), "status": {"pending", "sending", "dead"},
-               "mailbox": {"support"}}
+               "mailbox": {"support"}, "target": set(SLA_TARGETS), "state": set(SLA_STATES)}
     seen = set()
     for fam in text_string_to_metric_families(body.decode()):
         for s in fam.samples:

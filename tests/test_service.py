@@ -192,3 +192,36 @@ async def test_sla_watch_escalates_through_the_outbox(tmp_path: Path,
     assert any("breached" in str(m["Subject"]).lower() for m in escalations)
     assert len(escalations) == len({str(m["Subject"]) for m in escalations})  # no repeats
     svc.c.engine.dispose()
+
+
+def test_sla_gauges_count_open_work_orders_by_worst_state(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from triage.metrics import Metrics
+    from triage.storage.engine import make_engine, make_sessionmaker
+    from triage.storage.migrate import upgrade
+    from triage.storage.models import Client, SlaAlert, WorkOrder
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    t = datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
+    with sessions.begin() as s:
+        c = Client(domain="x.com", name="x.com", contract="standard", created_at=t)
+        s.add(c)
+        s.flush()
+        for i, status in enumerate(["open", "open", "resolved"], 1):
+            s.add(WorkOrder(id=i, number=f"ITX-{i:06d}", client_id=c.id, requester="a@x.com",
+                            request_type="email_problem", confidence=0.9, priority="urgent",
+                            status=status, received_at=t, clock_start=t, response_due=t))
+        s.flush()
+        s.add_all([SlaAlert(work_order_id=1, target="callback", state="at_risk", created_at=t),
+                   SlaAlert(work_order_id=1, target="callback", state="breached", created_at=t),
+                   SlaAlert(work_order_id=2, target="callback", state="at_risk", created_at=t),
+                   SlaAlert(work_order_id=3, target="callback", state="breached", created_at=t)])
+    m = Metrics(process=False)
+    m.refresh_from_db(sessions)
+    text = m.exposition()[0].decode()
+    assert 'triage_sla_open_work_orders{state="breached",target="callback"} 1.0' in text
+    assert 'triage_sla_open_work_orders{state="at_risk",target="callback"} 1.0' in text
+    engine.dispose()

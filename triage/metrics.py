@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import NON_REQUEST_KINDS, REQUEST_TYPES
-from triage.storage.models import Outbox
+from triage.storage.models import Outbox, SlaAlert, WorkOrder
 from triage.workorders import Outcome
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ def _check_mailbox_id(mailbox_id: str) -> str:
         raise ValueError("mailbox id must match [A-Za-z0-9_.-]{1,64} (a configured name, "
                          "not an address)")
     return mailbox_id
+
+
+SLA_TARGETS = ("callback", "response", "fulfil", "oncall_return")
+SLA_STATES = ("at_risk", "breached")
 
 
 class Metrics:
@@ -101,6 +105,10 @@ class Metrics:
         self.poll_last_success = Gauge(
             "triage_mailbox_last_success_timestamp_seconds",
             "Unix time of the last successful poll.", ["mailbox"], registry=r)
+        self.sla_open = Gauge(
+            "triage_sla_open_work_orders",
+            "Unresolved work orders whose target is at risk or breached (at the last refresh).",
+            ["target", "state"], registry=r)
         if process:
             ProcessCollector(registry=r)
         # Every fixed series exists from the start, so rate() and absent() behave.
@@ -114,6 +122,9 @@ class Metrics:
                 self.work_orders.labels(t, p)
         for status in OUTBOX_STATUSES:
             self.outbox_depth.labels(status)
+        for target in SLA_TARGETS:
+            for state in SLA_STATES:
+                self.sla_open.labels(target, state)
 
     # ---- observations (the lead calls these) --------------------------------------------------
     def observe_outcomes(self, outcomes: Sequence[Outcome]) -> None:
@@ -166,6 +177,24 @@ class Metrics:
             self.outbox_depth.labels(status).set(count)
         age = (now - oldest).total_seconds() if oldest is not None else 0.0
         self.outbox_oldest_age.set(max(0.0, age))
+        self._refresh_sla(sessions)
+
+    def _refresh_sla(self, sessions: sessionmaker[Session]) -> None:
+        """Per target, unresolved work orders in their worst state (breached beats at risk)."""
+        q = (select(SlaAlert.work_order_id, SlaAlert.target, SlaAlert.state)
+             .join(WorkOrder, WorkOrder.id == SlaAlert.work_order_id)
+             .where(WorkOrder.status != "resolved",
+                    SlaAlert.state.in_(SLA_STATES), SlaAlert.target.in_(SLA_TARGETS)))
+        with sessions() as s:
+            worst: dict[tuple[int, str], str] = {}
+            for wo_id, target, state in s.execute(q):
+                if worst.get((wo_id, target)) != "breached":
+                    worst[(wo_id, target)] = state
+        counts = {(t, st): 0 for t in SLA_TARGETS for st in SLA_STATES}
+        for (_, target), state in worst.items():
+            counts[(target, state)] += 1
+        for (target, state), n in counts.items():
+            self.sla_open.labels(target, state).set(n)
 
     # ---- exposition -----------------------------------------------------------------------------
     def exposition(self) -> tuple[bytes, str]:
@@ -180,4 +209,4 @@ def _aware(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-__all__ = ["KINDS", "OUTCOMES", "PRIORITIES", "TYPES", "Metrics"]
+__all__ = ["KINDS", "OUTCOMES", "PRIORITIES", "SLA_STATES", "SLA_TARGETS", "TYPES", "Metrics"]
