@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    lease_retry: float = Field(default=5.0, gt=0)  # a standby's pause between lease tries
     # Operations endpoints (/metrics, /healthz, /readyz); port 0 turns them off.
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=9108, ge=0, le=65535)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import make_env
 from triage.config import Settings
+from triage.lease import mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
@@ -146,17 +147,29 @@ class Service:
         self._poll_backoff = Backoff(
             base=1.0, cap=min(300.0, max(30.0, settings.poll_interval * 5)))
         components.runner.should_stop = self.should_exit.is_set
+        # Several processes may share one PostgreSQL: only the lease holder polls (lease.py).
+        url = settings.mailbox
+        self.lease = make_lease(components.engine, mailbox_lease_name(
+            url.scheme, url.host, url.port, url.user, url.folder, url.path))
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def run_once(self) -> int:
         """Process everything waiting, try every due outbox row once, return."""
         runner = self.c.runner
+        n = 0
         async with self.c.transport:
-            await runner.mailbox.connect()
-            try:
-                n = await runner.process_waiting()
-            finally:
-                await runner.mailbox.close()
+            # A cron job beside a running daemon must not poll the same mailbox in parallel.
+            if await self.lease.acquire():
+                try:
+                    await runner.mailbox.connect()
+                    try:
+                        n = await runner.process_waiting()
+                    finally:
+                        await runner.mailbox.close()
+                finally:
+                    await self.lease.release()
+            else:
+                log.info("run --once: another process polls this mailbox; sending only")
             while True:
                 sent, failed = await runner.drain_outbox()
                 if failed or not sent:
@@ -179,7 +192,8 @@ class Service:
                               max_instances=1, coalesce=True, next_run_time=utcnow())
             scheduler.start()
             try:
-                await self._connect_with_backoff()
+                if await self.lease.acquire():
+                    await self._connect_with_backoff()
                 idle = (getattr(self.c.runner.mailbox, "supports_idle", True)
                         and self.settings.use_idle)
                 if idle:
@@ -225,6 +239,8 @@ class Service:
         await asyncio.to_thread(ping)
 
     async def _check_mailbox(self) -> None:
+        if not self.lease.held:
+            return  # a standby does not touch the mailbox (lease.py); it is ready to take over
         if not self._connected:
             raise ConnectionError("mailbox not connected")
         stale = max(3 * self.settings.poll_interval, 120.0)
@@ -256,6 +272,8 @@ class Service:
         scheduler.shutdown(wait=False)
         with contextlib.suppress(Exception):
             await self.c.runner.mailbox.close()
+        with contextlib.suppress(Exception):
+            await self.lease.release()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -296,6 +314,8 @@ class Service:
         async with self._mailbox_lock:
             if self.should_exit.is_set():
                 return True
+            if not await self._hold_lease():
+                return True  # a standby: the holder polls; _poll_job waits lease_retry
             try:
                 if not self._connected:
                     await self._connect_with_backoff()
@@ -323,9 +343,23 @@ class Service:
             await self._outbox_job()
         return ok
 
+    async def _hold_lease(self) -> bool:
+        """True when this process may touch the mailbox now: the lease is held and its
+        connection alive, or it was just acquired. A lost lease drops the mailbox connection."""
+        if self.lease.held:
+            if await self.lease.check():
+                return True
+            self._connected = False
+            with contextlib.suppress(Exception):
+                await self.c.runner.mailbox.close()
+        return await self.lease.acquire()
+
     async def _poll_job(self) -> None:
         started = time.monotonic()
         ok = await self._poll_once()
+        if not self.lease.held:  # standby: try again later; outbox and SLA watch go on
+            await self._pause(self.settings.lease_retry)
+            return
         self.c.metrics.observe_poll(self.settings.mailbox_id, time.monotonic() - started, ok)
         if ok:
             self._last_poll_ok = time.monotonic()

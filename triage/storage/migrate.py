@@ -9,7 +9,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+
+from triage.lease import lease_key
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
@@ -25,6 +27,11 @@ def alembic_config(url: str) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several processes starting on one new database: one migrates, the others wait
+            # for it (the lock ends with this transaction) and then find nothing to do.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                         {"k": lease_key("triage-migrate")})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     log.info("database schema at %s", revision)
