@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -63,6 +64,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'triage.db'}"
         return
+    with throwaway_pg_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def throwaway_pg_database() -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards. In CI (CI=true) PostgreSQL must be there."""
     reason = _pg_available()
     if reason:
         if os.environ.get("CI"):
@@ -73,3 +81,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         _drop_pg_db(name)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """For tests that are about PostgreSQL only."""
+    with throwaway_pg_database() as url:
+        yield url

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.conftest import _create_pg_db, _drop_pg_db, _pg_available
 from tests.smtpsink import SmtpSink
 from tests.test_faults import (
     Daemon,
@@ -41,19 +40,6 @@ pytestmark = [pytest.mark.imap, pytest.mark.slow]
 FIRST = 150  # delivered before the kill
 LATER = 50  # delivered after it
 AUTO_EVERY = 10  # every 10th message is an auto-reply, not a request
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database (conftest's way); the point of the test is PostgreSQL."""
-    reason = _pg_available()
-    if reason:
-        pytest.skip(reason)
-    name, url = _create_pg_db()
-    try:
-        yield url
-    finally:
-        _drop_pg_db(name)
 
 
 @pytest.fixture
