@@ -231,6 +231,18 @@ class Db:
             Outbox.status == "pending")) or 0
 
 
+def assert_each_request_once(requests: set[str], wos: list[WorkOrder], outbox: list[Outbox],
+                             received: Counter[str], dovecot: Any) -> int:
+    """One work order per request, nothing left unmarked, one sent acknowledgment per work
+    order and every one of them seen at the sink; returns how many arrived twice."""
+    roots = Counter(w.root_message_id for w in wos)
+    assert set(roots) == requests and max(roots.values()) == 1
+    assert unmarked(dovecot) == []
+    assert len(outbox) == len(wos) and all(o.status == "sent" for o in outbox)
+    assert set(received) == {f"<{o.message_id}>" for o in outbox}
+    return sum(n - 1 for n in received.values())
+
+
 def ack_ids(sink: SmtpSink) -> Counter[str]:
     return Counter(
         str(email.message_from_bytes(r.data, policy=email.policy.default)["Message-ID"])
@@ -308,15 +320,9 @@ def test_sigkill_at_random_points(dovecot, sink, tmp_path: Path, daemons) -> Non
         expected = "non_request" if i % AUTO_EVERY == 0 else "work_order"
         assert by_mid[f"k{i}@faults.test"].disposition == expected, i
     requests = {f"k{i}@faults.test" for i in range(N_MESSAGES) if i % AUTO_EVERY}
-    roots = Counter(w.root_message_id for w in wos)
-    assert set(roots) == requests and max(roots.values()) == 1  # one work order per request
-    assert unmarked(dovecot) == []
-
-    # One acknowledgment per work order; duplicates bounded by the kills inside SMTP.
-    assert len(outbox) == len(wos) and all(o.status == "sent" for o in outbox)
     received = ack_ids(sink)
-    assert set(received) == {f"<{o.message_id}>" for o in outbox}
-    duplicates = sum(n - 1 for n in received.values())
+    duplicates = assert_each_request_once(requests, wos, outbox, received, dovecot)
+    # Duplicates are bounded by the kills inside SMTP.
     in_data = sum(1 for k in kills if "data" in k["smtp"])
     in_txn = sum(1 for k in kills if k["smtp"])
     assert max(received.values()) <= 2
