@@ -102,7 +102,8 @@ def build(
         StoreConfig(from_address=settings.from_address,
                     ack_rate_per_hour=settings.ack_rate_per_hour,
                     attachments_dir=settings.attachments_dir,
-                    review_threshold=settings.review_threshold),
+                    review_threshold=settings.review_threshold,
+                    at_risk_fraction=settings.at_risk_fraction),
         clock,
         reads,
     )

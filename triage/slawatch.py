@@ -18,29 +18,37 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from typing import Any
 
 from jinja2 import Environment
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import quote_subject
-from triage.calendar import BusinessCalendar, humanize_due
-from triage.sla import STANDARD, SlaPolicy, clock_state
-from triage.storage.models import Client, Outbox, SlaAlert, WorkOrder
+from triage.calendar import humanize_due
+from triage.sla import STANDARD, SlaPolicy
+from triage.slamarks import (
+    ONCALL_RETURN,
+    ONCALL_WINDOW,
+    PAUSED_STATUSES,
+    clocks,
+    is_paused,
+    marks,
+    measure,
+    out_of_hours_urgent,
+    pauses_of,
+)
+from triage.storage.models import Client, Outbox, SlaAlert, User, WorkOrder
 
 log = logging.getLogger(__name__)
 
 AT_RISK = "at_risk"
 BREACHED = "breached"
 PAGED = "paged"
-ONCALL_RETURN = "oncall_return"
-ONCALL_WINDOW = timedelta(hours=1)  # the on-call engineer calls back within 1 h, wall clock
-CONTRACT_24X7 = "24x7"
 TEMPLATE = "escalation"
 
 _TARGET_LABELS = {
@@ -65,14 +73,6 @@ class WatchResult:
     @property
     def queued(self) -> int:
         return self.at_risk + self.breached + self.pages
-
-
-@dataclass(frozen=True)
-class _Clock:
-    target: str
-    start: datetime
-    due: datetime
-    calendar: BusinessCalendar
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,9 @@ class SlaWatch:
         with self._reads() as s:
             open_ = WorkOrder.status != "resolved"
             rows = list(s.execute(
-                select(WorkOrder, Client.domain)
+                select(WorkOrder, Client.domain, User.email)
                 .join(Client, Client.id == WorkOrder.client_id)
+                .outerjoin(User, User.id == WorkOrder.assignee_id)
                 .where(open_, WorkOrder.number.is_not(None))
                 .order_by(WorkOrder.id)
             ))
@@ -131,7 +132,8 @@ class SlaWatch:
                 .join(WorkOrder, WorkOrder.id == SlaAlert.work_order_id)
                 .where(open_)
             )}
-        for wo, domain in rows:
+        self._fill_marks([wo for wo, _, _ in rows])
+        for wo, domain, assignee_email in rows:
             notices = [n for n in self._notices(wo, now)
                        if (wo.id, n.target, n.state) not in sent]
             if not notices:
@@ -140,7 +142,7 @@ class SlaWatch:
             # two racing watches block on the same first key instead of deadlocking.
             with self._sessions.begin() as s:
                 for n in notices:
-                    if self._queue(s, wo, domain, n, now):
+                    if self._queue(s, wo, domain, n, now, assignee_email or None):
                         counts[n.state] += 1
                     else:
                         already += 1
@@ -153,8 +155,11 @@ class SlaWatch:
 
     # ---- measuring -------------------------------------------------------------------------
     def _notices(self, wo: WorkOrder, now: datetime) -> Iterator[_Notice]:
-        for c in self._clocks(wo):
-            state = clock_state(c.start, c.due, now, c.calendar)
+        if wo.status in PAUSED_STATUSES or is_paused(wo):
+            return  # waiting on the client: the clocks are stopped
+        pauses = pauses_of(wo)
+        for c in clocks(wo, self._policy):
+            state = measure(c, now, pauses)
             tz = c.calendar.tz.key
             if state.fraction_used >= 1.0:
                 yield _Notice(c.target, BREACHED, state.due, state.fraction_used, tz)
@@ -165,46 +170,33 @@ class SlaWatch:
                           self._standard.tz.key)
 
     def _out_of_hours_urgent(self, wo: WorkOrder) -> bool:
-        """Urgent, 24x7 contract, unanswered, and nobody was in the office when it came in."""
-        return (wo.priority == "urgent" and wo.contract == CONTRACT_24X7
-                and wo.first_response_at is None
-                and not self._standard.is_open(wo.received_at))
-
-    def _clocks(self, wo: WorkOrder) -> Iterator[_Clock]:
-        cal = self._contract_calendar(wo.contract)
-        try:
-            targets = self._policy.targets(wo.request_type, wo.priority)
-        except ValueError:  # a type or priority the policy no longer knows: its calendar
-            log.warning("work order %s: %s/%s not in the SLA policy; contract calendar used",
-                        wo.number, wo.request_type, wo.priority)
-            targets = {}
-
-        def calendar(name: str) -> BusinessCalendar:
-            t = targets.get(name)
-            if t is None or wo.contract not in self._policy.calendars:
-                return cal
-            return self._policy.clock_calendar(t, wo.contract)
-
-        if wo.callback_due is not None:
-            yield _Clock("callback", wo.clock_start, wo.callback_due, calendar("callback"))
-        if wo.first_response_at is None:
-            yield _Clock("response", wo.clock_start, wo.response_due, calendar("response"))
-        if wo.fulfil_due is not None:
-            yield _Clock("fulfil", wo.clock_start, wo.fulfil_due, calendar("fulfil"))
-        if self._out_of_hours_urgent(wo):
-            yield _Clock(ONCALL_RETURN, wo.received_at, wo.received_at + ONCALL_WINDOW,
-                         BusinessCalendar.always_open(self._standard.tz, "wall"))
-
-    def _contract_calendar(self, contract: str) -> BusinessCalendar:
-        try:
-            return self._policy.calendar(contract)
-        except ValueError:
-            log.warning("unknown contract %r; standard calendar used", contract)
-            return self._standard
+        return out_of_hours_urgent(wo, self._standard)
 
     # ---- writing ---------------------------------------------------------------------------
-    def _queue(self, s: Session, wo: WorkOrder, domain: str, n: _Notice, now: datetime) -> bool:
-        """Alert row + outbox row in one savepoint; False when the key was already taken."""
+    def _fill_marks(self, rows: list[WorkOrder]) -> None:
+        """Compute the queue's SLA marks where they are missing (rows written before
+        migration 0003, or by a writer that left them out): the queue needs them to sort."""
+        todo = {}
+        for wo in rows:
+            if wo.next_due is None and wo.status not in PAUSED_STATUSES and not is_paused(wo):
+                next_due, at_risk_at = marks(wo, self._policy, self._at_risk)
+                if next_due is not None:
+                    todo[wo.id] = (next_due, at_risk_at)
+        if not todo:
+            return
+        with self._sessions.begin() as s:
+            for wo_id, (next_due, at_risk_at) in todo.items():
+                s.execute(update(WorkOrder).where(WorkOrder.id == wo_id,
+                                                  WorkOrder.next_due.is_(None))
+                          .values(next_due=next_due, at_risk_at=at_risk_at))
+        log.info("SLA watch: queue marks filled in for %d work orders", len(todo))
+
+    def _queue(self, s: Session, wo: WorkOrder, domain: str, n: _Notice, now: datetime,
+               assignee: str | None = None) -> bool:
+        """Alert row + outbox row in one savepoint; False when the key was already taken.
+
+        Escalations go to the assignee when there is one (with an address), else the lead;
+        pages go to on-call."""
         try:
             with s.begin_nested():
                 alert = SlaAlert(work_order_id=wo.id, target=n.target, state=n.state,
@@ -213,7 +205,7 @@ class SlaWatch:
                 s.flush()  # the unique key is checked here (PostgreSQL waits for a racer)
                 paged = n.state == PAGED
                 kind = "page" if paged else "escalation"
-                to = self._oncall if paged and self._oncall else self._lead
+                to = self._oncall if paged and self._oncall else (assignee or self._lead)
                 row = Outbox(
                     work_order_id=wo.id, kind=kind, to_addr=to,
                     # Fixed when written (a resend is the same mail), not guessable.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from classifiers.types import Decision
 from triage.messages import DueDates, ParsedEmail, RawMessage
 from triage.parse import build_reply_headers, clean_header
+from triage.sla import SlaPolicy
+from triage.slamarks import apply_marks, end_pause
 from triage.storage.models import (
     AttachmentRow,
     Client,
@@ -40,14 +42,6 @@ log = logging.getLogger(__name__)
 
 TAG_RE = re.compile(r"\[(ITX-\d{6,})\]")
 HEADER_SCREENED = frozenset({"auto_reply", "bounce", "bulk", "own"})
-
-
-class DuePolicy(Protocol):
-    """What this module needs of the SLA engine."""
-
-    def due(
-        self, request_type: str, priority: str | None, contract: str, received: datetime
-    ) -> DueDates: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +78,7 @@ class StoreConfig:
     attachments_dir: Path
     review_threshold: float
     mailbox_state: bool = True
+    at_risk_fraction: float = 0.75  # for the queue's SLA marks (triage.slamarks)
 
 
 def format_number(pk: int) -> str:
@@ -128,7 +123,7 @@ class WorkOrderStore:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        policy: DuePolicy,
+        policy: SlaPolicy,
         config: StoreConfig,
         clock: Callable[[], datetime],
         reads: sessionmaker[Session] | None = None,
@@ -334,6 +329,13 @@ class WorkOrderStore:
             wo.status, wo.resolved_at = "open", None
             s.add(Event(work_order_id=wo.id, actor="system", action="reopened",
                         detail=detail, at=now))
+        elif wo.status == "waiting_client":
+            # The client answered: the ball is ours again and the clocks run (the pause ends).
+            end_pause(wo, now)
+            wo.status = "open"
+            s.add(Event(work_order_id=wo.id, actor="system", action="status",
+                        detail={**detail, "status": "open", "was": "waiting_client"}, at=now))
+        apply_marks(wo, self._policy, self._cfg.at_risk_fraction)
         s.add(Event(work_order_id=wo.id, actor="system", action="client_reply", detail=detail,
                     at=now))
         wo.updated_at = now
@@ -384,8 +386,9 @@ class WorkOrderStore:
             clock_start=due.clock_start, response_due=due.response_due,
             callback_due=due.callback_due, fulfil_due=due.fulfil_due,
             milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones],
-            root_message_id=p.message_id, created_at=now, updated_at=now,
+            root_message_id=p.message_id, created_at=now, updated_at=now, pauses=[],
         )
+        apply_marks(wo, self._policy, self._cfg.at_risk_fraction)
         s.add(wo)
         s.flush()
         wo.number = format_number(wo.id)

@@ -164,10 +164,21 @@ class WorkOrder(Base):
     root_message_id: Mapped[str | None] = mapped_column(String(998))
     first_response_at: Mapped[datetime | None] = mapped_column()
     resolved_at: Mapped[datetime | None] = mapped_column()
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    promised_at: Mapped[datetime | None] = mapped_column()  # a date promised to the client
+    # Waiting-on-client intervals [[start, end | null], ...] as ISO strings; the SLA clocks
+    # do not run inside them (triage.sla.clock_state).
+    pauses: Mapped[list[Any]] = mapped_column(default=list)
+    # Denormalised SLA marks (triage.slamarks), so the queue filters and sorts in SQL: the
+    # nearest open due time (pauses included) and the instant the first clock is at risk.
+    # NULL while paused, resolved, or not yet computed (the SLA watch fills those in).
+    next_due: Mapped[datetime | None] = mapped_column(index=True)
+    at_risk_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     client: Mapped[Client] = relationship()
+    assignee: Mapped[User | None] = relationship()
 
 
 class Outbox(Base):
@@ -211,6 +222,54 @@ class SlaAlert(Base):
     )
 
 
+class User(Base):
+    """A staff member. Passwords are argon2id hashes; the API token is kept as its SHA-256
+    (it is random and long, so a slow hash buys nothing)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    email: Mapped[str] = mapped_column(String(320), default="")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    last_login_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebSession(Base):
+    """A signed-in browser. Server-side, so logout and lockout end it for real; the cookie
+    holds a random token whose SHA-256 is the key (a database leak yields no live cookie)."""
+
+    __tablename__ = "web_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
+class Correction(Base):
+    """A staff correction of the classifier's type or priority: training data for the
+    nightly retrain (exported to ``corrections_dir`` as JSONL, the format of data/training)."""
+
+    __tablename__ = "corrections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    work_order_id: Mapped[int] = mapped_column(ForeignKey("work_orders.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    old_type: Mapped[str] = mapped_column(String(64))
+    new_type: Mapped[str] = mapped_column(String(64))
+    old_priority: Mapped[str] = mapped_column(String(16))
+    new_priority: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Event(Base):
     """Audit trail: who did what to a work order, and when."""
 
@@ -224,6 +283,6 @@ class Event(Base):
 
 
 __all__ = [
-    "AttachmentRow", "Base", "Client", "Event", "Fetch", "MailboxState", "Message",
-    "Outbox", "RawBlob", "SlaAlert", "WorkOrder", "utcnow",
+    "AttachmentRow", "Base", "Client", "Correction", "Event", "Fetch", "MailboxState",
+    "Message", "Outbox", "RawBlob", "SlaAlert", "User", "WebSession", "WorkOrder", "utcnow",
 ]
