@@ -18,6 +18,8 @@ HANDLERS: dict[str, str] = {
     "sla due": "triage.sla_cli:cmd_due",
     "db upgrade": "triage.storage.migrate:cmd_upgrade",
     "client set": "triage.clients:cmd_client_set",
+    "user add": "triage.desk.cli:cmd_user_add",
+    "user list": "triage.desk.cli:cmd_user_list",
 }
 
 
@@ -74,11 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("domain", help="the client's mail domain, e.g. harborviewdental.com")
     cs.add_argument("--contract", required=True, choices=["standard", "24x7"])
     cs.add_argument("--name", help="display name")
+
+    user = sub.add_parser("user", help="staff users of the web app")
+    user_sub = user.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
+    ua = user_sub.add_parser("add", help="add a staff user (asks for the password)")
+    ua.add_argument("name", help="login name: a-z, 0-9, . _ -")
+    ua.add_argument("--display-name", help="name shown to colleagues and signed on replies")
+    ua.add_argument("--email", help="address for SLA escalations of assigned work orders")
+    ua.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    ua.add_argument("--no-password", action="store_true",
+                    help="random password (an API-only account; use with --api-token)")
+    ua.add_argument("--reset", action="store_true", help="set a new password for NAME")
+    ua.add_argument("--api-token", action="store_true",
+                    help="issue an API token for scripts (printed once; replaces the old one)")
+    user_sub.add_parser("list", help="list staff users")
     return p
 
 
 def _command_key(ns: argparse.Namespace) -> str:
-    for group in ("sla_command", "db_command", "client_command"):
+    for group in ("sla_command", "db_command", "client_command", "user_command"):
         sub = getattr(ns, group, None)
         if sub:
             return f"{ns.command} {sub}"

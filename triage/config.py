@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     at_risk_fraction: float = Field(default=0.75, gt=0, lt=1)
     lead_address: str = "helpdesk-lead@itx.net"
     oncall_address: str | None = None
+    # Staff web app, served on the ops listener (ops_host:ops_port) beside /metrics.
+    web_enabled: bool = True
+    web_cookie_secure: bool = True  # browsers accept Secure cookies on http://localhost too
+    web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # Corrections become training data; a nightly retrain swaps the model in only when its
+    # held-out macro-F1 is not worse. retrain_hour is UTC; -1 turns the job off.
+    corrections_dir: Path = Path("var/corrections")
+    retrained_model_dir: Path = Path("var/model")
+    retrain_hour: int = Field(default=2, ge=-1, le=23)
 
     @field_validator("from_address")
     @classmethod

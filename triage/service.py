@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine, text
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import make_env
 from triage.config import Settings
+from triage.desk.actions import Desk, DeskConfig
 from triage.lease import mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
@@ -77,6 +78,9 @@ class Components:
     reads: sessionmaker[Session]
     metrics: Metrics
     watch: SlaWatch
+    desk: Desk
+    sessions: sessionmaker[Session]
+    clock: Callable[[], datetime] = utcnow
 
 
 def build(
@@ -128,7 +132,10 @@ def build(
         lead_address=settings.lead_address, oncall_address=settings.oncall_address,
         from_domain=settings.from_address.rsplit("@", 1)[-1], reads=reads,
     )
-    return Components(engine, policy, runner, transport, reads, metrics, watch)
+    desk = Desk(sessions, policy, DeskConfig(settings.from_address, settings.at_risk_fraction),
+                clock)
+    return Components(engine, policy, runner, transport, reads, metrics, watch, desk, sessions,
+                      clock)
 
 
 class FatalMailboxError(Exception):
@@ -216,7 +223,7 @@ class Service:
             raise FatalMailboxError(str(self.fatal)) from self.fatal
 
     def _start_ops(self) -> asyncio.Task[None] | None:
-        """/metrics, /healthz and /readyz beside the daemon, in the same event loop."""
+        """/metrics, /healthz, /readyz and the staff web app, in the daemon's event loop."""
         if not self.settings.ops_port:
             return None
         token = (self.settings.metrics_token.get_secret_value()
@@ -228,8 +235,18 @@ class Service:
             metrics_token=token, timeout=self.settings.ready_timeout,
             on_scrape=lambda: self.c.metrics.refresh_from_db(self.c.reads),
         )
-        log.info("operations endpoints on http://%s:%d", self.settings.ops_host,
-                 self.settings.ops_port)
+        if self.settings.web_enabled:
+            from triage.web.app import WebDeps, create_web_app
+
+            app = create_web_app(WebDeps(
+                sessions=self.c.sessions, reads=self.c.reads, policy=self.c.policy,
+                desk=self.c.desk, attachments_dir=self.settings.attachments_dir,
+                clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
+                session_ttl=timedelta(hours=self.settings.web_session_hours),
+            ), extra_routes=list(app.routes))
+        log.info("%s on http://%s:%d",
+                 "staff web app and ops endpoints" if self.settings.web_enabled
+                 else "operations endpoints", self.settings.ops_host, self.settings.ops_port)
         return asyncio.create_task(
             serve(app, self.settings.ops_host, self.settings.ops_port, self.should_exit))
 

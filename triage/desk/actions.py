@@ -1,0 +1,229 @@
+"""What staff do to a work order. Every action runs in one transaction, re-reads the row
+under a write lock, records an audit ``Event`` (who, what, when) and refreshes the SLA marks
+the queue sorts on, so the page, the API and the SLA watch never disagree.
+
+A reply is an outbox row like an acknowledgment: it is sent (and retried) by the daemon's
+outbox sweep, threaded on the client's last message, and the first one stops the email
+response clock (``first_response_at``). A change of type or priority recomputes the due
+dates from the original arrival time and is kept as a ``Correction`` for the nightly retrain.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.parse import clean_header
+from triage.sla import SlaPolicy
+from triage.slamarks import apply_marks, end_pause, start_pause
+from triage.storage.models import Correction, Event, Message, Outbox, User, WorkOrder
+
+STATUSES = ("new", "open", "waiting_client", "resolved")
+STATUS_LABELS = {"new": "New", "open": "Open", "waiting_client": "Waiting on client",
+                 "resolved": "Resolved"}
+MAX_NOTE = 20_000
+MAX_REPLY = 50_000
+
+
+class NotFound(LookupError):
+    pass
+
+
+class ActionError(ValueError):
+    """The action cannot be done as asked; the message is for the person who asked."""
+
+
+@dataclass(frozen=True)
+class DeskConfig:
+    from_address: str
+    at_risk_fraction: float = 0.75
+
+
+class Desk:
+    def __init__(self, sessions: sessionmaker[Session], policy: SlaPolicy, config: DeskConfig,
+                 clock: Callable[[], datetime]) -> None:
+        self._sessions = sessions
+        self._policy = policy
+        self._cfg = config
+        self._clock = clock
+        self._domain = config.from_address.rsplit("@", 1)[-1] or "itx.net"
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def _locked(self, s: Session, number: str) -> WorkOrder:
+        wo = s.scalar(select(WorkOrder).where(WorkOrder.number == number).with_for_update())
+        if wo is None:
+            raise NotFound(number)
+        return wo
+
+    def _event(self, s: Session, wo: WorkOrder, actor: str, action: str,
+               detail: dict[str, Any], now: datetime) -> None:
+        s.add(Event(work_order_id=wo.id, actor=actor, action=action, detail=detail, at=now))
+        wo.updated_at = now
+
+    def _marks(self, wo: WorkOrder) -> None:
+        apply_marks(wo, self._policy, self._cfg.at_risk_fraction)
+
+    # ---- actions --------------------------------------------------------------------------
+    def reclassify(self, number: str, actor: str, request_type: str, priority: str) -> WorkOrder:
+        if request_type not in self._policy.types:
+            raise ActionError(f"unknown request type {request_type!r}")
+        if priority not in self._policy.priorities:
+            raise ActionError(f"unknown priority {priority!r}")
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            old_type, old_priority = wo.request_type, wo.priority
+            changed = (old_type, old_priority) != (request_type, priority)
+            if changed:
+                due = self._policy.due(request_type, priority, wo.contract, wo.received_at)
+                wo.request_type, wo.priority = request_type, priority
+                wo.clock_start, wo.response_due = due.clock_start, due.response_due
+                wo.callback_due, wo.fulfil_due = due.callback_due, due.fulfil_due
+                wo.milestones = [{"name": n, "due": t.isoformat()} for n, t in due.milestones]
+                s.add(Correction(work_order_id=wo.id, actor=actor, old_type=old_type,
+                                 new_type=request_type, old_priority=old_priority,
+                                 new_priority=priority, at=now))
+            wo.needs_review, wo.review_reason = False, None
+            self._marks(wo)
+            self._event(s, wo, actor, "reclassified" if changed else "confirmed",
+                        {"type": request_type, "priority": priority,
+                         "was_type": old_type, "was_priority": old_priority}, now)
+        return wo
+
+    def assign(self, number: str, actor: str, assignee: str | None) -> WorkOrder:
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            user = None
+            if assignee:
+                user = s.scalar(select(User).where(User.name == assignee, User.active))
+                if user is None:
+                    raise ActionError(f"no active staff user {assignee!r}")
+            wo.assignee_id = user.id if user else None
+            self._event(s, wo, actor, "assigned", {"to": user.name if user else None}, now)
+        return wo
+
+    def promise(self, number: str, actor: str, when: datetime | None) -> WorkOrder:
+        if when is not None and when.tzinfo is None:
+            raise ActionError("a promise date needs a time zone")
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            wo.promised_at = when.astimezone(UTC) if when else None
+            self._event(s, wo, actor, "promised",
+                        {"at": wo.promised_at.isoformat() if wo.promised_at else None}, now)
+        return wo
+
+    def set_status(self, number: str, actor: str, status: str) -> WorkOrder:
+        if status not in STATUSES:
+            raise ActionError(f"unknown status {status!r}")
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            self._set_status(s, wo, actor, status, now)
+        return wo
+
+    def _set_status(self, s: Session, wo: WorkOrder, actor: str, status: str,
+                    now: datetime) -> None:
+        was = wo.status
+        if status == was:
+            return
+        if status == "waiting_client":
+            start_pause(wo, now)
+        else:
+            end_pause(wo, now)
+        if status == "resolved":
+            wo.resolved_at = now
+        elif was == "resolved":
+            wo.resolved_at = None
+        wo.status = status
+        self._marks(wo)
+        action = {"resolved": "resolved"}.get(status, "reopened" if was == "resolved"
+                                              else "status")
+        self._event(s, wo, actor, action, {"status": status, "was": was}, now)
+
+    def resolve(self, number: str, actor: str) -> WorkOrder:
+        return self.set_status(number, actor, "resolved")
+
+    def reopen(self, number: str, actor: str) -> WorkOrder:
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            if wo.status != "resolved":
+                raise ActionError("only a resolved work order can be reopened")
+            self._set_status(s, wo, actor, "open", now)
+        return wo
+
+    def note(self, number: str, actor: str, text: str) -> WorkOrder:
+        text = text.strip()
+        if not text:
+            raise ActionError("an empty note")
+        if len(text) > MAX_NOTE:
+            raise ActionError(f"a note is at most {MAX_NOTE} characters")
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            self._event(s, wo, actor, "note", {"text": text}, now)
+        return wo
+
+    def reply(self, number: str, actor: str, body: str, *, wait_for_client: bool = False,
+              agent_name: str = "") -> WorkOrder:
+        """Queue a reply to the requester; the first stops the response clock."""
+        body = body.replace("\r\n", "\n").strip()
+        if not body:
+            raise ActionError("an empty reply")
+        if len(body) > MAX_REPLY:
+            raise ActionError(f"a reply is at most {MAX_REPLY} characters")
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            if not wo.requester:
+                raise ActionError("this work order has no sender address to reply to")
+            in_reply_to, references = self._thread_ids(s, wo)
+            row = Outbox(
+                work_order_id=wo.id, kind="reply", to_addr=wo.requester,
+                message_id=f"pending-{wo.number}-reply-{secrets.token_hex(4)}",
+                template="reply",
+                context={"number": wo.number, "subject": clean_header(wo.subject, 200),
+                         "in_reply_to": in_reply_to, "references": references,
+                         "body": body, "agent": agent_name or actor,
+                         "at": now.astimezone(UTC).isoformat()},
+                status="pending", next_attempt_at=now, created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            # Fixed now (a resend is the same mail) and unguessable, like acknowledgments.
+            row.message_id = f"{wo.number}.reply.{row.id}.{secrets.token_hex(6)}@{self._domain}"
+            first = wo.first_response_at is None
+            if first:
+                wo.first_response_at = now
+            self._event(s, wo, actor, "replied",
+                        {"outbox_id": row.id, "first_response": first}, now)
+            if wo.status == "new":
+                wo.status = "open"
+            if wait_for_client:
+                self._set_status(s, wo, actor, "waiting_client", now)
+            elif wo.status == "resolved":
+                self._set_status(s, wo, actor, "open", now)
+            self._marks(wo)
+        return wo
+
+    def _thread_ids(self, s: Session, wo: WorkOrder) -> tuple[str | None, list[str]]:
+        """In-Reply-To: the client's latest message; References: the chain from the root."""
+        ids = [m for m in s.scalars(
+            select(Message.message_id).where(Message.work_order_id == wo.id,
+                                             Message.direction == "in",
+                                             Message.message_id.is_not(None))
+            .order_by(Message.received_at, Message.id)) if m]
+        if wo.root_message_id and wo.root_message_id not in ids:
+            ids.insert(0, wo.root_message_id)
+        return (ids[-1] if ids else None), ids[-20:]
+
+
+__all__ = ["STATUSES", "STATUS_LABELS", "ActionError", "Desk", "DeskConfig", "NotFound"]

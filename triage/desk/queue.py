@@ -1,0 +1,268 @@
+"""Reading for staff: the queue (filtered, sorted by the nearest due time, paginated, with
+counts per request type) and one work order with its thread and audit trail.
+
+The SLA state filter is SQL over the stored marks (``triage.slamarks``): with 100,000 work
+orders nothing may be computed per row before the page is cut. The live clock shown on a row
+is computed for the rows of the page only, from the same clocks the SLA watch measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy.orm import Session, joinedload, selectinload
+
+from triage.sla import ClockState, SlaPolicy
+from triage.slamarks import (
+    AT_RISK,
+    BREACHED,
+    ON_TRACK,
+    PAUSED,
+    clocks,
+    contract_calendar,
+    measure,
+    pauses_of,
+    sla_state,
+)
+from triage.storage.models import (
+    AttachmentRow,
+    Client,
+    Correction,
+    Event,
+    Message,
+    Outbox,
+    User,
+    WorkOrder,
+)
+
+PAGE_SIZE = 50
+ACTIVE = "active"  # every status but resolved
+STATUS_FILTERS = (ACTIVE, "new", "open", "waiting_client", "resolved", "all")
+SLA_FILTERS = (ON_TRACK, AT_RISK, BREACHED, PAUSED)
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    request_type: str | None = None
+    priority: str | None = None
+    status: str = ACTIVE
+    assignee: str | None = None  # a user name, or "none" for unassigned
+    needs_review: bool | None = None
+    sla: str | None = None
+    q: str | None = None  # a work-order number or words of the subject
+    page: int = 1
+    page_size: int = PAGE_SIZE
+
+    def query_args(self, **change: Any) -> dict[str, str]:
+        """The filter as query-string arguments (for links that keep it), page reset to 1."""
+        values = {"type": self.request_type, "priority": self.priority,
+                  "status": self.status if self.status != ACTIVE else None,
+                  "assignee": self.assignee,
+                  "review": {True: "yes", False: "no"}.get(self.needs_review),  # type: ignore[call-overload]
+                  "sla": self.sla, "q": self.q}
+        values.update(change)
+        return {k: str(v) for k, v in values.items() if v not in (None, "")}
+
+
+@dataclass(frozen=True)
+class Clock:
+    target: str
+    state: ClockState
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    wo: WorkOrder
+    client_name: str
+    assignee: str | None
+    sla: str
+    clock: Clock | None  # the open clock with the nearest due, measured now
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    by_type: dict[str, int]
+    needs_review: int
+    at_risk: int
+    breached: int
+    active: int
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    rows: list[QueueRow]
+    total: int
+    page: int
+    pages: int
+    counts: QueueCounts
+
+
+def _where(stmt: Select[Any], f: QueueFilter, now: datetime) -> Select[Any]:
+    if f.status == ACTIVE:
+        stmt = stmt.where(WorkOrder.status != "resolved")
+    elif f.status != "all":
+        stmt = stmt.where(WorkOrder.status == f.status)
+    if f.request_type:
+        stmt = stmt.where(WorkOrder.request_type == f.request_type)
+    if f.priority:
+        stmt = stmt.where(WorkOrder.priority == f.priority)
+    if f.assignee == "none":
+        stmt = stmt.where(WorkOrder.assignee_id.is_(None))
+    elif f.assignee:
+        stmt = stmt.where(WorkOrder.assignee_id == select(User.id).where(
+            User.name == f.assignee).scalar_subquery())
+    if f.needs_review is not None:
+        stmt = stmt.where(WorkOrder.needs_review.is_(f.needs_review))
+    if f.sla == BREACHED:
+        stmt = stmt.where(WorkOrder.next_due <= now)
+    elif f.sla == AT_RISK:
+        stmt = stmt.where(WorkOrder.at_risk_at <= now, WorkOrder.next_due > now)
+    elif f.sla == ON_TRACK:
+        stmt = stmt.where(or_(WorkOrder.at_risk_at > now,
+                              and_(WorkOrder.next_due.is_(None),
+                                   WorkOrder.status.not_in(("waiting_client", "resolved")))))
+    elif f.sla == PAUSED:
+        stmt = stmt.where(WorkOrder.status == "waiting_client")
+    if f.q:
+        q = f.q.strip()
+        if q.upper().startswith("ITX-"):
+            stmt = stmt.where(WorkOrder.number == q.upper())
+        else:
+            like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            stmt = stmt.where(WorkOrder.subject.ilike(like, escape="\\"))
+    return stmt
+
+
+def queue_page(s: Session, policy: SlaPolicy, f: QueueFilter, now: datetime) -> QueuePage:
+    base = _where(select(WorkOrder), f, now).where(WorkOrder.number.is_not(None))
+    total = s.scalar(_where(select(func.count(WorkOrder.id)), f, now)
+                     .where(WorkOrder.number.is_not(None))) or 0
+    pages = max(1, -(-total // f.page_size))
+    page = min(max(1, f.page), pages)
+    stmt = (base.options(joinedload(WorkOrder.client), joinedload(WorkOrder.assignee))
+            # Nearest due first; work orders without a running clock (paused, resolved) last.
+            .order_by(WorkOrder.next_due.is_(None), WorkOrder.next_due, WorkOrder.id)
+            .offset((page - 1) * f.page_size).limit(f.page_size))
+    rows = [QueueRow(wo, wo.client.name if wo.client else "",
+                     wo.assignee.name if wo.assignee else None,
+                     sla_state(wo, now), nearest_clock(wo, policy, now))
+            for wo in s.scalars(stmt)]
+    return QueuePage(rows, total, page, pages, queue_counts(s, now))
+
+
+def queue_counts(s: Session, now: datetime) -> QueueCounts:
+    """Counts over the active work orders, in one grouped scan."""
+    breached = func.sum(case((WorkOrder.next_due <= now, 1), else_=0))
+    at_risk = func.sum(case((and_(WorkOrder.at_risk_at <= now, WorkOrder.next_due > now), 1),
+                            else_=0))
+    review = func.sum(case((WorkOrder.needs_review.is_(True), 1), else_=0))
+    by_type: dict[str, int] = {}
+    totals = [0, 0, 0, 0]
+    for rtype, n, r, a, b in s.execute(
+        select(WorkOrder.request_type, func.count(WorkOrder.id), review, at_risk, breached)
+        .where(WorkOrder.status != "resolved", WorkOrder.number.is_not(None))
+        .group_by(WorkOrder.request_type)
+    ):
+        by_type[rtype] = n
+        for i, v in enumerate((n, r, a, b)):
+            totals[i] += int(v or 0)
+    return QueueCounts(dict(sorted(by_type.items())), totals[1], totals[2], totals[3],
+                       totals[0])
+
+
+def nearest_clock(wo: WorkOrder, policy: SlaPolicy, now: datetime) -> Clock | None:
+    if wo.status in ("resolved", "waiting_client"):
+        return None
+    pauses = pauses_of(wo)
+    best: Clock | None = None
+    for c in clocks(wo, policy):
+        st = measure(c, now, pauses)
+        if best is None or st.due < best.state.due:
+            best = Clock(c.target, st)
+    return best
+
+
+def format_remaining(left: timedelta) -> str:
+    """``3h 20m left`` / ``overdue 1d 2h`` in business time (the clock's own calendar)."""
+    overdue = left < timedelta(0)
+    minutes = int(abs(left).total_seconds() // 60)
+    d, rem = divmod(minutes, 24 * 60)
+    h, m = divmod(rem, 60)
+    text = f"{d}d {h}h" if d else (f"{h}h {m:02d}m" if h else f"{m}m")
+    return f"overdue {text}" if overdue else f"{text} left"
+
+
+# ---- one work order ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ThreadItem:
+    at: datetime
+    kind: str  # in | ack | reply | escalation | page | note
+    message: Message | None = None
+    outbox: Outbox | None = None
+    event: Event | None = None
+
+
+@dataclass(frozen=True)
+class Detail:
+    wo: WorkOrder
+    client: Client
+    thread: list[ThreadItem]
+    events: list[Event]
+    corrections: list[Correction]
+    timezone: str
+    clocks: list[Clock] = field(default_factory=list)
+    sla: str = ON_TRACK
+
+
+def work_order_detail(s: Session, policy: SlaPolicy, number: str,
+                      now: datetime) -> Detail | None:
+    wo = s.scalar(select(WorkOrder).where(WorkOrder.number == number)
+                  .options(joinedload(WorkOrder.client), joinedload(WorkOrder.assignee)))
+    if wo is None:
+        return None
+    messages = list(s.scalars(
+        select(Message).where(Message.work_order_id == wo.id)
+        .options(selectinload(Message.attachments))
+        .order_by(Message.received_at, Message.id)))
+    outbox = list(s.scalars(select(Outbox).where(Outbox.work_order_id == wo.id)
+                            .order_by(Outbox.id)))
+    events = list(s.scalars(select(Event).where(Event.work_order_id == wo.id)
+                            .order_by(Event.at, Event.id)))
+    corrections = list(s.scalars(select(Correction).where(Correction.work_order_id == wo.id)
+                                 .order_by(Correction.id)))
+    thread: list[ThreadItem] = [ThreadItem(m.received_at, "in", message=m) for m in messages]
+    thread += [ThreadItem(o.sent_at or o.created_at, o.kind, outbox=o) for o in outbox
+               if o.kind in ("ack", "reply")]
+    thread += [ThreadItem(e.at, "note", event=e) for e in events if e.action == "note"]
+    thread.sort(key=lambda t: t.at)
+    pauses = pauses_of(wo)
+    measured = ([] if wo.status in ("resolved", "waiting_client") else
+                [Clock(c.target, measure(c, now, pauses)) for c in clocks(wo, policy)])
+    tz = contract_calendar(policy, wo.contract).tz.key
+    return Detail(wo, wo.client, thread, events, corrections, tz, measured,
+                  sla_state(wo, now))
+
+
+def attachment_for(s: Session, number: str, attachment_id: int) -> AttachmentRow | None:
+    """The attachment, only if it belongs to a message of this work order."""
+    return s.scalar(
+        select(AttachmentRow)
+        .join(Message, Message.id == AttachmentRow.message_pk)
+        .join(WorkOrder, WorkOrder.id == Message.work_order_id)
+        .where(AttachmentRow.id == attachment_id, WorkOrder.number == number))
+
+
+def staff_names(s: Session) -> Sequence[tuple[str, str]]:
+    return [(u.name, u.display_name or u.name) for u in
+            s.scalars(select(User).where(User.active).order_by(User.name))]
+
+
+__all__ = [
+    "ACTIVE", "PAGE_SIZE", "SLA_FILTERS", "STATUS_FILTERS", "Clock", "Detail", "QueueCounts",
+    "QueueFilter", "QueuePage", "QueueRow", "ThreadItem", "attachment_for", "format_remaining",
+    "nearest_clock", "queue_counts", "queue_page", "staff_names", "work_order_detail",
+]

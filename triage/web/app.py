@@ -1,0 +1,593 @@
+"""The staff web app and JSON API, served by the daemon's own event loop (FastAPI on uvicorn)
+beside the ops endpoints.
+
+Pages are rendered on the server from ``templates/web`` (Jinja2, autoescaped); there is no
+build step and no script is needed to use them. Handlers are plain ``def``: FastAPI runs
+them in its thread pool, so database work never blocks the loop that polls the mailbox.
+
+Security, in one place:
+- every route but /login, /healthz, /readyz (and /metrics, which has its own bearer token)
+  needs a signed-in session or, under /api, an API token (``Authorization: Bearer itx_...``);
+- sessions live in the database (logout ends them); the cookie is HttpOnly, SameSite=Lax and
+  Secure unless configured off; the login form has its own double-submit CSRF token;
+- every state-changing form carries the session's CSRF token, and a cookie-authenticated API
+  call must send it as ``X-CSRF-Token`` (a bearer token is not ambient, so needs none);
+- client content is escaped everywhere; HTML bodies are cleaned with nh3 (no scripts, no
+  styles, no remote images) and the Content-Security-Policy forbids inline script anyway;
+- attachments download as ``application/octet-stream`` with ``Content-Disposition:
+  attachment``; ``next`` after login must be a local path.
+"""
+
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
+
+import nh3
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.routing import BaseRoute
+
+from triage.ack import TEMPLATES_DIR
+from triage.calendar import humanize_due
+from triage.desk import users
+from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Desk, NotFound
+from triage.desk.queue import (
+    ACTIVE,
+    SLA_FILTERS,
+    STATUS_FILTERS,
+    Detail,
+    QueueFilter,
+    QueuePage,
+    attachment_for,
+    format_remaining,
+    queue_page,
+    staff_names,
+    work_order_detail,
+)
+from triage.sla import SlaPolicy
+from triage.storage.models import WorkOrder
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "itx_session"
+LOGIN_CSRF_COOKIE = "itx_login_csrf"
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'; script-src 'self'; connect-src 'self'")
+SAFE_NEXT = re.compile(r"^/(?![/\\])[^\s\\]*$")
+HTML_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "div", "em", "font", "h1", "h2",
+             "h3", "h4", "h5", "h6", "hr", "i", "li", "ol", "p", "pre", "s", "small", "span",
+             "strong", "sub", "sup", "table", "tbody", "td", "th", "thead", "tr", "u", "ul"}
+HTML_ATTRS: dict[str, set[str]] = {"a": {"href", "title"}, "td": {"colspan", "rowspan"},
+                                   "th": {"colspan", "rowspan"}}
+
+
+@dataclass
+class WebDeps:
+    sessions: sessionmaker[Session]  # writes
+    reads: sessionmaker[Session]
+    policy: SlaPolicy
+    desk: Desk
+    attachments_dir: Path
+    clock: Callable[[], datetime]
+    cookie_secure: bool = True
+    session_ttl: timedelta = users.SESSION_TTL
+    model_info: Callable[[], Mapping[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int
+    name: str
+    display_name: str
+    csrf: str | None  # None for API-token callers (no ambient credential, no CSRF)
+
+
+class LoginRequired(Exception):
+    pass
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        h = response.headers
+        h.setdefault("Content-Security-Policy", CSP)
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Referrer-Policy", "same-origin")
+        if request.url.path not in ("/metrics", "/healthz", "/readyz", "/static/app.css"):
+            h.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go to after login; anything else (other hosts, schemes) is /queue."""
+    if target and SAFE_NEXT.match(target) and len(target) < 2000:
+        return target
+    return "/queue"
+
+
+def clean_html(html: str) -> tuple[str, bool]:
+    """Sanitised HTML and whether remote content (images) was removed."""
+    blocked = bool(re.search(r"<\s*img\b|url\s*\(", html, re.I))
+    cleaned = nh3.clean(html, tags=HTML_TAGS, attributes=HTML_ATTRS,
+                        url_schemes={"http", "https", "mailto"},
+                        link_rel="noopener noreferrer nofollow", strip_comments=True)
+    return cleaned, blocked
+
+
+def make_templates() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["remaining"] = format_remaining
+    env.filters["label"] = lambda v: str(v).replace("_", " ")
+    env.globals["STATUS_LABELS"] = STATUS_LABELS
+    return env
+
+
+def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None) -> FastAPI:
+    app = FastAPI(title="ITX Triage staff API", version="1",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SecurityHeaders)
+    templates = make_templates()
+    policy = deps.policy
+    zone_cache: dict[str, ZoneInfo] = {}
+
+    def local(t: datetime | None, tz: str) -> str:
+        if t is None:
+            return "—"
+        z = zone_cache.setdefault(tz, ZoneInfo(tz))
+        return t.astimezone(z).strftime("%a %d %b %Y %H:%M %Z")
+
+    templates.filters["local"] = local
+
+    def tz_of_contract(contract: str) -> str:
+        return policy.calendar(contract).tz.key if contract in policy.calendars else "UTC"
+
+    templates.globals["tz_of"] = tz_of_contract
+    templates.filters["humanize"] = lambda t, tz: humanize_due(t, tz) if t else "—"
+
+    def render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = templates.get_template(f"web/{name}.html.j2").render(**ctx)
+        return HTMLResponse(html, status_code=status)
+
+    # ---- identity ------------------------------------------------------------------------
+    def principal(request: Request) -> Principal:
+        now = deps.clock()
+        token = request.cookies.get(SESSION_COOKIE, "")
+        with deps.reads() as s:
+            row = users.session_for(s, token, now) if token else None
+            if row is not None:
+                return Principal(row.user.id, row.user.name, row.user.display_name,
+                                 row.csrf_token)
+            auth = request.headers.get("authorization", "")
+            if request.url.path.startswith("/api/") and auth[:7].lower() == "bearer ":
+                user = users.user_for_api_token(s, auth[7:].strip())
+                if user is not None:
+                    return Principal(user.id, user.name, user.display_name, None)
+        raise LoginRequired
+
+    Who = Annotated[Principal, Depends(principal)]
+
+    def check_csrf(who: Principal, given: str | None) -> None:
+        if who.csrf is None:
+            return
+        if not given or not hmac.compare_digest(given.encode(), who.csrf.encode()):
+            raise HTTPException(403, "CSRF token missing or wrong; reload the page")
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": "login required"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+    # ---- login ---------------------------------------------------------------------------
+    @app.get("/login", include_in_schema=False)
+    def login_form(request: Request, next: str = "/queue", error: str = "") -> Response:
+        token = secrets.token_urlsafe(24)
+        resp = render("login", next=safe_next(next), csrf=token, error=error[:200])
+        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
+                        secure=deps.cookie_secure, max_age=3600, path="/login")
+        return resp
+
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, name: Annotated[str, Form(max_length=64)],
+              password: Annotated[str, Form(max_length=1024)],
+              csrf_token: Annotated[str, Form()] = "",
+              next: Annotated[str, Form()] = "/queue") -> Response:
+        cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
+            return login_form(request, next, "Your login form expired; please try again.")
+        now = deps.clock()
+        with deps.sessions.begin() as s:
+            result = users.authenticate(s, name, password, now)
+            if result.user is None:
+                log.info("login failed", extra={"event": "login_failed"})
+                token = None
+            else:
+                old = request.cookies.get(SESSION_COOKIE)
+                if old:
+                    users.end_session(s, old)
+                token, _ = users.create_session(s, result.user, now, deps.session_ttl)
+                log.info("login", extra={"event": "login", "user": result.user.name})
+        if token is None:
+            resp = login_form(request, next, result.error or "")
+            resp.status_code = 401
+            return resp
+        resp = RedirectResponse(safe_next(next), status_code=303)
+        resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax",
+                        secure=deps.cookie_secure, max_age=int(deps.session_ttl.total_seconds()),
+                        path="/")
+        resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+        return resp
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request, who: Who,
+               csrf_token: Annotated[str, Form()] = "") -> Response:
+        check_csrf(who, csrf_token)
+        with deps.sessions.begin() as s:
+            users.end_session(s, request.cookies.get(SESSION_COOKIE, ""))
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    # ---- pages ---------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def home(who: Who) -> Response:
+        return RedirectResponse("/queue", status_code=303)
+
+    @app.get("/static/app.css", include_in_schema=False)
+    def css() -> Response:
+        return FileResponse(TEMPLATES_DIR / "web" / "app.css", media_type="text/css",
+                            headers={"Cache-Control": "max-age=3600"})
+
+    def queue_filter(
+        type: str | None = None, priority: str | None = None, status: str = ACTIVE,
+        assignee: str | None = None, review: str | None = None, sla: str | None = None,
+        q: Annotated[str | None, Query(max_length=200)] = None,
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+        per_page: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> QueueFilter:
+        def known(v: str | None, allowed: tuple[str, ...]) -> str | None:
+            if v in (None, ""):
+                return None
+            if v not in allowed:
+                raise HTTPException(422, f"unknown value {v!r}; expected one of {allowed}")
+            return v
+
+        return QueueFilter(
+            request_type=known(type, policy.types), priority=known(priority, policy.priorities),
+            status=known(status, STATUS_FILTERS) or ACTIVE, assignee=assignee or None,
+            needs_review={"yes": True, "no": False}.get(review or ""),
+            sla=known(sla, SLA_FILTERS), q=(q or "").strip() or None, page=page,
+            page_size=per_page)
+
+    Filter = Annotated[QueueFilter, Depends(queue_filter)]
+
+    @app.get("/queue", include_in_schema=False)
+    def queue(who: Who, f: Filter) -> Response:
+        now = deps.clock()
+        with deps.reads() as s:
+            page = queue_page(s, policy, f, now)
+            staff = staff_names(s)
+            resp = render("queue", who=who, f=f, page=page, now=now, staff=staff,
+                          types=policy.types, priorities=policy.priorities,
+                          statuses=STATUS_FILTERS, sla_filters=SLA_FILTERS,
+                          link=lambda **kw: "/queue?" + urlencode(f.query_args(**kw)),
+                          page_link=lambda n: "/queue?" + urlencode(
+                              {**f.query_args(), "page": str(n)}))
+        return resp
+
+    @app.get("/work-orders/{number}", include_in_schema=False)
+    def work_order_page(who: Who, number: str, done: str = "", error: str = "") -> Response:
+        now = deps.clock()
+        with deps.reads() as s:
+            d = work_order_detail(s, policy, number, now)
+            if d is None:
+                return render("error", 404, who=who, title="Not found",
+                              message=f"No work order {number}.")
+            bodies = {}
+            for item in d.thread:
+                if item.message is not None and item.message.body_html:
+                    bodies[item.message.id] = clean_html(item.message.body_html)
+            return render("work_order", who=who, d=d, wo=d.wo, now=now, bodies=bodies,
+                          staff=staff_names(s), types=policy.types,
+                          priorities=policy.priorities, statuses=STATUSES,
+                          done=done[:60], error=error[:300])
+
+    @app.get("/work-orders/{number}/attachments/{attachment_id}", include_in_schema=False)
+    def attachment(who: Who, number: str, attachment_id: int) -> Response:
+        with deps.reads() as s:
+            row = attachment_for(s, number, attachment_id)
+        if row is None:
+            raise HTTPException(404, "no such attachment")
+        path = Path(row.path)
+        if not path.is_absolute():
+            path = deps.attachments_dir / path
+        if not path.is_file():
+            raise HTTPException(410, "the attachment's file is gone")
+        name = re.sub(r"[\x00-\x1f\x7f\"\\/]", "_", row.filename or "attachment")[:200]
+        ascii_name = name.encode("ascii", "replace").decode().replace("?", "_")
+        return FileResponse(path, media_type="application/octet-stream", headers={
+            "Content-Disposition": (f"attachment; filename=\"{ascii_name}\"; "
+                                    f"filename*=UTF-8''{quote(name)}"),
+        })
+
+    # ---- actions (forms) -----------------------------------------------------------------
+    def act(who: Principal, number: str, csrf: str, label: str,
+            fn: Callable[[], object]) -> Response:
+        check_csrf(who, csrf)
+        target = f"/work-orders/{quote(number)}"
+        try:
+            fn()
+        except NotFound:
+            raise HTTPException(404, f"no work order {number}") from None
+        except ActionError as e:
+            return RedirectResponse(f"{target}?{urlencode({'error': str(e)})}", status_code=303)
+        return RedirectResponse(f"{target}?{urlencode({'done': label})}", status_code=303)
+
+    Csrf = Annotated[str, Form()]
+
+    @app.post("/work-orders/{number}/reclassify", include_in_schema=False)
+    def f_reclassify(who: Who, number: str, csrf_token: Csrf,
+                     request_type: Annotated[str, Form()],
+                     priority: Annotated[str, Form()]) -> Response:
+        return act(who, number, csrf_token, "reclassified",
+                   lambda: deps.desk.reclassify(number, who.name, request_type, priority))
+
+    @app.post("/work-orders/{number}/assign", include_in_schema=False)
+    def f_assign(who: Who, number: str, csrf_token: Csrf,
+                 assignee: Annotated[str, Form()] = "") -> Response:
+        return act(who, number, csrf_token, "assigned",
+                   lambda: deps.desk.assign(number, who.name, assignee or None))
+
+    @app.post("/work-orders/{number}/promise", include_in_schema=False)
+    def f_promise(who: Who, number: str, csrf_token: Csrf,
+                  promised: Annotated[str, Form()] = "") -> Response:
+        def run() -> None:
+            deps.desk.promise(number, who.name, _local_datetime(promised, _tz_of(number)))
+        return act(who, number, csrf_token, "promise set", run)
+
+    @app.post("/work-orders/{number}/status", include_in_schema=False)
+    def f_status(who: Who, number: str, csrf_token: Csrf,
+                 status: Annotated[str, Form()]) -> Response:
+        return act(who, number, csrf_token, "status changed",
+                   lambda: deps.desk.set_status(number, who.name, status))
+
+    @app.post("/work-orders/{number}/note", include_in_schema=False)
+    def f_note(who: Who, number: str, csrf_token: Csrf,
+               text: Annotated[str, Form(max_length=20_000)]) -> Response:
+        return act(who, number, csrf_token, "note added",
+                   lambda: deps.desk.note(number, who.name, text))
+
+    @app.post("/work-orders/{number}/reply", include_in_schema=False)
+    def f_reply(who: Who, number: str, csrf_token: Csrf,
+                body: Annotated[str, Form(max_length=50_000)],
+                wait: Annotated[str, Form()] = "") -> Response:
+        return act(who, number, csrf_token, "reply queued",
+                   lambda: deps.desk.reply(number, who.name, body, wait_for_client=bool(wait),
+                                           agent_name=who.display_name))
+
+    @app.post("/work-orders/{number}/resolve", include_in_schema=False)
+    def f_resolve(who: Who, number: str, csrf_token: Csrf) -> Response:
+        return act(who, number, csrf_token, "resolved",
+                   lambda: deps.desk.resolve(number, who.name))
+
+    @app.post("/work-orders/{number}/reopen", include_in_schema=False)
+    def f_reopen(who: Who, number: str, csrf_token: Csrf) -> Response:
+        return act(who, number, csrf_token, "reopened",
+                   lambda: deps.desk.reopen(number, who.name))
+
+    def _tz_of(number: str) -> str:
+        with deps.reads() as s:
+            contract = s.scalar(select(WorkOrder.contract).where(WorkOrder.number == number))
+        if contract is None:
+            raise NotFound(number)
+        return tz_of_contract(contract)
+
+    # ---- JSON API ------------------------------------------------------------------------
+    api = APIRouter(prefix="/api/v1", tags=["work orders"])
+
+    def api_csrf(request: Request, who: Who) -> Principal:
+        if request.method not in ("GET", "HEAD"):
+            check_csrf(who, request.headers.get("x-csrf-token"))
+        return who
+
+    ApiWho = Annotated[Principal, Depends(api_csrf)]
+
+    def api_call(number: str, fn: Callable[[], WorkOrder]) -> dict[str, Any]:
+        try:
+            fn()
+        except NotFound:
+            raise HTTPException(404, f"no work order {number}") from None
+        except ActionError as e:
+            raise HTTPException(422, str(e)) from None
+        with deps.reads() as s:
+            d = work_order_detail(s, policy, number, deps.clock())
+            assert d is not None
+            return _detail_json(d)
+
+    @api.get("/me", summary="The caller")
+    def api_me(who: ApiWho) -> dict[str, Any]:
+        return {"name": who.name, "display_name": who.display_name, "csrf_token": who.csrf}
+
+    @api.get("/work-orders", summary="The queue, filtered, nearest due first")
+    def api_queue(who: ApiWho, f: Filter) -> dict[str, Any]:
+        with deps.reads() as s:
+            return _page_json(queue_page(s, policy, f, deps.clock()))
+
+    @api.get("/work-orders/{number}", summary="One work order with its thread and audit trail")
+    def api_work_order(who: ApiWho, number: str) -> dict[str, Any]:
+        with deps.reads() as s:
+            d = work_order_detail(s, policy, number, deps.clock())
+            if d is None:
+                raise HTTPException(404, f"no work order {number}")
+            return _detail_json(d)
+
+    @api.post("/work-orders/{number}/reclassify", summary="Set type and priority (recomputes "
+              "the due dates; kept as training data)")
+    def api_reclassify(who: ApiWho, number: str, body: Reclassify) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.reclassify(number, who.name,
+                                                             body.request_type, body.priority))
+
+    @api.post("/work-orders/{number}/assign", summary="Assign (null: unassign)")
+    def api_assign(who: ApiWho, number: str, body: Assign) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.assign(number, who.name, body.assignee))
+
+    @api.post("/work-orders/{number}/promise", summary="Set or clear the promised date")
+    def api_promise(who: ApiWho, number: str, body: Promise) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.promise(number, who.name, body.promised_at))
+
+    @api.post("/work-orders/{number}/status", summary="Change status (waiting_client pauses "
+              "the SLA clocks)")
+    def api_status(who: ApiWho, number: str, body: StatusChange) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.set_status(number, who.name, body.status))
+
+    @api.post("/work-orders/{number}/notes", summary="Add an internal note")
+    def api_note(who: ApiWho, number: str, body: Note) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.note(number, who.name, body.text))
+
+    @api.post("/work-orders/{number}/replies", summary="Reply to the client (via the outbox; "
+              "the first reply stops the response clock)")
+    def api_reply(who: ApiWho, number: str, body: Reply) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.reply(
+            number, who.name, body.body, wait_for_client=body.wait_for_client,
+            agent_name=who.display_name))
+
+    @api.post("/work-orders/{number}/resolve", summary="Resolve")
+    def api_resolve(who: ApiWho, number: str) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.resolve(number, who.name))
+
+    @api.post("/work-orders/{number}/reopen", summary="Reopen a resolved work order")
+    def api_reopen(who: ApiWho, number: str) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.reopen(number, who.name))
+
+    app.include_router(api)
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(who: Who) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    for route in extra_routes or ():
+        app.router.routes.append(route)
+    return app
+
+
+# ---- API bodies and JSON shapes -------------------------------------------------------------
+class Reclassify(BaseModel):
+    request_type: str
+    priority: str
+
+
+class Assign(BaseModel):
+    assignee: str | None = Field(default=None, description="a staff user name; null unassigns")
+
+
+class Promise(BaseModel):
+    promised_at: datetime | None = Field(default=None, description="ISO 8601 with an offset")
+
+
+class StatusChange(BaseModel):
+    status: str = Field(description="new | open | waiting_client | resolved")
+
+
+class Note(BaseModel):
+    text: str = Field(max_length=20_000)
+
+
+class Reply(BaseModel):
+    body: str = Field(max_length=50_000)
+    wait_for_client: bool = False
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat() if t else None
+
+
+def _wo_json(wo: WorkOrder) -> dict[str, Any]:
+    return {
+        "number": wo.number, "subject": wo.subject, "requester": wo.requester,
+        "requester_name": wo.requester_name, "request_type": wo.request_type,
+        "priority": wo.priority, "status": wo.status, "confidence": round(wo.confidence, 4),
+        "needs_review": wo.needs_review, "review_reason": wo.review_reason,
+        "assignee": wo.assignee.name if wo.assignee else None, "contract": wo.contract,
+        "received_at": _iso(wo.received_at), "response_due": _iso(wo.response_due),
+        "callback_due": _iso(wo.callback_due), "fulfil_due": _iso(wo.fulfil_due),
+        "next_due": _iso(wo.next_due), "promised_at": _iso(wo.promised_at),
+        "first_response_at": _iso(wo.first_response_at), "resolved_at": _iso(wo.resolved_at),
+    }
+
+
+def _page_json(page: QueuePage) -> dict[str, Any]:
+    return {
+        "total": page.total, "page": page.page, "pages": page.pages,
+        "counts": {"by_type": page.counts.by_type, "needs_review": page.counts.needs_review,
+                   "at_risk": page.counts.at_risk, "breached": page.counts.breached,
+                   "active": page.counts.active},
+        "work_orders": [
+            {**_wo_json(r.wo), "client": r.client_name, "sla": r.sla,
+             "clock": ({"target": r.clock.target,
+                        "business_seconds_left": int(r.clock.state.remaining.total_seconds()),
+                        "due": _iso(r.clock.state.due)} if r.clock else None)}
+            for r in page.rows],
+    }
+
+
+def _detail_json(d: Detail) -> dict[str, Any]:
+    thread = []
+    for t in d.thread:
+        if t.message is not None:
+            m = t.message
+            thread.append({"kind": "in", "at": _iso(t.at), "from": m.from_addr,
+                           "subject": m.subject, "text": m.body_text,
+                           "attachments": [{"id": a.id, "filename": a.filename,
+                                            "size": a.size} for a in m.attachments]})
+        elif t.outbox is not None:
+            o = t.outbox
+            thread.append({"kind": o.kind, "at": _iso(t.at), "to": o.to_addr,
+                           "status": o.status, "text": (o.context or {}).get("body")})
+        elif t.event is not None:
+            thread.append({"kind": "note", "at": _iso(t.at), "by": t.event.actor,
+                           "text": (t.event.detail or {}).get("text")})
+    return {
+        **_wo_json(d.wo), "client": d.client.name, "client_domain": d.client.domain,
+        "timezone": d.timezone, "sla": d.sla,
+        "evidence": d.wo.evidence, "cues": d.wo.cues,
+        "classifier_version": d.wo.classifier_version,
+        "clocks": [{"target": c.target, "due": _iso(c.state.due),
+                    "business_seconds_left": int(c.state.remaining.total_seconds()),
+                    "fraction_used": round(c.state.fraction_used, 4)} for c in d.clocks],
+        "thread": thread,
+        "events": [{"at": _iso(e.at), "actor": e.actor, "action": e.action,
+                    "detail": e.detail} for e in d.events],
+    }
+
+
+def _local_datetime(value: str, tz: str) -> datetime | None:
+    """A ``datetime-local`` form value read in the client's zone; empty clears."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise ActionError(f"not a date and time: {value[:40]!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=ZoneInfo(tz))
+
+
+__all__ = ["LOGIN_CSRF_COOKIE", "SESSION_COOKIE", "WebDeps", "clean_html", "create_web_app",
+           "safe_next"]
