@@ -352,3 +352,15 @@ def test_user_rules(env) -> None:
             users.add_user(s, "carol", "short")
         with pytest.raises(users.UserError):
             users.add_user(s, "bob", "long enough password")
+
+
+def test_first_reply_reports_the_business_hours_waited(env) -> None:
+    store, _, sessions, policy, clock = env
+    seen: list[float] = []
+    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net"), clock,
+                on_first_response=seen.append)
+    n = open_wo(store, 1)  # Friday 10:00 New York
+    clock.t = FRI_10 + timedelta(hours=12)  # 22:00: closed since 20:00, so 10 business hours
+    desk.reply(n, "bob", "first")
+    desk.reply(n, "bob", "second")
+    assert seen == [pytest.approx(10.0)]

@@ -59,6 +59,8 @@ def _check_mailbox_id(mailbox_id: str) -> str:
     return mailbox_id
 
 
+# Business hours; a business day is 12 h (8:00-20:00), so 12 is the email promise.
+FIRST_RESPONSE_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 36.0, 60.0)
 SLA_TARGETS = ("callback", "response", "fulfil", "oncall_return")
 SLA_STATES = ("at_risk", "breached")
 
@@ -105,6 +107,10 @@ class Metrics:
         self.poll_last_success = Gauge(
             "triage_mailbox_last_success_timestamp_seconds",
             "Unix time of the last successful poll.", ["mailbox"], registry=r)
+        self.first_response = Histogram(
+            "triage_first_response_business_hours",
+            "From arrival to the first staff reply, in the client's business hours (the "
+            "email promise is one business day).", buckets=FIRST_RESPONSE_BUCKETS, registry=r)
         self.sla_open = Gauge(
             "triage_sla_open_work_orders",
             "Unresolved work orders whose target is at risk or breached (at the last refresh).",
@@ -145,6 +151,9 @@ class Metrics:
     def observe_send(self, ok: bool) -> None:
         self.send_attempts.inc()
         (self.send_successes if ok else self.send_failures).inc()
+
+    def observe_first_response(self, business_hours: float) -> None:
+        self.first_response.observe(max(0.0, business_hours))
 
     def observe_poll(self, mailbox_id: str, seconds: float, ok: bool) -> None:
         mailbox_id = _check_mailbox_id(mailbox_id)

@@ -133,7 +133,7 @@ def build(
         from_domain=settings.from_address.rsplit("@", 1)[-1], reads=reads,
     )
     desk = Desk(sessions, policy, DeskConfig(settings.from_address, settings.at_risk_fraction),
-                clock)
+                clock, on_first_response=metrics.observe_first_response)
     return Components(engine, policy, runner, transport, reads, metrics, watch, desk, sessions,
                       clock)
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.parse import clean_header
 from triage.sla import SlaPolicy
-from triage.slamarks import apply_marks, end_pause, start_pause
+from triage.slamarks import apply_marks, contract_calendar, end_pause, pauses_of, start_pause
 from triage.storage.models import Correction, Event, Message, Outbox, User, WorkOrder
 
 STATUSES = ("new", "open", "waiting_client", "resolved")
@@ -47,7 +47,11 @@ class DeskConfig:
 
 class Desk:
     def __init__(self, sessions: sessionmaker[Session], policy: SlaPolicy, config: DeskConfig,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], *,
+                 on_first_response: Callable[[float], None] | None = None) -> None:
+        """``on_first_response`` gets the business hours from arrival to the first reply
+        (pauses excluded), e.g. ``Metrics.observe_first_response``."""
+        self._on_first_response = on_first_response
         self._sessions = sessions
         self._policy = policy
         self._cfg = config
@@ -203,6 +207,8 @@ class Desk:
             first = wo.first_response_at is None
             if first:
                 wo.first_response_at = now
+                waited = contract_calendar(self._policy, wo.contract).business_time_between(
+                    wo.received_at, now, pauses_of(wo))
             self._event(s, wo, actor, "replied",
                         {"outbox_id": row.id, "first_response": first}, now)
             if wo.status == "new":
@@ -212,6 +218,8 @@ class Desk:
             elif wo.status == "resolved":
                 self._set_status(s, wo, actor, "open", now)
             self._marks(wo)
+        if first and self._on_first_response is not None:
+            self._on_first_response(waited.total_seconds() / 3600)
         return wo
 
     def _thread_ids(self, s: Session, wo: WorkOrder) -> tuple[str | None, list[str]]:
