@@ -29,7 +29,7 @@ def _err(msg: str) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from classifiers.train import train
+    from classifiers.train import DEFAULT_HELDOUT, train
 
     quiet = bool(getattr(ns, "quiet", False))
 
@@ -40,8 +40,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     data = [Path(p) for p in ns.data] if getattr(ns, "data", None) else None
     out = Path(ns.out) if getattr(ns, "out", None) else None
+    # --corrections DIR (repeatable) adds staff corrections to named or default data.
+    corrections = [Path(p) for p in ns.corrections] if getattr(ns, "corrections", None) else None
+    # The held-out score goes into the metadata, where retraining compares models by it;
+    # by default data/heldout whenever the default training data is used.
+    if getattr(ns, "heldout", None):
+        heldout: list[Path] | None = [Path(p) for p in ns.heldout]
+    else:
+        heldout = [DEFAULT_HELDOUT] if data is None and DEFAULT_HELDOUT.exists() else None
     try:
-        meta = train(data, out, progress=progress)
+        meta = train(data, out, corrections=corrections, heldout=heldout, progress=progress)
     except (FileNotFoundError, ValueError) as exc:
         _err(str(exc))
         return 1

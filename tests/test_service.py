@@ -179,7 +179,7 @@ async def test_sla_watch_escalates_through_the_outbox(tmp_path: Path,
                                   clock=lambda: now[0]))
     async with svc.c.transport:
         await svc.c.runner.process_waiting()
-        await svc._outbox_job()
+        await svc.outbox_job()
         now[0] += timedelta(hours=2)  # the 1-business-hour callback is breached
         await svc._watch_job()
         await svc._watch_job()

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", action="append", help="JSONL file or folder (repeatable)")
     train.add_argument("--out", help="artifact path (default: the packaged model)")
     train.add_argument("--quiet", action="store_true", help="no progress display")
+    train.add_argument("--corrections", action="append",
+                       help="corrections JSONL file or folder, always trained on (repeatable; "
+                            "default data/corrections when --data is not given)")
+    train.add_argument("--heldout", action="append",
+                       help="held-out JSONL scored into the model metadata (default data/heldout)")
 
     ev = sub.add_parser("evaluate", help="evaluate the classifier on labelled JSONL")
     ev.add_argument("--data", required=True, action="append", help="JSONL file (repeatable)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,12 +26,36 @@ DATA_DIR = REPO_ROOT / "data"
 
 
 
+class MailboxConfig(BaseModel):
+    """One mailbox the daemon reads (several per process: a brand or tenant each)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # the metrics label and log name
+    url: str
+    password: SecretStr | None = None
+    mark: str = "flag"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        MailboxURL.parse(v)
+        return v
+
+    @property
+    def parsed(self) -> MailboxURL:
+        return MailboxURL.parse(self.url)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRIAGE_", extra="forbid", frozen=True)
 
     mailbox_url: str = "maildir://var/inbox"
     mailbox_password: SecretStr | None = None
     mailbox_mark: str = "flag"  # "flag" ($Triaged keyword) or "move:Folder"
+    # More than one mailbox: a list of MailboxConfig (TOML [[mailboxes]] tables, or JSON in
+    # TRIAGE_MAILBOXES). When set, mailbox_url/_password/_mark/mailbox_id are not used.
+    mailboxes: list[MailboxConfig] = Field(default_factory=list)
     smtp_url: str = "dir://var/outbox"  # smtps://, smtp:// (STARTTLS), smtp+plain:// (loopback), dir://
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
@@ -103,6 +127,22 @@ class Settings(BaseSettings):
     @property
     def mailbox(self) -> MailboxURL:
         return MailboxURL.parse(self.mailbox_url)
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _distinct(cls, v: list[MailboxConfig]) -> list[MailboxConfig]:
+        for what, values in (("id", [m.id for m in v]), ("url", [m.url for m in v])):
+            dup = {x for x in values if values.count(x) > 1}
+            if dup:
+                raise ValueError(f"mailboxes: {what} {sorted(dup)[0]!r} given twice")
+        return v
+
+    def mailbox_configs(self) -> list[MailboxConfig]:
+        """The mailboxes to read: ``mailboxes`` when given, else the single mailbox_* one."""
+        if self.mailboxes:
+            return list(self.mailboxes)
+        return [MailboxConfig(id=self.mailbox_id, url=self.mailbox_url,
+                              password=self.mailbox_password, mark=self.mailbox_mark)]
 
 
 class MailboxURL:

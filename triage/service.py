@@ -16,17 +16,18 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import make_env
-from triage.config import Settings
+from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
-from triage.lease import mailbox_lease_name, make_lease
+from triage.lease import Lease, mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
@@ -46,8 +47,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_mailbox(settings: Settings) -> Mailbox:
-    url = settings.mailbox
+def make_mailbox(settings: Settings, mailbox: MailboxConfig | None = None) -> Mailbox:
+    cfg = mailbox or settings.mailbox_configs()[0]
+    url = cfg.parsed
     if url.scheme == "maildir":
         from triage.mailbox.maildir import MaildirMailbox
 
@@ -55,10 +57,10 @@ def make_mailbox(settings: Settings) -> Mailbox:
         return MaildirMailbox(url.path, max_size=settings.max_message_size)
     from triage.mailbox.imap import ImapMailbox
 
-    password = settings.mailbox_password.get_secret_value() if settings.mailbox_password else ""
+    password = cfg.password.get_secret_value() if cfg.password else ""
     return ImapMailbox(
         url.host, url.port, url.user, password, folder=url.folder, security=url.security,
-        mark=settings.mailbox_mark, max_size=settings.max_message_size,
+        mark=cfg.mark, max_size=settings.max_message_size,
     )
 
 
@@ -81,6 +83,9 @@ class Components:
     desk: Desk
     sessions: sessionmaker[Session]
     clock: Callable[[], datetime] = utcnow
+    # One runner per configured mailbox (``runner`` is the first; it also sends the outbox).
+    runners: list[tuple[MailboxConfig, Runner]] = field(default_factory=list)
+    model_path: Path | None = None  # the classifier loaded (None: a test's own classifier)
 
 
 def build(
@@ -97,10 +102,15 @@ def build(
     sessions = make_sessionmaker(engine)
     reads = make_read_sessionmaker(engine)
     policy = load_policy(settings.sla_policy_path)
+    model_path: Path | None = None
     if classifier is None:
         from classifiers.predict import Classifier
+        from classifiers.retrain import best_model_path
 
-        classifier = Classifier.load(settings.model_path)
+        # A retrained model (nightly job) wins over the packaged one only when its held-out
+        # macro-F1 is not worse, so a restart keeps what the last retrain installed.
+        model_path = best_model_path(settings.model_path, settings.retrained_model_dir)
+        classifier = Classifier.load(model_path)
     store = WorkOrderStore(
         sessions, policy,
         StoreConfig(from_address=settings.from_address,
@@ -121,12 +131,21 @@ def build(
     )
     transport = transport or make_transport(settings)
     metrics = Metrics()
-    runner = Runner(
-        mailbox or make_mailbox(settings), store, classifier, outbox, transport, make_env(),
-        from_address=settings.from_address, from_name=settings.from_name,
-        phone=settings.helpdesk_phone, batch_size=settings.batch_size,
-        transport_pause=settings.outbox_retry_base, metrics=metrics,
-    )
+    env = make_env()
+    configs = settings.mailbox_configs()
+    if mailbox is not None:  # a test's own mailbox stands for the first configured one
+        configs = configs[:1]
+    runners = [
+        (cfg, Runner(
+            mailbox if mailbox is not None else make_mailbox(settings, cfg), store, classifier,
+            outbox, transport, env,
+            from_address=settings.from_address, from_name=settings.from_name,
+            phone=settings.helpdesk_phone, batch_size=settings.batch_size,
+            transport_pause=settings.outbox_retry_base, metrics=metrics,
+        ))
+        for cfg in configs
+    ]
+    runner = runners[0][1]
     watch = SlaWatch(
         sessions, policy, clock, at_risk_fraction=settings.at_risk_fraction,
         lead_address=settings.lead_address, oncall_address=settings.oncall_address,
@@ -135,11 +154,158 @@ def build(
     desk = Desk(sessions, policy, DeskConfig(settings.from_address, settings.at_risk_fraction),
                 clock, on_first_response=metrics.observe_first_response)
     return Components(engine, policy, runner, transport, reads, metrics, watch, desk, sessions,
-                      clock)
+                      clock, runners, model_path)
 
 
 class FatalMailboxError(Exception):
     """The mailbox refuses us for good (credentials, folder): stop with a non-zero code."""
+
+
+class Poller:
+    """One mailbox: its lease, connection, IDLE or poll loop and backoff. A process runs one
+    per configured mailbox; each takes its own lease, so with several processes on one
+    PostgreSQL every mailbox has exactly one poller, not necessarily in the same process."""
+
+    def __init__(self, service: Service, cfg: MailboxConfig, runner: Runner) -> None:
+        self.service = service
+        self.id = cfg.id
+        self.runner = runner
+        self.lock = asyncio.Lock()
+        self.connected = False
+        self.last_ok = time.monotonic()
+        settings = service.settings
+        self.backoff = Backoff(base=1.0, cap=min(300.0, max(30.0, settings.poll_interval * 5)))
+        runner.should_stop = service.should_exit.is_set
+        url = cfg.parsed
+        self.lease = make_lease(service.c.engine, mailbox_lease_name(
+            url.scheme, url.host, url.port, url.user, url.folder, url.path))
+
+    @property
+    def mailbox(self) -> Mailbox:
+        return self.runner.mailbox
+
+    async def run(self) -> None:
+        svc = self.service
+        if await self.lease.acquire():
+            await self.connect_with_backoff()
+        idle = getattr(self.mailbox, "supports_idle", True) and svc.settings.use_idle
+        while not svc.should_exit.is_set():
+            await self.poll_job()
+            if svc.should_exit.is_set():
+                break
+            if idle and self.lease.held:
+                await self._idle_wait()
+            else:
+                await svc.pause(svc.settings.poll_interval)
+
+    async def connect_with_backoff(self) -> None:
+        backoff = Backoff(base=1.0, cap=60.0)
+        while not self.service.should_exit.is_set():
+            try:
+                await self.mailbox.connect()
+                self.connected = True
+                return
+            except PermanentMailboxError:
+                raise
+            except MailboxError as e:
+                delay = backoff.next_delay()
+                log.warning("mailbox %s: connect failed (%s); retrying in %.1fs", self.id, e,
+                            delay)
+                await self.service.pause(delay)
+
+    async def poll_once(self) -> bool:
+        """One pass over the mailbox; False when it failed (the caller backs off)."""
+        svc = self.service
+        async with self.lock:
+            if svc.should_exit.is_set():
+                return True
+            if not await self.hold_lease():
+                return True  # a standby: the holder polls; poll_job waits lease_retry
+            try:
+                if not self.connected:
+                    await self.connect_with_backoff()
+                await self.runner.process_waiting()
+                ok = True
+            except PermanentMailboxError as e:
+                # After start-up this means the password was changed or the folder removed:
+                # hammering the server would lock the account. Stop and say so.
+                log.error("mailbox %s refuses us permanently (%s); stopping", self.id, e)
+                svc.fatal = e
+                svc.should_exit.set()
+                return False
+            except (MailboxError, RetryBatch) as e:
+                log.warning("mailbox %s: poll failed (%s); reconnecting after a pause",
+                            self.id, e)
+                ok = False
+            except Exception:
+                log.exception("mailbox %s: poll failed", self.id)
+                ok = False
+            if not ok:
+                await self.disconnect()
+        if self.runner.outbox_wakeup.is_set():
+            self.runner.outbox_wakeup.clear()
+            await svc.outbox_job()
+        return ok
+
+    async def disconnect(self) -> None:
+        self.connected = False
+        with contextlib.suppress(Exception):
+            await self.mailbox.close()
+
+    async def hold_lease(self) -> bool:
+        """True when this process may touch the mailbox now: the lease is held and its
+        connection alive, or it was just acquired. A lost lease drops the mailbox connection."""
+        if self.lease.held:
+            if await self.lease.check():
+                return True
+            await self.disconnect()
+        return await self.lease.acquire()
+
+    async def poll_job(self) -> None:
+        svc = self.service
+        started = time.monotonic()
+        ok = await self.poll_once()
+        if not self.lease.held:  # standby: try again later; outbox and SLA watch go on
+            await svc.pause(svc.settings.lease_retry)
+            return
+        svc.c.metrics.observe_poll(self.id, time.monotonic() - started, ok)
+        if ok:
+            self.last_ok = time.monotonic()
+            self.backoff.reset()
+            return
+        await svc.pause(self.backoff.next_delay())
+
+    async def _idle_wait(self) -> None:
+        svc = self.service
+        waiter = asyncio.create_task(self._wait_mail())
+        stopper = asyncio.create_task(svc.should_exit.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, stopper):
+            if not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    async def _wait_mail(self) -> None:
+        async with self.lock:
+            if not self.connected:
+                return
+            try:
+                await self.mailbox.wait_for_new(self.service.settings.poll_interval)
+            except MailboxError as e:
+                log.warning("mailbox %s: IDLE failed (%s); reconnecting", self.id, e)
+                await self.disconnect()
+
+    async def check(self) -> None:
+        """Readiness: connected and polled lately (a standby is ready to take over)."""
+        if not self.lease.held:
+            return
+        if not self.connected:
+            raise ConnectionError(f"mailbox {self.id} not connected")
+        stale = max(3 * self.service.settings.poll_interval, 120.0)
+        if time.monotonic() - self.last_ok > stale:
+            raise TimeoutError(f"mailbox {self.id}: no successful poll for more than "
+                               f"{stale:.0f}s")
 
 
 class Service:
@@ -149,40 +315,39 @@ class Service:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.fatal: BaseException | None = None
-        self._mailbox_lock = asyncio.Lock()
-        self._connected = False
-        self._last_poll_ok = time.monotonic()
-        self._poll_backoff = Backoff(
-            base=1.0, cap=min(300.0, max(30.0, settings.poll_interval * 5)))
-        components.runner.should_stop = self.should_exit.is_set
-        # Several processes may share one PostgreSQL: only the lease holder polls (lease.py).
-        url = settings.mailbox
-        self.lease = make_lease(components.engine, mailbox_lease_name(
-            url.scheme, url.host, url.port, url.user, url.folder, url.path))
+        runners = components.runners or [(settings.mailbox_configs()[0], components.runner)]
+        self.pollers = [Poller(self, cfg, runner) for cfg, runner in runners]
+        self.c.runner.should_stop = self.should_exit.is_set
+
+    @property
+    def lease(self) -> Lease:
+        """The first mailbox's lease (the retrain job runs where it is held)."""
+        return self.pollers[0].lease
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def run_once(self) -> int:
-        """Process everything waiting, try every due outbox row once, return."""
-        runner = self.c.runner
+        """Process everything waiting in every mailbox, try every due outbox row once, return."""
         n = 0
         async with self.c.transport:
-            # A cron job beside a running daemon must not poll the same mailbox in parallel.
-            if await self.lease.acquire():
+            for p in self.pollers:
+                # A cron job beside a running daemon must not poll the same mailbox in parallel.
+                if not await p.lease.acquire():
+                    log.info("run --once: another process polls mailbox %s; skipped", p.id)
+                    continue
                 try:
-                    await runner.mailbox.connect()
+                    await p.mailbox.connect()
                     try:
-                        n = await runner.process_waiting()
+                        n += await p.runner.process_waiting()
                     finally:
-                        await runner.mailbox.close()
+                        await p.mailbox.close()
                 finally:
-                    await self.lease.release()
-            else:
-                log.info("run --once: another process polls this mailbox; sending only")
+                    await p.lease.release()
             while True:
-                sent, failed = await runner.drain_outbox()
+                sent, failed = await self.c.runner.drain_outbox()
                 if failed or not sent:
                     break
-        log.info("run --once: %d messages, counters %s", n, runner.counters)
+        log.info("run --once: %d messages, counters %s", n,
+                 [p.runner.counters for p in self.pollers])
         return n
 
     async def run(self) -> None:
@@ -192,25 +357,20 @@ class Service:
         async with self.c.transport:
             # The outbox runs from the start: acknowledgments already queued go out even
             # while the mailbox is unreachable.
-            scheduler.add_job(self._outbox_job, "interval", seconds=self.settings.outbox_interval,
+            scheduler.add_job(self.outbox_job, "interval", seconds=self.settings.outbox_interval,
                               id="outbox", max_instances=1, coalesce=True,
                               next_run_time=utcnow())
             scheduler.add_job(self._watch_job, "interval",
                               seconds=self.settings.sla_watch_interval, id="sla_watch",
                               max_instances=1, coalesce=True, next_run_time=utcnow())
+            if self.settings.retrain_hour >= 0 and self.c.model_path is not None:
+                scheduler.add_job(self._retrain_job, "cron", hour=self.settings.retrain_hour,
+                                  minute=17, id="retrain", max_instances=1, coalesce=True)
+                scheduler.add_job(self._model_refresh_job, "interval", minutes=15,
+                                  id="model_refresh", max_instances=1, coalesce=True)
             scheduler.start()
             try:
-                if await self.lease.acquire():
-                    await self._connect_with_backoff()
-                idle = (getattr(self.c.runner.mailbox, "supports_idle", True)
-                        and self.settings.use_idle)
-                if idle:
-                    await self._idle_loop()
-                else:
-                    scheduler.add_job(self._poll_job, "interval",
-                                      seconds=self.settings.poll_interval, id="poll",
-                                      max_instances=1, coalesce=True, next_run_time=utcnow())
-                    await self.should_exit.wait()
+                await asyncio.gather(*(p.run() for p in self.pollers))
             finally:
                 await self._stop(scheduler)
                 if ops is not None:
@@ -218,7 +378,7 @@ class Service:
                         async with asyncio.timeout(10):
                             await ops
         self.c.engine.dispose()
-        log.info("stopped; counters %s", self.c.runner.counters)
+        log.info("stopped; counters %s", [p.runner.counters for p in self.pollers])
         if self.fatal is not None:
             raise FatalMailboxError(str(self.fatal)) from self.fatal
 
@@ -257,13 +417,8 @@ class Service:
         await asyncio.to_thread(ping)
 
     async def _check_mailbox(self) -> None:
-        if not self.lease.held:
-            return  # a standby does not touch the mailbox (lease.py); it is ready to take over
-        if not self._connected:
-            raise ConnectionError("mailbox not connected")
-        stale = max(3 * self.settings.poll_interval, 120.0)
-        if time.monotonic() - self._last_poll_ok > stale:
-            raise TimeoutError(f"no successful poll for more than {stale:.0f}s")
+        # Every mailbox at once; the first failure names its mailbox.
+        await asyncio.gather(*(p.check() for p in self.pollers))
 
     async def _check_smtp(self) -> None:
         smtp = getattr(self.c.transport, "settings", None)
@@ -282,16 +437,19 @@ class Service:
         scheduler.pause()
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout):
-                async with self.c.runner.sweep_lock, self._mailbox_lock:
-                    pass  # both free: no sweep and no batch in flight
+                async with self.c.runner.sweep_lock:
+                    for p in self.pollers:
+                        async with p.lock:
+                            pass  # free: no batch in flight on this mailbox
         except TimeoutError:
             log.warning("shutdown: work still running after %.0fs; cancelling it",
                         self.settings.shutdown_timeout)
         scheduler.shutdown(wait=False)
-        with contextlib.suppress(Exception):
-            await self.c.runner.mailbox.close()
-        with contextlib.suppress(Exception):
-            await self.lease.release()
+        for p in self.pollers:
+            with contextlib.suppress(Exception):
+                await p.mailbox.close()
+            with contextlib.suppress(Exception):
+                await p.lease.release()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -307,109 +465,10 @@ class Service:
         log.info("%s: finishing the message in hand, then stopping", sig.name)
         self.should_exit.set()
 
-    async def _pause(self, delay: float) -> None:
+    async def pause(self, delay: float) -> None:
         """Sleep that a stop request interrupts."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.should_exit.wait(), delay)
-
-    # ---- work ----------------------------------------------------------------------------------
-    async def _connect_with_backoff(self) -> None:
-        backoff = Backoff(base=1.0, cap=60.0)
-        while not self.should_exit.is_set():
-            try:
-                await self.c.runner.mailbox.connect()
-                self._connected = True
-                return
-            except PermanentMailboxError:
-                raise
-            except MailboxError as e:
-                delay = backoff.next_delay()
-                log.warning("mailbox connect failed (%s); retrying in %.1fs", e, delay)
-                await self._pause(delay)
-
-    async def _poll_once(self) -> bool:
-        """One pass over the mailbox; False when it failed (the caller backs off)."""
-        async with self._mailbox_lock:
-            if self.should_exit.is_set():
-                return True
-            if not await self._hold_lease():
-                return True  # a standby: the holder polls; _poll_job waits lease_retry
-            try:
-                if not self._connected:
-                    await self._connect_with_backoff()
-                await self.c.runner.process_waiting()
-                ok = True
-            except PermanentMailboxError as e:
-                # After start-up this means the password was changed or the folder removed:
-                # hammering the server would lock the account. Stop and say so.
-                log.error("mailbox refuses us permanently (%s); stopping", e)
-                self.fatal = e
-                self.should_exit.set()
-                return False
-            except (MailboxError, RetryBatch) as e:
-                log.warning("poll failed (%s); reconnecting after a pause", e)
-                ok = False
-            except Exception:
-                log.exception("poll failed")
-                ok = False
-            if not ok:
-                self._connected = False
-                with contextlib.suppress(Exception):
-                    await self.c.runner.mailbox.close()
-        if self.c.runner.outbox_wakeup.is_set():
-            self.c.runner.outbox_wakeup.clear()
-            await self._outbox_job()
-        return ok
-
-    async def _hold_lease(self) -> bool:
-        """True when this process may touch the mailbox now: the lease is held and its
-        connection alive, or it was just acquired. A lost lease drops the mailbox connection."""
-        if self.lease.held:
-            if await self.lease.check():
-                return True
-            self._connected = False
-            with contextlib.suppress(Exception):
-                await self.c.runner.mailbox.close()
-        return await self.lease.acquire()
-
-    async def _poll_job(self) -> None:
-        started = time.monotonic()
-        ok = await self._poll_once()
-        if not self.lease.held:  # standby: try again later; outbox and SLA watch go on
-            await self._pause(self.settings.lease_retry)
-            return
-        self.c.metrics.observe_poll(self.settings.mailbox_id, time.monotonic() - started, ok)
-        if ok:
-            self._last_poll_ok = time.monotonic()
-            self._poll_backoff.reset()
-            return
-        await self._pause(self._poll_backoff.next_delay())
-
-    async def _idle_loop(self) -> None:
-        while not self.should_exit.is_set():
-            await self._poll_job()
-            if self.should_exit.is_set():
-                break
-            waiter = asyncio.create_task(self._wait_mail())
-            stopper = asyncio.create_task(self.should_exit.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (waiter, stopper):
-                if not t.done():
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
-
-    async def _wait_mail(self) -> None:
-        async with self._mailbox_lock:
-            if not self._connected:
-                return
-            try:
-                await self.c.runner.mailbox.wait_for_new(self.settings.poll_interval)
-            except MailboxError as e:
-                log.warning("IDLE failed (%s); reconnecting", e)
-                self._connected = False
-                with contextlib.suppress(Exception):
-                    await self.c.runner.mailbox.close()
 
     async def _watch_job(self) -> None:
         """Several processes may run it at once: sla_alerts' unique key keeps one notice."""
@@ -418,11 +477,11 @@ class Service:
             if result.queued:
                 log.info("SLA watch queued %d notices (%s)", result.queued, result)
                 self.c.runner.outbox_wakeup.set()
-                await self._outbox_job()
+                await self.outbox_job()
         except Exception:
             log.exception("SLA watch failed")
 
-    async def _outbox_job(self) -> None:
+    async def outbox_job(self) -> None:
         try:
             while not self.should_exit.is_set():
                 sent, failed = await self.c.runner.drain_outbox()
@@ -430,6 +489,47 @@ class Service:
                     return
         except Exception:
             log.exception("outbox sweep failed")
+
+    async def _retrain_job(self) -> None:
+        """Nightly: corrections to training data, train, swap only if not worse on the
+        held-out set. Runs where the first mailbox's lease is held, so one process trains."""
+        if not self.lease.held:
+            return
+        from classifiers.retrain import nightly
+
+        s = self.settings
+        try:
+            result = await asyncio.to_thread(
+                nightly, self.c.reads, s.corrections_dir, s.retrained_model_dir,
+                self.c.model_path, packaged_model_path=s.model_path)
+        except Exception:
+            log.exception("nightly retrain failed; the current model stays")
+            return
+        log.info("nightly retrain: %s (macro-F1 %s -> %s, %d corrections)", result.reason,
+                 result.old_macro_f1, result.new_macro_f1, result.corrections)
+        if result.swapped:
+            await self._load_model(result.model_path)
+
+    async def _model_refresh_job(self) -> None:
+        """Other processes pick up a model another one retrained (a shared model folder)."""
+        from classifiers.retrain import best_model_path
+
+        try:
+            path = await asyncio.to_thread(best_model_path, self.settings.model_path,
+                                           self.settings.retrained_model_dir)
+            if path != self.c.model_path:
+                await self._load_model(path)
+        except Exception:
+            log.exception("model refresh failed; the current model stays")
+
+    async def _load_model(self, path: Path) -> None:
+        from classifiers.predict import Classifier
+
+        classifier = await asyncio.to_thread(Classifier.load, path)
+        for p in self.pollers:
+            p.runner.classifier = classifier
+        self.c.model_path = path
+        log.info("classifier %s loaded from %s", classifier.version, path)
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
