@@ -42,6 +42,10 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         attachments_dir=var / "attachments",
         log_format="text",
         poll_interval=5.0,
+        corrections_dir=var / "corrections",
+        retrained_model_dir=var / "model",
+        # The demo serves http://127.0.0.1 only; a Secure cookie would be lost on some browsers.
+        web_cookie_secure=False,
     )
     configure_logging(settings.log_format, settings.log_level)
     seeded = seed_inbox(var / "inbox")
@@ -51,10 +55,36 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
     if not ns.once:
         print(f"demo: acknowledgments go to {var / 'outbox'}; Ctrl-C to stop")
+        if settings.web_enabled and settings.ops_port:
+            password = ensure_demo_user(settings.database_url)
+            print(f"demo: staff web app on http://{settings.ops_host}:{settings.ops_port}/ "
+                  f"(user demo, password {password})")
     code = run_service(settings, once=ns.once)
     if ns.once:
         print_summary(settings.database_url)
     return code
+
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo-password"  # a local demo on 127.0.0.1 only; real users: triage user add
+
+
+def ensure_demo_user(database_url: str) -> str:
+    from triage.desk.users import add_user
+    from triage.storage.engine import make_engine, make_sessionmaker
+    from triage.storage.migrate import upgrade
+    from triage.storage.models import User
+
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        with make_sessionmaker(engine).begin() as s:
+            if s.scalar(select(User.id).where(User.name == DEMO_USER)) is None:
+                add_user(s, DEMO_USER, DEMO_PASSWORD, display_name="Demo Engineer",
+                         email="demo@itx.net")
+    finally:
+        engine.dispose()
+    return DEMO_PASSWORD
 
 
 def print_summary(database_url: str) -> None:
