@@ -85,13 +85,14 @@ class MailboxLease:
             if self._held:
                 return True
             try:
-                self._held = await asyncio.to_thread(self._try_lock)
+                # _try_lock records the answer itself, in the worker thread: if this task is
+                # cancelled while the thread runs, a granted lock is still known to be held
+                # (and released at shutdown) instead of sitting unseen on the connection.
+                await asyncio.to_thread(self._try_lock)
             except Exception as e:
                 log.warning("mailbox lease %s: could not ask the database (%s)", self.name, e)
                 self._drop()
                 self._held = False
-            if self._held:
-                log.info("mailbox lease %s acquired (key %d); polling", self.name, self.key)
             return self._held
 
     async def check(self) -> bool:
@@ -118,8 +119,12 @@ class MailboxLease:
         if self._conn is None or self._conn.closed:
             # AUTOCOMMIT: the connection must not sit "idle in transaction" while it waits.
             self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        got = self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key})
-        return bool(got.scalar())
+        got = bool(self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                      {"k": self.key}).scalar())
+        self._held = got
+        if got:
+            log.info("mailbox lease %s acquired (key %d); polling", self.name, self.key)
+        return got
 
     def _ping(self) -> None:
         assert self._conn is not None
