@@ -1,0 +1,72 @@
+"""The nightly retrain wired into the daemon: a staff correction made through the desk
+becomes training data, the job trains, and the running pipeline classifies with the new
+model; the next start loads it too. (The retrain rules themselves: test_retrain.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from classifiers import artifact
+from classifiers.retrain import MODEL_FILE
+from classifiers.train import train
+from triage.config import Settings
+from triage.service import Service, build
+from triage.storage.models import WorkOrder
+
+SCANNER = (b"From: Karen <karen@harborviewdental.com>\r\nTo: helpdesk@itx.net\r\n"
+           b"Subject: Scanner to folder\r\nMessage-ID: <k1@harborviewdental.com>\r\n\r\n"
+           b"Hi, can you set up scan-to-folder on the Brother MFC at the front desk so scans "
+           b"land in the S: drive? Thanks, Karen\r\n")
+
+
+@pytest.fixture(scope="module")
+def weak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stands in for the packaged model: 40 records of two types, so any retrain beats it."""
+    root = tmp_path_factory.mktemp("weak")
+    lines: list[str] = []
+    for name in ("password_reset.jsonl", "email_problem.jsonl"):
+        src = artifact.DEFAULT_MODEL_PATH.parents[2] / "data" / "training" / name
+        lines += src.read_text(encoding="utf-8").splitlines()[:20]
+    data = root / "tiny.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = root / MODEL_FILE
+    train([data], path, test_size=0)
+    return path
+
+
+async def test_a_correction_retrains_and_swaps_the_running_model(tmp_path: Path,
+                                                                weak_model: Path) -> None:
+    inbox = tmp_path / "inbox"
+    for sub in ("new", "cur", "tmp"):
+        (inbox / sub).mkdir(parents=True)
+    (inbox / "new" / "1.k.host").write_bytes(SCANNER)
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 't.db'}",
+                        mailbox_url=f"maildir://{inbox}", smtp_url=f"dir://{tmp_path / 'out'}",
+                        attachments_dir=tmp_path / "att", model_path=weak_model,
+                        corrections_dir=tmp_path / "corrections",
+                        retrained_model_dir=tmp_path / "model")
+    c = build(settings)
+    assert c.model_path == weak_model
+    svc = Service(settings, c)
+    assert await svc.run_once() == 1
+    with c.reads() as s:
+        wo = s.scalar(select(WorkOrder))
+        assert wo is not None and wo.number
+        assert wo.request_type != "printer_setup"  # the weak model cannot know it
+    c.desk.reclassify(wo.number, "bob", "printer_setup", "normal")
+
+    old = c.runner.classifier
+    await svc._retrain_job()
+    assert c.model_path == tmp_path / "model" / MODEL_FILE
+    assert c.runner.classifier is not old
+    assert all(p.runner.classifier is c.runner.classifier for p in svc.pollers)
+    assert (tmp_path / "corrections" / "corrections.jsonl").read_text().count("\n") == 1
+    c.engine.dispose()
+
+    # A restart prefers the retrained model (it scored better than the "packaged" one).
+    again = build(settings)
+    assert again.model_path == tmp_path / "model" / MODEL_FILE
+    again.engine.dispose()
