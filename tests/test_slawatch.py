@@ -291,3 +291,53 @@ def test_render_escalation_quotes_only_the_cut_subject(sessions, policy) -> None
     assert pmsg["Subject"] == "[ITX-000002] PAGE: urgent 24x7 request received out of hours"
     assert pmsg["To"] == ONCALL and pmsg["X-Priority"] == "1"
     assert "ON-CALL PAGE" in pmsg.get_content()
+
+
+def test_escalations_go_to_the_assignee_when_there_is_one(sessions, policy) -> None:
+    from triage.desk.users import add_user
+
+    wo = open_wo(sessions, policy, FRI_10)
+    with sessions.begin() as s:
+        user = add_user(s, "bob", "long enough password", email="bob@itx.net")
+        s.get(WorkOrder, wo).assignee_id = user.id  # type: ignore[union-attr]
+    clock = Clock(FRI_10 + timedelta(minutes=45))
+    assert watch(sessions, policy, clock).run_once().at_risk == 1
+    (row,) = outbox(sessions)
+    assert row.to_addr == "bob@itx.net"
+
+
+def test_paused_work_orders_are_not_escalated_and_pauses_move_the_clock(sessions,
+                                                                        policy) -> None:
+    wo = open_wo(sessions, policy, FRI_10)  # callback due 11:00, at risk at 10:45
+    start = (FRI_10 + timedelta(minutes=10)).astimezone(UTC).isoformat()
+    with sessions.begin() as s:
+        row = s.get(WorkOrder, wo)
+        assert row is not None
+        row.status, row.pauses = "waiting_client", [[start, None]]
+    clock = Clock(FRI_10 + timedelta(hours=3))
+    w = watch(sessions, policy, clock)
+    assert w.run_once() == WatchResult(scanned=1)  # waiting on the client: silence
+    # The client answered at 10:40: 30 minutes paused, so at risk at 11:15, not 10:45.
+    end = (FRI_10 + timedelta(minutes=40)).astimezone(UTC).isoformat()
+    with sessions.begin() as s:
+        row = s.get(WorkOrder, wo)
+        assert row is not None
+        row.status, row.pauses = "open", [[start, end]]
+    clock.t = FRI_10 + timedelta(minutes=74)
+    assert w.run_once() == WatchResult(scanned=1)
+    clock.t = FRI_10 + timedelta(minutes=75)
+    assert w.run_once() == WatchResult(scanned=1, at_risk=1)
+    assert outbox(sessions)[0].context["due"] == (
+        FRI_10 + timedelta(minutes=90)).astimezone(UTC).isoformat()
+
+
+def test_the_watch_fills_in_missing_queue_marks(sessions, policy) -> None:
+    wo = open_wo(sessions, policy, FRI_10)
+    with sessions() as s:
+        assert s.get(WorkOrder, wo).next_due is None  # type: ignore[union-attr]
+    watch(sessions, policy, Clock(FRI_10)).run_once()
+    with sessions() as s:
+        row = s.get(WorkOrder, wo)
+        assert row is not None
+        assert row.next_due == (FRI_10 + timedelta(hours=1)).astimezone(UTC)
+        assert row.at_risk_at == (FRI_10 + timedelta(minutes=45)).astimezone(UTC)
