@@ -364,3 +364,23 @@ def test_first_reply_reports_the_business_hours_waited(env) -> None:
     desk.reply(n, "bob", "first")
     desk.reply(n, "bob", "second")
     assert seen == [pytest.approx(10.0)]
+
+
+def test_logging_the_call_back_stops_that_clock(env) -> None:
+    store, desk, sessions, _, clock = env
+    n = open_wo(store, 1, "email_problem", "urgent")  # a call back within 1 business hour
+    wo = get(sessions, n)
+    assert wo.callback_due is not None and wo.next_due == wo.callback_due
+    clock.t = FRI_10 + timedelta(minutes=40)
+    desk.called_back(n, "bob", "talked Dana through a restart")
+    wo = get(sessions, n)
+    assert wo.called_back_at == clock.t and wo.status == "open"
+    assert wo.next_due is not None and wo.next_due > wo.callback_due  # the next clock now
+    assert sla_state(wo, FRI_10 + timedelta(hours=2)) == ON_TRACK  # no callback breach
+    ev = events(sessions, n)[-1]
+    assert (ev.action, ev.detail["text"]) == ("called_back", "talked Dana through a restart")
+    with pytest.raises(ActionError, match="already"):
+        desk.called_back(n, "bob")
+    other = open_wo(store, 2, "new_account", "normal")
+    with pytest.raises(ActionError, match="no call-back"):
+        desk.called_back(other, "bob")

@@ -369,3 +369,18 @@ def test_sessions_expire(web) -> None:
     data["clock"].t = NOW + users.SESSION_TTL + timedelta(minutes=1)
     r = client.get("/queue")
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+def test_logging_the_call_back_from_the_page(web) -> None:
+    client, _, data = web
+    login(client)
+    n = data["plain"]  # an urgent email problem: a call back is due within an hour
+    page = client.get(f"/work-orders/{n}")
+    assert "Log call" in page.text
+    r = client.post(f"/work-orders/{n}/called-back", data={"csrf_token": csrf_of(page.text),
+                                                          "text": "restarted Outlook with Dana"})
+    assert r.status_code == 303 and "done=" in r.headers["location"]
+    page = client.get(f"/work-orders/{n}")
+    assert "Log call" not in page.text
+    assert "Called the client" in page.text and "restarted Outlook with Dana" in page.text
+    assert client.get(f"/api/v1/work-orders/{n}").json()["called_back_at"] is not None

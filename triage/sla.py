@@ -99,11 +99,30 @@ def clock_state(
     waiting on the client; an unended pause lasts until ``now``) does not count against it.
     """
     target = calendar.business_time_between(start, due)
-    closed = [(b, e if e is not None else max(now, b)) for b, e in pauses]
+    closed = close_pauses(pauses, now)
     elapsed = max(calendar.business_time_between(start, now, closed), timedelta(0))
-    moved = calendar.add_business_time(start, target, closed)
     fraction = elapsed / target if target > timedelta(0) else (1.0 if elapsed else 0.0)
-    return ClockState(elapsed, target - elapsed, fraction, max(moved, due.astimezone(UTC)))
+    return ClockState(elapsed, target - elapsed, fraction,
+                      moved_due(start, due, calendar, closed, target))
+
+
+def close_pauses(pauses: Sequence[Pause], now: datetime) -> list[tuple[datetime, datetime]]:
+    """Pauses with an end: one still running lasts until ``now``."""
+    return [(b, e if e is not None else max(now, b)) for b, e in pauses]
+
+
+def moved_due(
+    start: datetime,
+    due: datetime,
+    calendar: BusinessCalendar,
+    closed: Sequence[Pause],
+    target: timedelta | None = None,
+) -> datetime:
+    """The due date after ``closed`` pauses (all ended; see ``close_pauses``) pushed it out
+    by the open time they covered; never earlier than ``due`` itself."""
+    if target is None:
+        target = calendar.business_time_between(start, due)
+    return max(calendar.add_business_time(start, target, closed), due.astimezone(UTC))
 
 
 @dataclass(frozen=True)

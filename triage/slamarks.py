@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from triage.calendar import BusinessCalendar, Pause
-from triage.sla import STANDARD, ClockState, SlaPolicy, clock_state
+from triage.sla import STANDARD, ClockState, SlaPolicy, clock_state, moved_due
 from triage.storage.models import WorkOrder
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def contract_calendar(policy: SlaPolicy, contract: str) -> BusinessCalendar:
 
 
 def clocks(wo: WorkOrder, policy: SlaPolicy) -> Iterator[Clock]:
-    """The clocks still running for ``wo`` (the response clock stops at the first reply)."""
+    """The clocks still running for ``wo``: the response clock stops at the first reply,
+    the call-back clock when staff log the call."""
     cal = contract_calendar(policy, wo.contract)
     try:
         targets = policy.targets(wo.request_type, wo.priority)
@@ -97,7 +98,7 @@ def clocks(wo: WorkOrder, policy: SlaPolicy) -> Iterator[Clock]:
             return cal
         return policy.clock_calendar(t, wo.contract)
 
-    if wo.callback_due is not None:
+    if wo.callback_due is not None and wo.called_back_at is None:
         yield Clock("callback", wo.clock_start, wo.callback_due, calendar("callback"))
     if wo.first_response_at is None:
         yield Clock("response", wo.clock_start, wo.response_due, calendar("response"))
@@ -128,8 +129,7 @@ def marks(
             dues.append(c.due)
             risks.append(c.due)
             continue
-        dues.append(max(c.calendar.add_business_time(c.start, target, pauses),
-                        c.due.astimezone(UTC)))
+        dues.append(moved_due(c.start, c.due, c.calendar, pauses, target))
         risks.append(c.calendar.add_business_time(c.start, target * at_risk_fraction, pauses))
     if not dues:
         return None, None

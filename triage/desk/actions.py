@@ -164,6 +164,25 @@ class Desk:
             self._set_status(s, wo, actor, "open", now)
         return wo
 
+    def called_back(self, number: str, actor: str, text: str = "") -> WorkOrder:
+        """The engineer called the client: the call-back clock stops (an optional note)."""
+        text = text.strip()
+        if len(text) > MAX_NOTE:
+            raise ActionError(f"a note is at most {MAX_NOTE} characters")
+        now = self._clock()
+        with self._sessions.begin() as s:
+            wo = self._locked(s, number)
+            if wo.callback_due is None:
+                raise ActionError("this request type has no call-back target")
+            if wo.called_back_at is not None:
+                raise ActionError("the call back is already logged")
+            wo.called_back_at = now
+            if wo.status == "new":
+                wo.status = "open"
+            self._marks(wo)
+            self._event(s, wo, actor, "called_back", {"text": text} if text else {}, now)
+        return wo
+
     def note(self, number: str, actor: str, text: str) -> WorkOrder:
         text = text.strip()
         if not text:

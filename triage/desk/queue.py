@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy import Select, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from triage.sla import ClockState, SlaPolicy
+from triage.sla import ClockState, SlaPolicy, close_pauses, moved_due
 from triage.slamarks import (
     AT_RISK,
     BREACHED,
@@ -28,6 +28,7 @@ from triage.slamarks import (
     pauses_of,
     sla_state,
 )
+from triage.slamarks import Clock as SlaClock
 from triage.storage.models import (
     AttachmentRow,
     Client,
@@ -43,6 +44,14 @@ PAGE_SIZE = 50
 ACTIVE = "active"  # every status but resolved
 STATUS_FILTERS = (ACTIVE, "new", "open", "waiting_client", "resolved", "all")
 SLA_FILTERS = (ON_TRACK, AT_RISK, BREACHED, PAUSED)
+# Rendered into the SQL, not bound: the planners (SQLite always, PostgreSQL on a generic plan)
+# match a partial index only on the literal of its WHERE, here that of migration 0004's
+# indexes over the active work orders (``status <> 'resolved'``).
+_RESOLVED = literal("resolved", literal_execute=True)
+# A work order is numbered in the transaction that opens it. Tested through coalesce so that
+# no planner reads ``number IS NOT NULL`` as a range of the unique index on number: SQLite
+# (no statistics) did, for every total, and so visited all 100,000 rows.
+_NUMBERED = func.coalesce(WorkOrder.number, None).is_not(None)
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ class QueuePage:
 
 def _where(stmt: Select[Any], f: QueueFilter, now: datetime) -> Select[Any]:
     if f.status == ACTIVE:
-        stmt = stmt.where(WorkOrder.status != "resolved")
+        stmt = stmt.where(WorkOrder.status != _RESOLVED)
     elif f.status != "all":
         stmt = stmt.where(WorkOrder.status == f.status)
     if f.request_type:
@@ -138,19 +147,30 @@ def _where(stmt: Select[Any], f: QueueFilter, now: datetime) -> Select[Any]:
 
 
 def queue_page(s: Session, policy: SlaPolicy, f: QueueFilter, now: datetime) -> QueuePage:
-    base = _where(select(WorkOrder), f, now).where(WorkOrder.number.is_not(None))
-    total = s.scalar(_where(select(func.count(WorkOrder.id)), f, now)
-                     .where(WorkOrder.number.is_not(None))) or 0
+    total, with_due = s.execute(
+        _where(select(func.count(), func.count(WorkOrder.next_due)), f, now)
+        .where(_NUMBERED)).one()
     pages = max(1, -(-total // f.page_size))
     page = min(max(1, f.page), pages)
-    stmt = (base.options(joinedload(WorkOrder.client), joinedload(WorkOrder.assignee))
-            # Nearest due first; work orders without a running clock (paused, resolved) last.
-            .order_by(WorkOrder.next_due.is_(None), WorkOrder.next_due, WorkOrder.id)
-            .offset((page - 1) * f.page_size).limit(f.page_size))
+    offset = (page - 1) * f.page_size
+    base = (_where(select(WorkOrder), f, now).where(_NUMBERED)
+            .options(joinedload(WorkOrder.client), joinedload(WorkOrder.assignee)))
+    # Nearest due first; work orders without a running clock (paused, resolved) last, by id.
+    # Two reads rather than one ORDER BY (next_due IS NULL), so that each reads an index in
+    # order (the 0004 index over active work orders, or the primary key) instead of sorting.
+    found: list[WorkOrder] = []
+    if offset < with_due:
+        found += s.scalars(base.where(WorkOrder.next_due.is_not(None))
+                           .order_by(WorkOrder.next_due, WorkOrder.id)
+                           .offset(offset).limit(f.page_size))
+    if len(found) < f.page_size and total > with_due:
+        found += s.scalars(base.where(WorkOrder.next_due.is_(None))
+                           .order_by(WorkOrder.id)
+                           .offset(max(0, offset - with_due)).limit(f.page_size - len(found)))
     rows = [QueueRow(wo, wo.client.name if wo.client else "",
                      wo.assignee.name if wo.assignee else None,
                      sla_state(wo, now), nearest_clock(wo, policy, now))
-            for wo in s.scalars(stmt)]
+            for wo in found]
     return QueuePage(rows, total, page, pages, queue_counts(s, now))
 
 
@@ -163,8 +183,8 @@ def queue_counts(s: Session, now: datetime) -> QueueCounts:
     by_type: dict[str, int] = {}
     totals = [0, 0, 0, 0]
     for rtype, n, r, a, b in s.execute(
-        select(WorkOrder.request_type, func.count(WorkOrder.id), review, at_risk, breached)
-        .where(WorkOrder.status != "resolved", WorkOrder.number.is_not(None))
+        select(WorkOrder.request_type, func.count(), review, at_risk, breached)
+        .where(WorkOrder.status != _RESOLVED, _NUMBERED)
         .group_by(WorkOrder.request_type)
     ):
         by_type[rtype] = n
@@ -178,12 +198,15 @@ def nearest_clock(wo: WorkOrder, policy: SlaPolicy, now: datetime) -> Clock | No
     if wo.status in ("resolved", "waiting_client"):
         return None
     pauses = pauses_of(wo)
-    best: Clock | None = None
+    # Choosing the nearest clock needs each clock's due only; the elapsed open time, which for
+    # a clock started weeks ago is most of the cost, is measured for the chosen one alone.
+    best: SlaClock | None = None
+    best_due: datetime | None = None
     for c in clocks(wo, policy):
-        st = measure(c, now, pauses)
-        if best is None or st.due < best.state.due:
-            best = Clock(c.target, st)
-    return best
+        due = moved_due(c.start, c.due, c.calendar, close_pauses(pauses, now))
+        if best_due is None or due < best_due:
+            best, best_due = c, due
+    return None if best is None else Clock(best.target, measure(best, now, pauses))
 
 
 def format_remaining(left: timedelta) -> str:
@@ -200,7 +223,7 @@ def format_remaining(left: timedelta) -> str:
 @dataclass(frozen=True)
 class ThreadItem:
     at: datetime
-    kind: str  # in | ack | reply | escalation | page | note
+    kind: str  # in | ack | reply | note | call
     message: Message | None = None
     outbox: Outbox | None = None
     event: Event | None = None
@@ -237,7 +260,8 @@ def work_order_detail(s: Session, policy: SlaPolicy, number: str,
     thread: list[ThreadItem] = [ThreadItem(m.received_at, "in", message=m) for m in messages]
     thread += [ThreadItem(o.sent_at or o.created_at, o.kind, outbox=o) for o in outbox
                if o.kind in ("ack", "reply")]
-    thread += [ThreadItem(e.at, "note", event=e) for e in events if e.action == "note"]
+    thread += [ThreadItem(e.at, "note" if e.action == "note" else "call", event=e)
+               for e in events if e.action in ("note", "called_back")]
     thread.sort(key=lambda t: t.at)
     pauses = pauses_of(wo)
     measured = ([] if wo.status in ("resolved", "waiting_client") else

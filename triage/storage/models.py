@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -166,6 +167,7 @@ class WorkOrder(Base):
     resolved_at: Mapped[datetime | None] = mapped_column()
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     promised_at: Mapped[datetime | None] = mapped_column()  # a date promised to the client
+    called_back_at: Mapped[datetime | None] = mapped_column()  # stops the call-back clock
     # Waiting-on-client intervals [[start, end | null], ...] as ISO strings; the SLA clocks
     # do not run inside them (triage.sla.clock_state).
     pauses: Mapped[list[Any]] = mapped_column(default=list)
@@ -179,6 +181,17 @@ class WorkOrder(Base):
 
     client: Mapped[Client] = relationship()
     assignee: Mapped[User | None] = relationship()
+
+    # The staff queue's indexes (migration 0004): partial, over the active work orders only.
+    __table_args__ = (
+        Index("ix_work_orders_active_due", "next_due", "id", "number",
+              sqlite_where=text("status <> 'resolved'"),
+              postgresql_where=text("status <> 'resolved'")),
+        Index("ix_work_orders_active_counts", "request_type", "needs_review", "next_due",
+              "at_risk_at", "number",
+              sqlite_where=text("status <> 'resolved'"),
+              postgresql_where=text("status <> 'resolved'")),
+    )
 
 
 class Outbox(Base):

@@ -382,6 +382,12 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                    lambda: deps.desk.reply(number, who.name, body, wait_for_client=bool(wait),
                                            agent_name=who.display_name))
 
+    @app.post("/work-orders/{number}/called-back", include_in_schema=False)
+    def f_called_back(who: Who, number: str, csrf_token: Csrf,
+                      text: Annotated[str, Form(max_length=20_000)] = "") -> Response:
+        return act(who, number, csrf_token, "call back logged",
+                   lambda: deps.desk.called_back(number, who.name, text))
+
     @app.post("/work-orders/{number}/resolve", include_in_schema=False)
     def f_resolve(who: Who, number: str, csrf_token: Csrf) -> Response:
         return act(who, number, csrf_token, "resolved",
@@ -468,6 +474,11 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
             number, who.name, body.body, wait_for_client=body.wait_for_client,
             agent_name=who.display_name))
 
+    @api.post("/work-orders/{number}/called-back", summary="Log the call back (stops the "
+              "call-back clock)")
+    def api_called_back(who: ApiWho, number: str, body: CalledBack) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.called_back(number, who.name, body.text))
+
     @api.post("/work-orders/{number}/resolve", summary="Resolve")
     def api_resolve(who: ApiWho, number: str) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.resolve(number, who.name))
@@ -509,6 +520,10 @@ class Note(BaseModel):
     text: str = Field(max_length=20_000)
 
 
+class CalledBack(BaseModel):
+    text: str = Field(default="", max_length=20_000, description="what was said (optional)")
+
+
 class Reply(BaseModel):
     body: str = Field(max_length=50_000)
     wait_for_client: bool = False
@@ -529,6 +544,7 @@ def _wo_json(wo: WorkOrder) -> dict[str, Any]:
         "callback_due": _iso(wo.callback_due), "fulfil_due": _iso(wo.fulfil_due),
         "next_due": _iso(wo.next_due), "promised_at": _iso(wo.promised_at),
         "first_response_at": _iso(wo.first_response_at), "resolved_at": _iso(wo.resolved_at),
+        "called_back_at": _iso(wo.called_back_at),
     }
 
 
