@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import random
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.pool import NullPool
 
 from tests.smtpsink import TEMPFAIL, SinkHandler, SmtpSink
+from tests.test_daemon import free_port
 from tests.test_hostile import daemon_env, unmarked
 from triage.storage.models import Fetch, Message, Outbox, WorkOrder
 
@@ -250,6 +254,34 @@ def ack_ids(sink: SmtpSink) -> Counter[str]:
     )
 
 
+class Ready:
+    """The daemon's /readyz, read while a fault is on (the body names the failing check)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+
+    def get(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+        except OSError:
+            return 0, {}
+
+    def wait(self, status: int, d: Daemon, what: str,
+             check: Callable[[dict[str, Any]], bool] = lambda body: True) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = []
+
+        def ok() -> bool:
+            code, body = self.get()
+            seen[:] = [body]
+            return code == status and check(body)
+
+        wait_until(ok, 30, f"/readyz {status}: {what}", d)
+        return seen[0]
+
+
 # ---- SIGKILL ----------------------------------------------------------------------------------
 def expire_leases(db: Db) -> None:
     """A killed sender leaves its claimed rows leased for 5 minutes (outbox.py); play that
@@ -337,19 +369,27 @@ def test_dovecot_outage_reconnects(dovecot, sink, tmp_path: Path, daemons) -> No
     url = f"sqlite:///{tmp_path / 'outage.db'}"
     db = Db(url)
     try:
-        d = Daemon(daemon_env(dovecot, sink, url, tmp_path), tmp_path / "outage.log")
+        ready = Ready()
+        d = Daemon(daemon_env(dovecot, sink, url, tmp_path, TRIAGE_OPS_PORT=str(ready.port)),
+                   tmp_path / "outage.log")
         daemons.append(d)
         dovecot.deliver_files([request(i) for i in range(5)])
         wait_until(lambda: len(sink.received) == 5, 60, "first acks", d)
+        ready.wait(200, d, "all checks ok before the outage")
+        outage = time.monotonic()
         dovecot.stop()
         dovecot.deliver_files([request(i) for i in range(5, 10)])  # arrives while IMAP is down
-        time.sleep(10)  # the outage; the daemon must ride it out
+        body = ready.wait(503, d, "the mailbox named as the failure",
+                          lambda b: b["checks"]["mailbox"] != "ok")
+        assert body["checks"]["database"] == "ok" and body["checks"]["smtp"] == "ok"
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage)))  # the daemon rides it out
         assert d.alive()
         dovecot.start()
         for i in range(10, 15):
             dovecot.append(request(i))
         wait_until(lambda: len(sink.received) == 15 and db.unsent() == 0, 90, "all acks", d)
         wait_until(lambda: unmarked(dovecot) == [], 30, "all marked", d)
+        ready.wait(200, d, "ready again after the outage")
         assert d.stop() == 0, d.log.read_text()[-3000:]
         roots = Counter(w.root_message_id for w in db.all(select(WorkOrder)))
     finally:
@@ -365,16 +405,22 @@ def test_smtp_tempfail_then_accept(dovecot, sink, tmp_path: Path, daemons) -> No
     url = f"sqlite:///{tmp_path / 'tempfail.db'}"
     db = Db(url)
     sink.behave("tempfail", at="rcpt")
+    ready = Ready()
     env = daemon_env(dovecot, sink, url, tmp_path, TRIAGE_OUTBOX_RETRY_BASE="0.2",
-                     TRIAGE_OUTBOX_RETRY_CAP="1", TRIAGE_OUTBOX_MAX_ATTEMPTS="50")
+                     TRIAGE_OUTBOX_RETRY_CAP="1", TRIAGE_OUTBOX_MAX_ATTEMPTS="50",
+                     TRIAGE_OPS_PORT=str(ready.port))
     try:
         dovecot.deliver_files([request(i) for i in range(6)])
         d = Daemon(env, tmp_path / "tempfail.log")
         daemons.append(d)
         wait_until(lambda: handler(sink).tempfails >= 3, 60, "three 451 answers", d)
         assert sink.received == []
+        body = ready.wait(503, d, "SMTP named, with the server's answer",
+                          lambda b: "451" in b["checks"]["smtp"])
+        assert body["checks"]["mailbox"] == "ok" and body["checks"]["database"] == "ok"
         sink.behave("accept")
         wait_until(lambda: db.unsent() == 0 and db.stored() == 6, 60, "all sent", d)
+        ready.wait(200, d, "ready once mail goes out again")
         assert d.stop() == 0, d.log.read_text()[-3000:]
         outbox = db.all(select(Outbox).order_by(Outbox.id))
     finally:
@@ -482,3 +528,43 @@ async def test_tempfail_holds_only_the_same_recipients_later_mail(
     assert [o.status for o in outbox] == ["sent", "sent", "sent"]
     sent_order = list(ack_ids(sink))
     assert sent_order == [f"<{outbox[i].message_id}>" for i in (2, 0, 1)]
+
+
+# ---- the database locked ---------------------------------------------------------------------
+def test_database_locked_then_free(dovecot, sink, tmp_path: Path, daemons) -> None:
+    """Another writer holds SQLite's lock longer than the daemon's busy timeout (10 s): the
+    batch is refused whole, nothing is marked, /readyz names the database, and once the lock
+    goes every message is stored and acknowledged once."""
+    import sqlite3
+
+    path = tmp_path / "locked.db"
+    url = f"sqlite:///{path}"
+    db = Db(url)
+    ready = Ready()
+    try:
+        d = Daemon(daemon_env(dovecot, sink, url, tmp_path, TRIAGE_OPS_PORT=str(ready.port)),
+                   tmp_path / "locked.log")
+        daemons.append(d)
+        dovecot.deliver_files([request(i) for i in range(3)])
+        wait_until(lambda: len(sink.received) == 3, 60, "first acks", d)
+        ready.wait(200, d, "all checks ok before the lock")
+        holder = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            dovecot.deliver_files([request(i) for i in range(3, 8)])  # arrive while locked
+            body = ready.wait(503, d, "the database named as the failure",
+                              lambda b: b["checks"]["database"] != "ok")
+            assert "locked" in body["checks"]["database"].lower()
+            assert unmarked(dovecot)  # nothing marked that was not stored
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        wait_until(lambda: len(sink.received) == 8 and db.unsent() == 0, 90, "all acks", d)
+        wait_until(lambda: unmarked(dovecot) == [], 30, "all marked", d)
+        ready.wait(200, d, "ready again once the lock is gone")
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+        roots = Counter(w.root_message_id for w in db.all(select(WorkOrder)))
+    finally:
+        db.engine.dispose()
+    assert roots == Counter({f"k{i}@faults.test": 1 for i in range(8)})
+    assert sorted(ack_ids(sink).values()) == [1] * 8

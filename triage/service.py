@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import make_env
@@ -37,6 +37,7 @@ from triage.sla import SlaPolicy, load_policy
 from triage.slawatch import SlaWatch
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
+from triage.storage.models import Outbox
 from triage.web.ops import create_ops_app, serve
 from triage.workorders import RetryBatch, StoreConfig, WorkOrderStore
 
@@ -157,6 +158,14 @@ def build(
                       clock, runners, model_path)
 
 
+class SendFailing(Exception):
+    """/readyz: the SMTP server answers, but the last outbox sweep could send nothing."""
+
+
+class DatabaseRefusing(Exception):
+    """/readyz: the database answers reads, but the last batch could not be stored."""
+
+
 class FatalMailboxError(Exception):
     """The mailbox refuses us for good (credentials, folder): stop with a non-zero code."""
 
@@ -225,6 +234,7 @@ class Poller:
                 if not self.connected:
                     await self.connect_with_backoff()
                 await self.runner.process_waiting()
+                svc.db_trouble = None
                 ok = True
             except PermanentMailboxError as e:
                 # After start-up this means the password was changed or the folder removed:
@@ -233,7 +243,13 @@ class Poller:
                 svc.fatal = e
                 svc.should_exit.set()
                 return False
-            except (MailboxError, RetryBatch) as e:
+            except RetryBatch as e:
+                # The database refused the batch (locked, unreachable): nothing was stored or
+                # marked; the same messages come back on the next poll.
+                log.warning("mailbox %s: %s; retrying after a pause", self.id, e)
+                svc.db_trouble = f"{e} ({e.__cause__ or 'no detail'})"
+                ok = False
+            except MailboxError as e:
                 log.warning("mailbox %s: poll failed (%s); reconnecting after a pause",
                             self.id, e)
                 ok = False
@@ -315,6 +331,8 @@ class Service:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.fatal: BaseException | None = None
+        self._send_trouble: str | None = None  # set while outbox sweeps send nothing
+        self.db_trouble: str | None = None  # set while the database refuses batches
         runners = components.runners or [(settings.mailbox_configs()[0], components.runner)]
         self.pollers = [Poller(self, cfg, runner) for cfg, runner in runners]
         self.c.runner.should_stop = self.should_exit.is_set
@@ -415,6 +433,8 @@ class Service:
             with self.c.reads() as s:
                 s.execute(text("SELECT 1"))
         await asyncio.to_thread(ping)
+        if self.db_trouble:  # readable, but the last batch could not be written
+            raise DatabaseRefusing(self.db_trouble)
 
     async def _check_mailbox(self) -> None:
         # Every mailbox at once; the first failure names its mailbox.
@@ -430,6 +450,8 @@ class Service:
         _, writer = await asyncio.open_connection(smtp.host, smtp.port)
         writer.close()
         await writer.wait_closed()
+        if self._send_trouble:  # reachable, but refusing (4xx) or failing our mail
+            raise SendFailing(self._send_trouble)
 
     async def _stop(self, scheduler: AsyncIOScheduler) -> None:
         """Stop taking work, let the job in hand finish (up to the timeout), then close."""
@@ -485,10 +507,21 @@ class Service:
         try:
             while not self.should_exit.is_set():
                 sent, failed = await self.c.runner.drain_outbox()
+                if sent:
+                    self._send_trouble = None
+                elif failed:
+                    self._send_trouble = await asyncio.to_thread(self._last_send_error, failed)
                 if failed or not sent:
                     return
         except Exception:
             log.exception("outbox sweep failed")
+
+    def _last_send_error(self, failed: int) -> str:
+        """What /readyz says while sends fail: the server's last answer, from the outbox."""
+        with self.c.reads() as s:
+            answer = s.scalar(select(Outbox.last_error).where(Outbox.last_error.is_not(None))
+                              .order_by(Outbox.id.desc()).limit(1))
+        return f"the last outbox sweep sent nothing ({failed} failed): {answer or 'no answer'}"
 
     async def _retrain_job(self) -> None:
         """Nightly: corrections to training data, train, swap only if not worse on the
