@@ -38,7 +38,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     TRIAGE_LOG_FORMAT=json \
     TRIAGE_OPS_HOST=0.0.0.0 \
-    TRIAGE_OPS_PORT=9108
+    TRIAGE_OPS_PORT=9108 \
+    MALLOC_ARENA_MAX=2
 RUN groupadd --system --gid 10001 triage \
     && useradd --system --uid 10001 --gid triage --home-dir /app --shell /usr/sbin/nologin triage
 COPY --from=build /opt/venv /opt/venv

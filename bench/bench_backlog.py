@@ -1,7 +1,8 @@
 """A backlog of N messages waiting in a loopback Dovecot, drained by ``triage run --once``.
 
     python bench/bench_backlog.py [--count 10000] [--db sqlite postgresql] [--runs 1]
-                                  [--batch-size 50] [--profile out.txt]
+                                  [--batch-size 50] [--profile out.txt] [--overlap]
+                                  [--repo OTHER_TREE]
 
 The messages (bench/corpus.py) are dropped into Maildir/new, not APPENDed. The daemon runs as
 its users run it: a subprocess, configured by TRIAGE_* variables, under /usr/bin/time -v for
@@ -12,6 +13,13 @@ Phases come from the daemon's own JSON log (first and last ``disposition=`` line
 
 ``--profile FILE`` runs py-spy over one more SQLite run (all threads: parsing, classifying and
 storing run in a worker thread) and writes the top functions by own and inclusive time.
+
+``--overlap`` runs ``run --once`` with the outbox drained during ingestion
+(``Runner.process_waiting(send=True)``, the one-line change proposed for ``service.py``), via
+``python bench/bench_backlog.py --daemon-overlap``, which is ``triage run --once`` with that
+argument set. ``--repo DIR`` runs the daemon from another copy of the tree (A/B comparisons
+on the same, often busy, machine). The CPU column is the daemon's user + system time: on a
+shared machine it moves less than the wall clock.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class Result:
     ingest: float
     drain: float
     rss_mb: float
+    cpu: float
     work_orders: int
     acks: int
     dispositions: dict[str, int]
@@ -66,11 +75,12 @@ class Result:
         return (f"| {self.db} | {self.count:,} | {self.wall:.1f} s | {self.rate:,.0f} | "
                 f"{self.startup:.1f} / {self.ingest:.1f} / {self.drain:.1f} s | "
                 f"{self.count / self.ingest:,.0f} | {self.rss_mb:.0f} MB | "
+                f"{self.cpu:.1f} s ({self.cpu * 1000 / self.count:.2f} ms/msg) | "
                 f"{self.work_orders:,} / {self.acks:,} |")
 
 
 def daemon_env(srv: Servers, user: DovecotUser, db_url: str, work: Path,
-               batch_size: int | None) -> dict[str, str]:
+               batch_size: int | None, repo: Path = REPO) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "TRIAGE_MAILBOX_URL": f"imap+plain://{user.user}@127.0.0.1:{user.port}/INBOX",
@@ -80,7 +90,7 @@ def daemon_env(srv: Servers, user: DovecotUser, db_url: str, work: Path,
         "TRIAGE_DATABASE_URL": db_url,
         "TRIAGE_ATTACHMENTS_DIR": str(work / "attachments"),
         "TRIAGE_LOG_FORMAT": "json",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(repo),
     })
     if batch_size:
         env["TRIAGE_BATCH_SIZE"] = str(batch_size)
@@ -113,6 +123,12 @@ def max_rss_mb(time_output: str) -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def cpu_seconds(time_output: str) -> float:
+    user = re.search(r"User time \(seconds\): ([\d.]+)", time_output)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", time_output)
+    return float(user.group(1)) + float(system.group(1)) if user and system else float("nan")
+
+
 def check(db_url: str, sink_before: int, srv: Servers) -> tuple[int, int, dict[str, int]]:
     """Work orders, acks accepted by the sink, dispositions; fails loudly on a loose end."""
     eng = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"),
@@ -133,7 +149,7 @@ def check(db_url: str, sink_before: int, srv: Servers) -> tuple[int, int, dict[s
 
 
 def run_once(srv: Servers, kind: str, count: int, batch_size: int | None,
-             profile: Path | None = None) -> Result:
+             profile: Path | None = None, overlap: bool = False, repo: Path = REPO) -> Result:
     user = DovecotUser(srv.dovecot.server, srv.dovecot.server.new_user())
     t0 = time.perf_counter()
     n = load_maildir(user, generate(count))
@@ -141,8 +157,10 @@ def run_once(srv: Servers, kind: str, count: int, batch_size: int | None,
     with tempfile.TemporaryDirectory(prefix="bench-backlog-") as tmp:
         work = Path(tmp)
         with database(kind, work) as db_url:
-            env = daemon_env(srv, user, db_url, work, batch_size)
+            env = daemon_env(srv, user, db_url, work, batch_size, repo)
             cmd = [sys.executable, "-m", "triage", "run", "--once"]
+            if overlap:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--daemon-overlap"]
             if profile:
                 raw = work / "profile.txt"
                 cmd = ["py-spy", "record", "--format", "raw", "--rate", "200", "--threads",
@@ -151,7 +169,7 @@ def run_once(srv: Servers, kind: str, count: int, batch_size: int | None,
             sink_before = len(srv.sink.received)
             started = time.time()
             with log_path.open("w") as out:
-                proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, cwd=REPO,
+                proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, cwd=repo,
                                       stdout=out, stderr=subprocess.PIPE, text=True,
                                       check=False)
             ended = time.time()
@@ -163,7 +181,7 @@ def run_once(srv: Servers, kind: str, count: int, batch_size: int | None,
                 profile.write_text(summarise_profile(raw))
                 shutil.copy(raw, profile.with_suffix(".folded"))
             return Result(kind, n, ended - started, startup, ingest, drain,
-                          max_rss_mb(proc.stderr), wos, acks, disp)
+                          max_rss_mb(proc.stderr), cpu_seconds(proc.stderr), wos, acks, disp)
 
 
 def summarise_profile(raw: Path, top: int = 25) -> str:
@@ -205,7 +223,21 @@ def _short(frame: str) -> str:
     return f"{m.group(1)} ({where})"
 
 
+def daemon_overlap() -> int:
+    """``triage run --once`` with ``process_waiting(send=True)``: the proposed service.py."""
+    import functools
+
+    from triage.cli import main as cli_main
+    from triage.pipeline import Runner
+
+    Runner.process_waiting = functools.partialmethod(  # type: ignore[method-assign]
+        Runner.process_waiting, send=True)
+    return cli_main(["run", "--once"])
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--daemon-overlap"]:
+        return daemon_overlap()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--db", nargs="+", default=["sqlite", "postgresql"],
@@ -213,22 +245,27 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, help="TRIAGE_BATCH_SIZE (default: the daemon's)")
     ap.add_argument("--profile", type=Path, help="also one py-spy run on SQLite -> FILE")
+    ap.add_argument("--overlap", action="store_true",
+                    help="drain the outbox during ingestion (process_waiting(send=True))")
+    ap.add_argument("--repo", type=Path, default=REPO, help="run the daemon from this tree")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = sys.stdout
     out.write(f"machine: {machine()}\n\n")
     out.write("| database | messages | wall | msgs/s | start-up / ingest / drain | "
-              "ingest msgs/s | peak RSS | work orders / acks |\n|---|---:|---:|---:|---:|---:|"
-              "---:|---:|\n")
+              "ingest msgs/s | peak RSS | CPU | work orders / acks |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     with servers() as srv:
         for kind in args.db:
             for _ in range(args.runs):
-                r = run_once(srv, kind, args.count, args.batch_size)
+                r = run_once(srv, kind, args.count, args.batch_size, overlap=args.overlap,
+                             repo=args.repo)
                 out.write(r.row() + "\n")
                 out.flush()
                 log.info("dispositions %s", r.dispositions)
         if args.profile:
-            r = run_once(srv, "sqlite", args.count, args.batch_size, profile=args.profile)
+            r = run_once(srv, "sqlite", args.count, args.batch_size, profile=args.profile,
+                         overlap=args.overlap, repo=args.repo)
             out.write(r.row().replace("| sqlite", "| sqlite under py-spy") + "\n")
             log.info("profile written to %s", args.profile)
     return 0

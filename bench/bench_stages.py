@@ -8,8 +8,9 @@ On the corpus of bench/corpus.py, with the daemon's own code and its default bat
 - parse: ``triage.parse.parse`` per message;
 - classify: ``Classifier.classify_many`` per batch of 50, and all in one call;
 - store: ``WorkOrderStore.store_batch`` per batch of 50 (a fresh database each run);
-- outbox: ``OutboxStore.claim`` (as many a time as ``drain_outbox`` claims), ``render_ack``,
-  ``SmtpTransport.send`` on one reused connection to the aiosmtpd sink, and
+- outbox: ``OutboxStore.claim`` (as many a time as ``drain_outbox`` claims), ``render_ack``
+  (an ``EmailMessage``) and ``render_ack_wire`` (the bytes, what the daemon sends),
+  ``SmtpTransport.send`` of the wire bytes on one reused connection to the aiosmtpd sink, and
   ``OutboxStore.record`` (one commit per row), each timed alone; then
   ``Runner.drain_outbox`` as the daemon calls it, all four together.
 
@@ -38,7 +39,7 @@ from bench.corpus import generate
 from classifiers.predict import Classifier
 from classifiers.types import Decision
 from tests.dovecot import DovecotUser
-from triage.ack import render_ack
+from triage.ack import render_ack, render_ack_wire
 from triage.config import Settings
 from triage.mailbox.imap import ImapMailbox
 from triage.messages import ParsedEmail, RawMessage
@@ -46,7 +47,7 @@ from triage.outbox import Job
 from triage.parse import parse
 from triage.pipeline import Runner, to_input
 from triage.service import Components, build
-from triage.smtp import SendResult, SmtpSettings, SmtpTransport
+from triage.smtp import SendResult, SmtpSettings, SmtpTransport, WireMessage
 from triage.workorders import Ingest
 
 log = logging.getLogger("bench.stages")
@@ -123,7 +124,18 @@ def outbox_steps(srv: Servers, c: Components) -> dict[str, tuple[int, float]]:
     render = time.perf_counter() - t
 
     t = time.perf_counter()
-    results = asyncio.run(send_all(srv, msgs, jobs))
+    wires: list[WireMessage] = []
+    for j in jobs:
+        assert j.view is not None
+        data = render_ack_wire(env, j.view, from_address="helpdesk@itx.net",
+                               from_name="ITX Helpdesk", phone="800-600-7785")
+        assert data is not None
+        wires.append(WireMessage(data, f"<{j.view.message_id}>"))
+    wire = time.perf_counter() - t
+    del msgs
+
+    t = time.perf_counter()
+    results = asyncio.run(send_all(srv, wires, jobs))
     send = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -131,10 +143,11 @@ def outbox_steps(srv: Servers, c: Components) -> dict[str, tuple[int, float]]:
         outbox.record(j, r)
     record = time.perf_counter() - t
     n = len(jobs)
-    return {"claim": (n, claim), "render": (n, render), "send": (n, send), "record": (n, record)}
+    return {"claim": (n, claim), "render": (n, render), "wire": (n, wire), "send": (n, send),
+            "record": (n, record)}
 
 
-async def send_all(srv: Servers, msgs: list[EmailMessage], jobs: list[Job]) -> list[SendResult]:
+async def send_all(srv: Servers, msgs: list[WireMessage], jobs: list[Job]) -> list[SendResult]:
     out = []
     async with SmtpTransport(SmtpSettings.from_url(srv.sink.url)) as t:
         for m, j in zip(msgs, jobs, strict=True):
@@ -170,8 +183,10 @@ def db_stages(srv: Servers, kind: str, items: list[Ingest], clf: Classifier,
             add("store", f"store_batch per {BATCH}, {kind}", len(items), store_stage(c, items))
             steps = outbox_steps(srv, c)
             c.engine.dispose()
-        for name, variant in (("claim", f"claim per {SWEEP}, {kind}"), ("render", "render_ack"),
-                              ("send", "SMTP send, one reused connection"),
+        for name, variant in (("claim", f"claim per {SWEEP}, {kind}"),
+                              ("render", "render_ack (EmailMessage)"),
+                              ("wire", "render_ack_wire (bytes, as sent)"),
+                              ("send", "SMTP send of the bytes, one reused connection"),
                               ("record", f"record, one commit per row, {kind}")):
             add("outbox", variant, *steps[name])
         with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:

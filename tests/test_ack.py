@@ -44,3 +44,38 @@ def test_normal_priority_has_no_phone_push_and_due_lines_in_order() -> None:
     text = msg.get_body(("plain",)).get_content()
     assert "Because this is urgent" not in text
     assert "by 10:00 AM EST on Monday, November 30" in text
+
+
+def test_wire_bytes_say_what_the_email_message_says() -> None:
+    """What the daemon sends (``render_ack_wire``) reads back as ``render_ack``'s message:
+    the same headers and the same text, also for a non-ASCII subject (RFC 2047, quoted-
+    printable bodies) and a long References chain (folded lines)."""
+    import email
+    import email.policy
+
+    from triage.ack import render_ack_wire
+    from triage.smtp import serialize
+
+    refs = tuple(f"m{i}.some-long-message-id.1234567890@harborview.com" for i in range(20))
+    for subject in ("new mailbox", "Drucker druckt nicht – Ärger im Büro " * 4, ""):
+        v = view(subject)
+        v = AckView(**{**v.__dict__, "references": refs})
+        kw = dict(from_address="helpdesk@itx.net", from_name="ITX Helpdesk",
+                  phone="800-600-7785")
+        wire = render_ack_wire(make_env(), v, **kw)  # type: ignore[arg-type]
+        assert wire is not None and wire.isascii()
+        head, _, _ = wire.partition(b"\r\n\r\n")
+        assert all(len(line) <= 78 for line in head.split(b"\r\n"))  # folded headers
+        assert all(len(line) <= 998 for line in wire.split(b"\r\n"))
+        got = email.message_from_bytes(wire, policy=email.policy.default)
+        want = email.message_from_bytes(serialize(render_ack(make_env(), v, **kw)),  # type: ignore[arg-type]
+                                        policy=email.policy.default)
+        for h in ("From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+                  "Auto-Submitted", "X-Auto-Response-Suppress", "X-ITX-Work-Order"):
+            assert str(got[h]) == str(want[h]), h
+        for kind in ("plain", "html"):
+            text = got.get_body((kind,)).get_content().replace("\r\n", "\n")
+            assert text == want.get_body((kind,)).get_content().replace("\r\n", "\n")
+        assert not got.defects and not any(part.defects for part in got.walk())
+    assert render_ack_wire(make_env(), AckView(**{**view("x").__dict__, "to_addr": "jürgen@x.de"}),
+                           **kw) is None  # type: ignore[arg-type]  # SMTPUTF8: render_ack's job

@@ -46,8 +46,8 @@ pytestmark = [pytest.mark.imap, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20261126
-N_MESSAGES = 300
-N_KILLS = 10
+N_MESSAGES = 1000
+N_KILLS = 20
 BATCH = 20  # smaller than the default 50, so kills also land between batches
 AUTO_EVERY = 10  # every 10th message is an RFC 3834 auto-reply, not a request
 

@@ -1,21 +1,31 @@
-"""Acknowledgments: Jinja2 templates -> ``EmailMessage``. Renders, never sends.
+"""Acknowledgments: Jinja2 templates -> mail. Renders, never sends.
 
-Built just before sending (PERF-NOTES: an EmailMessage costs about as much as the SMTP
-exchange), from plain data the outbox row and its work order carry. Nothing the client
-wrote reaches the mail except the subject, already stripped of CR/LF and cut to 200
-characters; the HTML part escapes it (autoescape), the text part is plain text.
+Built just before sending, from plain data the outbox row and its work order carry. Nothing
+the client wrote reaches the mail except the subject, already stripped of CR/LF and cut to
+200 characters; the HTML part escapes it (autoescape), the text part is plain text.
+
+``render_ack_wire`` writes the wire bytes directly (~0.1 ms): an ``EmailMessage`` built with
+``policy.default`` and serialised cost ~3.5 ms per acknowledgment, mostly re-parsing the
+headers it was just given (bench/results.md). ``render_ack`` is the same mail as an
+``EmailMessage`` (tests, and the fallback for the rare mail the wire writer declines:
+a non-ASCII address or Message-ID).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from email import quoprimime
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
 
 from triage.calendar import humanize_due
 from triage.parse import clean_header
@@ -98,10 +108,28 @@ def ack_subject(subject: str, number: str) -> str:
     return f"Re: {subject} {tag}" if not subject.lower().startswith("re:") else f"{subject} {tag}"
 
 
-def render_ack(
-    env: Environment, v: AckView, *, from_address: str, from_name: str, phone: str
-) -> EmailMessage:
-    ctx = {
+@lru_cache(maxsize=64)
+def _template_name(request_type: str) -> str:
+    """One stat per request type and process, not one per acknowledgment."""
+    exists = (TEMPLATES_DIR / "email" / "ack" / f"{request_type}.txt.j2").exists()
+    return request_type if exists else "other"
+
+
+_TEMPLATES: dict[tuple[int, str], Template] = {}
+
+
+def _template(env: Environment, name: str) -> Template:
+    """Compiled once per environment: ``get_template`` stats the file on every call to see
+    whether it changed, and templates do not change under a running daemon."""
+    key = (id(env), name)
+    t = _TEMPLATES.get(key)
+    if t is None:
+        t = _TEMPLATES[key] = env.get_template(name)
+    return t
+
+
+def _bodies(env: Environment, v: AckView, from_address: str, phone: str) -> tuple[str, str]:
+    ctx: dict[str, Any] = {
         "number": v.number,
         "priority": v.priority,
         "priority_meaning": v.priority_meaning,
@@ -111,11 +139,15 @@ def render_ack(
         "phone": phone,
         "from_address": from_address,
     }
-    name = v.request_type if (TEMPLATES_DIR / "email" / "ack" / f"{v.request_type}.txt.j2"
-                               ).exists() else "other"
-    text = env.get_template(f"email/ack/{name}.txt.j2").render(ctx)
-    html = env.get_template(f"email/ack/{name}.html.j2").render(ctx)
+    name = _template_name(v.request_type)
+    return (_template(env, f"email/ack/{name}.txt.j2").render(ctx),
+            _template(env, f"email/ack/{name}.html.j2").render(ctx))
 
+
+def render_ack(
+    env: Environment, v: AckView, *, from_address: str, from_name: str, phone: str
+) -> EmailMessage:
+    text, html = _bodies(env, v, from_address, phone)
     msg = EmailMessage()
     msg["From"] = formataddr((from_name, from_address))
     msg["To"] = v.to_addr
@@ -133,3 +165,73 @@ def render_ack(
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
     return msg
+
+
+_CRLF = "\r\n"
+
+
+def _fold_ids(name: str, ids: list[str]) -> str:
+    """``Name: <a> <b> ...`` folded before an id that would pass 78 characters."""
+    lines, line = [], f"{name}:"
+    for i in ids:
+        if len(line) + 1 + len(i) > 78 and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += " " + i
+    lines.append(line)
+    return _CRLF.join(lines)
+
+
+def _part(subtype: str, body: str) -> str:
+    """A text part: 7bit when it is plain ASCII in short lines, else quoted-printable (so the
+    whole mail is ASCII and needs no 8BITMIME)."""
+    lines = body.splitlines()
+    if body.isascii() and all(len(line) <= 998 for line in lines):
+        cte, payload = "7bit", _CRLF.join(lines)
+    else:
+        cte = "quoted-printable"
+        # UTF-8 bytes as latin-1 characters: each non-ASCII byte becomes one =XX.
+        utf8 = "\n".join(lines).encode("utf-8").decode("latin-1")
+        payload = quoprimime.body_encode(utf8, eol=_CRLF)
+    # The body ends with a line end; the CRLF after it belongs to the next boundary line.
+    return (f'Content-Type: text/{subtype}; charset="utf-8"{_CRLF}'
+            f"Content-Transfer-Encoding: {cte}{_CRLF}{_CRLF}{payload}{_CRLF}{_CRLF}")
+
+
+def render_ack_wire(
+    env: Environment, v: AckView, *, from_address: str, from_name: str, phone: str
+) -> bytes | None:
+    """The acknowledgment as the bytes to send (CRLF, ASCII), or None when it holds a
+    non-ASCII address or Message-ID (SMTPUTF8 territory: ``render_ack`` handles those)."""
+    ids = [v.message_id, v.in_reply_to or "", *v.references]
+    if not (v.to_addr.isascii() and from_address.isascii() and all(i.isascii() for i in ids)):
+        return None
+    if any(c in x for x in (v.to_addr, *ids) for c in "\r\n<> \t"):
+        return None  # never true for what the store writes; render_ack would refuse it too
+    text, html = _bodies(env, v, from_address, phone)
+    subject = ack_subject(v.subject, v.number)
+    head = [
+        f"From: {formataddr((from_name, from_address), charset='utf-8')}",
+        f"To: {v.to_addr}",
+        Header(subject, "us-ascii" if subject.isascii() else "utf-8",
+               header_name="Subject").encode(linesep=_CRLF).join(("Subject: ", "")),
+        f"Date: {format_datetime(v.date)}",
+        f"Message-ID: <{v.message_id}>",
+    ]
+    if v.in_reply_to:
+        head.append(f"In-Reply-To: <{v.in_reply_to}>")
+    if v.references:
+        head.append(_fold_ids("References", [f"<{r}>" for r in v.references]))
+    boundary = f"=_itx_{secrets.token_hex(12)}"
+    head += [
+        "Auto-Submitted: auto-replied",
+        "X-Auto-Response-Suppress: All",
+        f"X-ITX-Work-Order: {v.number}",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+    ]
+    wire = (_CRLF.join(head) + _CRLF + _CRLF
+            + f"--{boundary}{_CRLF}" + _part("plain", text)
+            + f"--{boundary}{_CRLF}" + _part("html", html)
+            + f"--{boundary}--{_CRLF}")
+    return wire.encode("ascii")

@@ -1,5 +1,11 @@
-"""bytes -> ParsedEmail with ``email.policy.default``. Pure; raises ``ParseError`` only when
-nothing usable can be read, and otherwise records what was wrong in ``defects``.
+"""bytes -> ParsedEmail. Pure; raises ``ParseError`` only when nothing usable can be read, and
+otherwise records what was wrong in ``defects``.
+
+The MIME structure is read with ``compat32``: ``policy.default`` builds a header object for
+every Content-Type each time the parser or we ask for it, which was most of the parse. The
+MIME headers are still read as ``policy.default`` reads them (``_Policy``, memoised), and
+every other header is decoded once with ``policy.default``'s header parser where it has work
+to do, so what comes out is what a ``policy.default`` parse gives.
 
 Every string that leaves here is safe to store and display as text: CR, LF and NUL are
 removed from header values (header injection), bodies are decoded with a charset that
@@ -10,12 +16,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import hashlib
 import logging
 import re
 from datetime import datetime
 from email.message import Message
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+from typing import Any
 
 from classifiers.features import html_to_text
 from triage.messages import Attachment, ParsedEmail
@@ -38,6 +46,34 @@ def clean_header(value: str, limit: int = 2000) -> str:
     return _CTRL.sub("", _CRLF.sub(" ", value)).strip()[:limit]
 
 
+_DECODE = email.policy.default
+_MIME_HEADERS = frozenset({"content-type", "content-disposition", "content-transfer-encoding"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _mime_value(name: str, value: str) -> str:
+    return str(_DECODE.header_fetch_parse(name, value))
+
+
+class _Policy(email.policy.Compat32):
+    """compat32, except that the headers the MIME structure depends on read as under
+    ``policy.default`` (decoded, unfolded), so parts, charsets and file names come out the
+    same. The same values recur on every part and message: each is parsed once."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if name.lower() in _MIME_HEADERS and isinstance(value, str):
+            try:
+                if len(value) > 500:  # not worth keeping (and a hostile one may be huge)
+                    return str(_DECODE.header_fetch_parse(name, value))
+                return _mime_value(name.lower(), value)
+            except Exception:  # as compat32 would: the raw value
+                pass
+        return super().header_fetch_parse(name, value)
+
+
+_PARSE = _Policy()
+
+
 def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...]:
     """Every header once, decoded. Plain ASCII without encoded words needs no parser (the
     policy would only unfold it): Received/DKIM/ARC chains are most of a message's headers,
@@ -49,7 +85,7 @@ def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...
             value = "".join(raw.splitlines())
         else:
             try:
-                value = str(msg.policy.header_fetch_parse(k, raw))
+                value = str(_DECODE.header_fetch_parse(k, raw))
             except Exception as e:
                 defects.append(f"header {clean_header(k, 64)}: {type(e).__name__}")
                 value = str(raw)
@@ -121,7 +157,7 @@ def parse(raw: bytes) -> ParsedEmail:
     # ways must hash the same (the hash is the dedupe key when Message-ID is missing).
     content_hash = hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
     defects: list[str] = []
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    msg = email.message_from_bytes(raw, policy=_PARSE)
     if not msg.keys():
         raise ParseError("no header could be read")
     defects.extend(type(d).__name__ for d in msg.defects)

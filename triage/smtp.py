@@ -60,6 +60,25 @@ _SCHEMES: dict[str, tuple[Security, int]] = {
 }
 
 
+@dataclass(frozen=True)
+class WireMessage:
+    """A mail already in wire form (CRLF line ends, headers encoded, no Bcc), sent byte for
+    byte: acknowledgments are written this way (triage.ack.render_ack_wire), because an
+    ``EmailMessage`` costs more to build and serialise than the SMTP exchange itself."""
+
+    data: bytes
+    message_id: str  # as in the header, with angle brackets
+
+    def __post_init__(self) -> None:
+        if not self.data.endswith(b"\r\n"):
+            raise ValueError("a wire message ends with CRLF")
+
+
+Mail = EmailMessage | WireMessage
+
+
+def message_id_of(msg: Mail) -> str:
+    return msg.message_id if isinstance(msg, WireMessage) else str(msg.get("Message-ID", ""))
 
 
 @dataclass(frozen=True)
@@ -175,7 +194,7 @@ class Transport(Protocol):
     ) -> None: ...
 
     async def send(
-        self, msg: EmailMessage, *, sender: str, recipients: Sequence[str]
+        self, msg: Mail, *, sender: str, recipients: Sequence[str]
     ) -> SendResult: ...
 
 
@@ -183,8 +202,10 @@ def _needs_utf8(sender: str, recipients: Sequence[str]) -> bool:
     return not (sender.isascii() and all(r.isascii() for r in recipients))
 
 
-def serialize(msg: EmailMessage, *, utf8: bool = False, cte_type: str = "8bit") -> bytes:
+def serialize(msg: Mail, *, utf8: bool = False, cte_type: str = "8bit") -> bytes:
     """The exact bytes put on the wire: CRLF line ends, Bcc headers removed."""
+    if isinstance(msg, WireMessage):
+        return msg.data
     if "Bcc" in msg or "Resent-Bcc" in msg:
         msg = copy.copy(msg)  # shallow: del rebinds the header list, the caller's stays intact
         del msg["Bcc"]
@@ -201,11 +222,11 @@ def serialize(msg: EmailMessage, *, utf8: bool = False, cte_type: str = "8bit") 
 _UNRENDERABLE = (email.errors.MessageError, ValueError, UnicodeError, LookupError)
 
 
-def _check_args(msg: EmailMessage, sender: str, recipients: Sequence[str]) -> tuple[str, ...]:
+def _check_args(msg: Mail, sender: str, recipients: Sequence[str]) -> tuple[str, ...]:
     """Programming errors, raised: the outbox must always set these."""
-    if not isinstance(msg, EmailMessage):
+    if not isinstance(msg, EmailMessage | WireMessage):
         raise TypeError(f"expected email.message.EmailMessage, got {type(msg).__name__}")
-    if not msg.get("Message-ID"):
+    if not message_id_of(msg):
         raise ValueError("outgoing message has no Message-ID (the outbox must set one)")
     if isinstance(recipients, str):
         raise TypeError("recipients must be a sequence of addresses, not one string")
@@ -306,7 +327,7 @@ class SmtpTransport:
             transport.abort()
 
     async def send(
-        self, msg: EmailMessage, *, sender: str, recipients: Sequence[str]
+        self, msg: Mail, *, sender: str, recipients: Sequence[str]
     ) -> SendResult:
         rcpts = _check_args(msg, sender, recipients)
         if self._state != _State.OPEN:
@@ -317,7 +338,7 @@ class SmtpTransport:
             except asyncio.CancelledError:
                 self._drop()  # mid-transaction: the connection state is unknown
                 raise
-        mid = msg.get("Message-ID", "")
+        mid = message_id_of(msg)
         if result.ok:
             self.sent += 1
             logger.debug(
@@ -337,7 +358,7 @@ class SmtpTransport:
         return result
 
     async def _send_locked(
-        self, msg: EmailMessage, sender: str, rcpts: tuple[str, ...]
+        self, msg: Mail, sender: str, rcpts: tuple[str, ...]
     ) -> SendResult:
         for _ in range(2):
             reused = self._smtp.is_connected
@@ -386,7 +407,7 @@ class SmtpTransport:
             return result
 
     async def _transaction(
-        self, msg: EmailMessage, sender: str, rcpts: tuple[str, ...], *, reused: bool
+        self, msg: Mail, sender: str, rcpts: tuple[str, ...], *, reused: bool
     ) -> SendResult:
         smtp = self._smtp
         utf8 = _needs_utf8(sender, rcpts)
@@ -544,12 +565,12 @@ class DirectoryTransport:
         self._state = _State.CLOSED
 
     async def send(
-        self, msg: EmailMessage, *, sender: str, recipients: Sequence[str]
+        self, msg: Mail, *, sender: str, recipients: Sequence[str]
     ) -> SendResult:
         rcpts = _check_args(msg, sender, recipients)
         if self._state != _State.OPEN:
             raise RuntimeError(f"directory transport is {self._state}; use 'async with'")
-        target = self.path / eml_name(str(msg["Message-ID"]))
+        target = self.path / eml_name(message_id_of(msg))
         try:
             data = serialize(msg, utf8=_needs_utf8(sender, rcpts))
         except _UNRENDERABLE as exc:

@@ -1,6 +1,15 @@
 """Store a batch of fetched messages: dedupe, thread, open work orders with their SLA due
-dates and queue acknowledgments, all in one transaction per batch (a savepoint per message,
-so one bad message becomes a quarantine record instead of rolling back its neighbours).
+dates and queue acknowledgments, all in one transaction per batch.
+
+Two paths, one result. The fast path looks up everything a batch needs in one query per
+kind (fetch keys, dedupe keys, threads, clients, ack rates), decides every message in Python
+and writes the rows with bulk inserts, under one savepoint: ~25 statements for a batch of 50
+instead of ~17 per message. A message the SLA engine (or anything else in deciding) refuses
+is quarantined alone, as before. A message that may answer another message of its own batch
+is looked up the careful way, after the rows planned before it are written. Should a write
+fail (PostgreSQL refusing a row another poller created first, say), the savepoint is rolled
+back and the batch goes through the careful path: a savepoint per message, so one bad
+message becomes a quarantine record instead of rolling back its neighbours.
 
 Knows nothing of IMAP or SMTP: it takes plain data (``Ingest``) and returns plain data
 (``Outcome``). The caller marks the mailbox only after ``store_batch`` has committed.
@@ -17,9 +26,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from classifiers.types import Decision
 from triage.messages import DueDates, ParsedEmail, RawMessage
@@ -114,6 +123,28 @@ def client_key(addr: str) -> str:
     return addr.lower()[:255] if domain in FREEMAIL else domain
 
 
+def message_values(item: Ingest, key: str | None, disposition: str, reason: str | None,
+                   now: datetime) -> dict[str, Any]:
+    """The ``messages`` row of an inbound message (both store paths write it from here)."""
+    raw, p = item.raw, item.parsed
+    return dict(
+        direction="in", dedupe_key=key,
+        message_id=None if p is None else p.message_id,
+        content_hash=p.content_hash if p else "", size=raw.size,
+        from_addr="" if p is None else p.from_addr,
+        from_name="" if p is None else p.from_name,
+        subject="" if p is None else p.subject,
+        in_reply_to=None if p is None else p.in_reply_to,
+        references=[] if p is None else list(p.references),
+        headers=[] if p is None else [list(h) for h in p.headers],
+        body_text="" if p is None else p.text,
+        body_html=None if p is None else p.html,
+        defects=[] if p is None else list(p.defects),
+        received_at=raw.internal_date or now, disposition=disposition, reason=reason,
+        created_at=now,
+    )
+
+
 class RetryBatch(Exception):
     """A failure of the environment (disk, database connection), not of the message: the
     whole batch is rolled back and left unmarked, so it is fetched and tried again."""
@@ -133,6 +164,8 @@ class WorkOrderStore:
         self._policy = policy
         self._cfg = config
         self._clock = clock
+        self.fast = True  # False: every batch takes the careful path (tests compare the two)
+        self.careful_batches = 0  # batches the fast path handed to the careful one
 
     # ---- reading ---------------------------------------------------------------------------
     def stored_uids(self, mailbox: str, uidvalidity: int, uids: Sequence[str]) -> set[str]:
@@ -151,10 +184,21 @@ class WorkOrderStore:
 
     # ---- writing ---------------------------------------------------------------------------
     def store_batch(self, items: Sequence[Ingest]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
+        outcomes: list[Outcome] | None = None
         with self._sessions.begin() as s:
-            for item in items:
-                outcomes.append(self._store_one_guarded(s, item))
+            if self.fast and items:
+                try:
+                    with s.begin_nested():
+                        outcomes = _FastBatch(self, s, items).run()
+                except _ENVIRONMENT as e:
+                    raise RetryBatch(f"{type(e).__name__} while storing a batch") from e
+                except Exception as e:  # never lose the batch: the careful path decides
+                    # The type only, as below: a database error's text can carry a body.
+                    log.warning("bulk store failed (%s); storing message by message",
+                                type(e).__name__)
+                    self.careful_batches += 1
+            if outcomes is None:
+                outcomes = [self._store_one_guarded(s, item) for item in items]
             if self._cfg.mailbox_state and items:
                 self._checkpoint(s, items)
         return outcomes
@@ -231,28 +275,8 @@ class WorkOrderStore:
         wo_id: int | None = None,
     ) -> Message:
         raw, p = item.raw, item.parsed
-        head = p is None
-        row = Message(
-            direction="in",
-            dedupe_key=key,
-            message_id=None if head else p.message_id,  # type: ignore[union-attr]
-            content_hash=(p.content_hash if p else ""),
-            size=raw.size,
-            from_addr="" if p is None else p.from_addr,
-            from_name="" if p is None else p.from_name,
-            subject="" if p is None else p.subject,
-            in_reply_to=None if p is None else p.in_reply_to,
-            references=[] if p is None else list(p.references),
-            headers=[] if p is None else [list(h) for h in p.headers],
-            body_text="" if p is None else p.text,
-            body_html=None if p is None else p.html,
-            defects=[] if p is None else list(p.defects),
-            received_at=raw.internal_date or self._clock(),
-            disposition=disposition,
-            reason=reason,
-            work_order_id=wo_id,
-            created_at=self._clock(),
-        )
+        row = Message(**message_values(item, key, disposition, reason, self._clock()),
+                      work_order_id=wo_id)
         s.add(row)
         s.flush()
         data = raw.data if raw.data is not None else raw.head
@@ -437,3 +461,428 @@ class WorkOrderStore:
         # thread onto someone else's work order by quoting a predictable Message-ID.
         row.message_id = f"{wo.number}.ack.{row.id}.{secrets.token_hex(6)}@{domain}"
         return True, ""
+
+
+# ---- the fast path -----------------------------------------------------------------------------
+# Failures of the environment, not of a message: the batch is retried later, never quarantined.
+_ENVIRONMENT = (OSError, OperationalError, InterfaceError)
+_CHUNK = 500  # ids per IN (...) list: far below SQLite's 32,766 bound parameters
+
+
+class _Ref:
+    """A row id that exists only once the bulk insert has run."""
+
+    __slots__ = ("id",)
+
+    def __init__(self) -> None:
+        self.id: int | None = None
+
+    def get(self) -> int:
+        assert self.id is not None, "row not inserted yet"
+        return self.id
+
+
+def _rid(v: _Ref | int | None) -> int | None:
+    return v.get() if isinstance(v, _Ref) else v
+
+
+def _chunks(values: Any) -> list[list[Any]]:
+    seq = list(values)
+    return [seq[i : i + _CHUNK] for i in range(0, len(seq), _CHUNK)]
+
+
+def _number_of(ref: _Ref) -> str:
+    return format_number(ref.get())
+
+
+class _FastBatch:
+    """One batch decided in memory and written with bulk inserts; see the module docstring.
+
+    Mirrors ``WorkOrderStore._store_one`` decision for decision."""
+
+    def __init__(self, store: WorkOrderStore, s: Session, items: Sequence[Ingest]) -> None:
+        self.st, self.s, self.items, self.cfg = store, s, items, store._cfg
+        self.outcomes: list[Callable[[], Outcome]] = []
+        self.logs: list[tuple[int, str, tuple[Any, ...]]] = []
+        # Rows to write, in message order; ids of earlier tables resolved through _Ref.
+        self.clients: dict[str, tuple[_Ref, str]] = {}  # key -> (ref, contract)
+        self.work_orders: list[tuple[_Ref, _Ref | int, dict[str, Any]]] = []
+        self.messages: list[tuple[_Ref, _Ref | int | None, dict[str, Any]]] = []
+        self.raws: list[tuple[_Ref, bytes, bool]] = []
+        self.attachments: list[tuple[_Ref, dict[str, Any]]] = []
+        self.fetches: list[tuple[RawMessage, _Ref | int, bool, datetime]] = []
+        self.events: list[tuple[_Ref | int | None, str, dict[str, Any], datetime]] = []
+        self.acks: list[tuple[_Ref, _Ref, dict[str, Any]]] = []  # (outbox, work order, values)
+        # What the batch adds, for the messages after it.
+        self.batch_fetch: set[tuple[str, int, str]] = set()
+        self.batch_keys: dict[str, _Ref] = {}
+        self.batch_mids: set[str] = set()
+        self.opened = 0
+        self.live_lookups = 0
+
+    # ---- lookups: one query per kind for the whole batch ------------------------------------
+    def _prefetch(self) -> None:
+        s, items = self.s, self.items
+        ok = [i for i in items if i.parsed is not None and i.decision is not None
+              and not i.error]
+        self.already: set[tuple[str, int, str]] = set()
+        boxes: dict[tuple[str, int], list[str]] = {}
+        for i in items:
+            boxes.setdefault((i.raw.mailbox, i.raw.uidvalidity), []).append(i.raw.uid)
+        for (mb, uv), uids in boxes.items():
+            for chunk in _chunks(uids):
+                self.already.update((mb, uv, u) for u in s.scalars(select(Fetch.uid).where(
+                    Fetch.mailbox == mb, Fetch.uidvalidity == uv, Fetch.uid.in_(chunk))))
+        self.known_keys: dict[str, int] = {}
+        for chunk in _chunks({dedupe_key(i.parsed, i.raw) for i in ok}):
+            self.known_keys.update(s.execute(select(Message.dedupe_key, Message.id).where(
+                Message.dedupe_key.in_(chunk))).all())
+        parsed = [i.parsed for i in ok if i.parsed is not None]
+        self.own: set[str] = set()
+        for chunk in _chunks({p.message_id for p in parsed if p.message_id}):
+            self.own.update(s.scalars(select(Outbox.message_id).where(
+                Outbox.message_id.in_(chunk))))
+        refs = {r for p in parsed for r in (p.in_reply_to, *p.references) if r}
+        self.outbox_thread: dict[str, int] = {}
+        self.message_thread: dict[str, int] = {}
+        for chunk in _chunks(refs):
+            for mid, wo_id in s.execute(select(Outbox.message_id, Outbox.work_order_id).where(
+                    Outbox.message_id.in_(chunk), Outbox.work_order_id.is_not(None))):
+                self.outbox_thread.setdefault(mid, wo_id)
+            for mid, wo_id in s.execute(select(Message.message_id, Message.work_order_id).where(
+                    Message.message_id.in_(chunk), Message.work_order_id.is_not(None))):
+                self.message_thread.setdefault(mid, wo_id)
+        tags = {m.group(1) for p in parsed if (m := TAG_RE.search(p.subject))}
+        wo_ids = set(self.outbox_thread.values()) | set(self.message_thread.values())
+        self.wos: dict[int, WorkOrder] = {}
+        self.wo_numbers: dict[str, WorkOrder] = {}
+        for chunk in _chunks(wo_ids):
+            for wo in s.scalars(select(WorkOrder).options(selectinload(WorkOrder.client))
+                                .where(WorkOrder.id.in_(chunk))):
+                self.wos[wo.id] = wo
+        if tags:
+            for wo in s.scalars(select(WorkOrder).options(selectinload(WorkOrder.client))
+                                .where(WorkOrder.number.in_(list(tags)))):
+                self.wos[wo.id] = wo
+                if wo.number:
+                    self.wo_numbers[wo.number] = wo
+        self.known_clients: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks({client_key(p.from_addr) for p in parsed}):
+            for cid, domain, contract in s.execute(select(Client.id, Client.domain,
+                                                          Client.contract)
+                                                   .where(Client.domain.in_(chunk))):
+                self.known_clients[domain] = (cid, contract)
+        self.rates: dict[str, int] = {}
+        hour_ago = self.st._clock() - timedelta(hours=1)
+        for chunk in _chunks({p.from_addr for p in parsed if p.from_addr}):
+            self.rates.update(s.execute(
+                select(Outbox.to_addr, func.count(Outbox.id))
+                .where(Outbox.kind == "ack", Outbox.to_addr.in_(chunk),
+                       Outbox.created_at > hour_ago)
+                .group_by(Outbox.to_addr)).all())
+
+    # ---- deciding ---------------------------------------------------------------------------
+    def run(self) -> list[Outcome]:
+        self._prefetch()
+        for item in self.items:
+            self._one(item)
+        self._write()
+        for level, fmt, args in self.logs:
+            log.log(level, fmt, *args)
+        return [o() for o in self.outcomes]
+
+    def _done(self, outcome: Outcome) -> None:
+        self.outcomes.append(lambda: outcome)
+
+    def _one(self, item: Ingest) -> None:
+        raw, p = item.raw, item.parsed
+        fk = (raw.mailbox, raw.uidvalidity, raw.uid)
+        if fk in self.already or fk in self.batch_fetch:
+            self._done(Outcome(raw.uid, "already"))
+            return
+        if item.error or p is None or item.decision is None:
+            self._quarantine(item)
+            return
+        key = dedupe_key(p, raw)
+        earlier: _Ref | int | None = self.known_keys.get(key) or self.batch_keys.get(key)
+        if earlier is not None:
+            self._fetch(raw, earlier, dup=True)
+            self._done(Outcome(raw.uid, "duplicate", reason="same Message-ID already stored"))
+            return
+        decision = item.decision
+        if p.from_addr == self.cfg.from_address or (p.message_id and p.message_id in self.own):
+            self._non_request(item, key, "own")
+            return
+        if not decision.is_request and (decision.non_request_kind in HEADER_SCREENED):
+            self._non_request(item, key, decision.non_request_kind or "auto_reply")
+            return
+        wo, trusted_reason = self._find_thread(p)
+        if wo is not None and trusted_reason is None:
+            self._reply(item, key, wo)
+            return
+        if not decision.is_request:
+            self._non_request(item, key, decision.non_request_kind or "other")
+            return
+        try:
+            self._open(item, key, trusted_reason)
+        except _ENVIRONMENT:
+            raise
+        except Exception as e:  # as the careful path: this message only is quarantined
+            self.logs.append((logging.ERROR, "storing uid=%s failed (%s); quarantining",
+                              (raw.uid, type(e).__name__)))
+            self._quarantine(Ingest(raw=raw, error=f"store failed: {type(e).__name__}"))
+
+    def _find_thread(self, p: ParsedEmail) -> tuple[WorkOrder | None, str | None]:
+        """``WorkOrderStore._find_thread`` from the prefetched maps. A message that may
+        answer one of this batch's own messages is looked up the careful way instead, after
+        the rows planned so far are written (the lookups then see them, as they would)."""
+        ids = [i for i in (p.in_reply_to, *p.references) if i]
+        m = TAG_RE.search(p.subject)
+        if any(i in self.batch_mids for i in ids) or (
+                m and m.group(1) not in self.wo_numbers and self.opened):
+            self._write()
+            self.live_lookups += 1
+            return self.st._find_thread(self.s, p)
+        wo: WorkOrder | None = None
+        wo_id = next((self.outbox_thread[i] for i in ids if i in self.outbox_thread), None)
+        if wo_id is None:
+            wo_id = next((self.message_thread[i] for i in ids if i in self.message_thread), None)
+        if wo_id is not None:
+            wo = self.wos.get(wo_id)
+        if wo is None and m:
+            wo = self.wo_numbers.get(m.group(1))
+        if wo is None:
+            return None, None
+        # Headers and tags can both be forged: see WorkOrderStore._find_thread.
+        if p.from_addr == wo.requester or client_key(p.from_addr) == wo.client.domain:
+            return wo, None
+        return wo, f"refers to {wo.number} of another client; opened separately"
+
+    # ---- planned rows -----------------------------------------------------------------------
+    def _fetch(self, raw: RawMessage, message: _Ref | int, dup: bool = False) -> None:
+        self.fetches.append((raw, message, dup, self.st._clock()))
+        self.batch_fetch.add((raw.mailbox, raw.uidvalidity, raw.uid))
+
+    def _message(self, item: Ingest, key: str, disposition: str, reason: str | None,
+                 wo: _Ref | int | None = None) -> tuple[_Ref, dict[str, Any]]:
+        """``WorkOrderStore._message_row`` as planned rows."""
+        raw, p = item.raw, item.parsed
+        now = self.st._clock()
+        values = message_values(item, key, disposition, reason, now)
+        ref = _Ref()
+        self.messages.append((ref, wo, values))
+        data = raw.data if raw.data is not None else raw.head
+        self.raws.append((ref, data, raw.data is None))
+        if p is not None:
+            for att in p.attachments:
+                path = self.st._save_attachment(att.sha256, att.payload)
+                self.attachments.append((ref, dict(
+                    filename=att.filename, content_type=att.content_type, size=att.size,
+                    sha256=att.sha256, path=str(path))))
+        self._fetch(raw, ref)
+        self.batch_keys[key] = ref
+        if p is not None and p.message_id:
+            self.batch_mids.add(p.message_id)
+        return ref, values
+
+    def _quarantine(self, item: Ingest) -> None:
+        reason = item.error or "no decision"
+        raw = item.raw
+        key = f"fetch:{raw.mailbox}:{raw.uidvalidity}:{raw.uid}"[:1024]
+        _, values = self._message(Ingest(raw=raw), key, "quarantined", reason)
+        if item.parsed is not None:
+            values["subject"], values["from_addr"] = item.parsed.subject, item.parsed.from_addr
+        self.logs.append((logging.WARNING, "quarantined uid=%s: %s", (raw.uid, reason)))
+        self._done(Outcome(raw.uid, "quarantined", reason=reason))
+
+    def _non_request(self, item: Ingest, key: str, kind: str) -> None:
+        self._message(item, key, "non_request", kind)
+        self._done(Outcome(item.raw.uid, "non_request", reason=kind))
+
+    def _reply(self, item: Ingest, key: str, wo: WorkOrder) -> None:
+        """``WorkOrderStore._reply``: an existing work order, changed through the ORM."""
+        assert item.decision is not None
+        now = self.st._clock()
+        self._message(item, key, "reply", None, wo=wo.id)
+        detail: dict[str, Any] = {"from": item.parsed.from_addr if item.parsed else ""}
+        if wo.status == "resolved" and item.decision.is_request:
+            wo.status, wo.resolved_at = "open", None
+            self.events.append((wo.id, "reopened", detail, now))
+        elif wo.status == "waiting_client":
+            end_pause(wo, now)
+            wo.status = "open"
+            self.events.append((wo.id, "status",
+                                {**detail, "status": "open", "was": "waiting_client"}, now))
+        apply_marks(wo, self.st._policy, self.cfg.at_risk_fraction)
+        self.events.append((wo.id, "client_reply", detail, now))
+        wo.updated_at = now
+        self._done(Outcome(item.raw.uid, "reply", work_order=wo.number))
+
+    def _open(self, item: Ingest, key: str, review_reason: str | None) -> None:
+        """``WorkOrderStore._open`` + ``_queue_ack``. Raises before planning any row."""
+        p, d, raw = item.parsed, item.decision, item.raw
+        assert p is not None and d is not None
+        now = self.st._clock()
+        received = min(raw.internal_date or now, now)
+        ckey = client_key(p.from_addr)
+        known = self.known_clients.get(ckey)
+        planned = self.clients.get(ckey)
+        client: _Ref | int
+        if known is not None:
+            client, contract = known
+        elif planned is not None:
+            client, contract = planned
+        else:
+            client, contract = _Ref(), "standard"
+        priority = d.priority or "normal"
+        due = self.st._policy.due(d.label, priority, contract, received)
+        reasons = [r for r in (review_reason,) if r]
+        if d.needs_review or d.confidence < self.cfg.review_threshold:
+            reasons.append(f"low confidence {d.confidence:.2f}")
+        if not p.from_addr:
+            reasons.append("no usable sender address")
+        values: dict[str, Any] = dict(
+            requester=p.from_addr, requester_name=p.from_name,
+            subject=clean_header(p.subject, 500), request_type=d.label,
+            confidence=float(d.confidence), priority=priority, status="new",
+            needs_review=bool(reasons), review_reason="; ".join(reasons) or None,
+            classifier_version=d.model_version,
+            evidence=[{"source": e.source, "text": e.text, "weight": e.weight}
+                      for e in d.evidence],
+            cues=list(d.cues), contract=contract, received_at=received,
+            clock_start=due.clock_start, response_due=due.response_due,
+            callback_due=due.callback_due, fulfil_due=due.fulfil_due,
+            milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones],
+            root_message_id=p.message_id, created_at=now, updated_at=now, pauses=[],
+            first_response_at=None, resolved_at=None, assignee_id=None, promised_at=None,
+            called_back_at=None,
+        )
+        # The marks need only these fields; a transient ORM object would cost more.
+        marks_of = _MarksView(values)
+        apply_marks(marks_of, self.st._policy, self.cfg.at_risk_fraction)  # type: ignore[arg-type]
+        values["next_due"], values["at_risk_at"] = marks_of.next_due, marks_of.at_risk_at
+        ack: dict[str, Any] | None = None
+        why_not = ""
+        if not p.from_addr:
+            why_not = "no sender address"
+        else:
+            recent = self.rates.get(p.from_addr, 0)
+            if recent >= self.cfg.ack_rate_per_hour:
+                why_not = f"rate limit: {recent} acknowledgments to this sender in the last hour"
+            else:
+                in_reply_to, references = build_reply_headers(p)
+                ack = dict(kind="ack", to_addr=p.from_addr,
+                           context={"in_reply_to": in_reply_to, "references": list(references),
+                                    "subject": clean_header(p.subject, 200)},
+                           status="pending", attempts=0, next_attempt_at=now,
+                           claimed_until=None, last_error=None, smtp_response=None,
+                           sent_at=None, created_at=now, template=f"ack/{d.label}")
+        # Nothing above writes; from here on the message is planned.
+        if isinstance(client, _Ref) and planned is None:
+            self.clients[ckey] = (client, contract)
+        wo = _Ref()
+        self.work_orders.append((wo, client, values))
+        self.opened += 1
+        self._message(item, key, "work_order", None, wo=wo)
+        self.events.append((wo, "created", {"type": d.label, "priority": priority,
+                                            "confidence": round(float(d.confidence), 4)}, now))
+        if ack is not None:
+            self.rates[p.from_addr] = self.rates.get(p.from_addr, 0) + 1
+            self.acks.append((_Ref(), wo, ack))
+        else:
+            if why_not.startswith("rate limit"):
+                self.logs.append((logging.INFO, "ack rate limit reached for a sender "
+                                  "(work order %s)", (_LazyNumber(wo),)))
+            self.events.append((wo, "ack_suppressed", {"reason": why_not}, now))
+        acked = ack is not None
+        uid, review = raw.uid, bool(reasons)
+        conf = float(d.confidence)
+        self.outcomes.append(lambda: Outcome(
+            uid, "work_order", work_order=_number_of(wo), acked=acked, request_type=d.label,
+            priority=priority, confidence=conf, needs_review=review))
+
+    # ---- writing ----------------------------------------------------------------------------
+    def _write(self) -> None:
+        s = self.s
+        if self.clients:
+            t = Client.__table__
+            refs = list(self.clients.items())
+            now = self.st._clock()
+            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+                {"domain": k, "name": k, "contract": contract, "created_at": now}
+                for k, (_, contract) in refs]).scalars().all()
+            for (key, (ref, contract)), i in zip(refs, ids, strict=True):
+                ref.id = i
+                self.known_clients[key] = (i, contract)
+        if self.work_orders:
+            t = WorkOrder.__table__
+            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+                {**v, "client_id": _rid(c), "number": None} for _, c, v in self.work_orders
+            ]).scalars().all()
+            for (ref, _, _), i in zip(self.work_orders, ids, strict=True):
+                ref.id = i
+            s.execute(update(t).where(t.c.id == bindparam("wo_id"))
+                      .values(number=bindparam("wo_number")),
+                      [{"wo_id": i, "wo_number": format_number(i)} for i in ids])
+        if self.messages:
+            t = Message.__table__
+            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+                {**v, "work_order_id": _rid(wo)} for _, wo, v in self.messages
+            ]).scalars().all()
+            for (ref, _, _), i in zip(self.messages, ids, strict=True):
+                ref.id = i
+            s.execute(insert(RawBlob.__table__), [
+                {"message_pk": r.get(), "data": data, "truncated": trunc}
+                for r, data, trunc in self.raws])
+        if self.attachments:
+            s.execute(insert(AttachmentRow.__table__),
+                      [{**v, "message_pk": r.get()} for r, v in self.attachments])
+        if self.fetches:
+            s.execute(insert(Fetch.__table__), [
+                {"mailbox": raw.mailbox, "uidvalidity": raw.uidvalidity, "uid": raw.uid,
+                 "message_pk": _rid(m), "duplicate": dup, "fetched_at": at}
+                for raw, m, dup, at in self.fetches])
+        if self.acks:
+            t = Outbox.__table__
+            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+                {**v, "work_order_id": wo.get(), "message_id": f"pending-{_number_of(wo)}-ack"}
+                for _, wo, v in self.acks]).scalars().all()
+            domain = _domain(self.cfg.from_address) or "itx.net"
+            for (ref, _, _), i in zip(self.acks, ids, strict=True):
+                ref.id = i
+            # Fixed per row, not guessable: see WorkOrderStore._queue_ack.
+            s.execute(update(t).where(t.c.id == bindparam("ob_id"))
+                      .values(message_id=bindparam("ob_mid")),
+                      [{"ob_id": ref.get(),
+                        "ob_mid": f"{_number_of(wo)}.ack.{ref.get()}.{secrets.token_hex(6)}"
+                                  f"@{domain}"}
+                       for ref, wo, _ in self.acks])
+        if self.events:
+            s.execute(insert(Event.__table__), [
+                {"work_order_id": _rid(wo), "actor": "system", "action": action,
+                 "detail": detail, "at": at} for wo, action, detail, at in self.events])
+        s.flush()  # replies changed work orders through the ORM
+        self.clients, self.work_orders, self.messages, self.raws = {}, [], [], []
+        self.attachments, self.fetches, self.events, self.acks = [], [], [], []
+
+
+class _LazyNumber:
+    """A work-order number for a log line written after the insert gave it an id."""
+
+    def __init__(self, ref: _Ref) -> None:
+        self.ref = ref
+
+    def __str__(self) -> str:
+        return _number_of(self.ref)
+
+
+_WO_COLUMNS = tuple(c.key for c in WorkOrder.__table__.columns)
+
+
+class _MarksView:
+    """The fields ``triage.slamarks.marks`` reads, over a planned work order's values."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        # Every column, None unless planned: a column added later reads as on a new row.
+        self.__dict__.update(dict.fromkeys(_WO_COLUMNS))
+        self.__dict__.update(values)
