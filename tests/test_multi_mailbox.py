@@ -77,10 +77,12 @@ async def test_daemon_polls_both_and_labels_metrics(tmp_path: Path,
         async with asyncio.timeout(20):
             while count(c, WorkOrder) < 2:
                 await asyncio.sleep(0.05)
-        body, _ = c.metrics.exposition()
-        text = body.decode()
-        for mailbox in ("brand-a", "brand-b"):
-            assert f'triage_mailbox_last_success_timestamp_seconds{{mailbox="{mailbox}"}}' in text
+        # A poll is counted when it ends, a moment after its work order is committed.
+        series = [f'triage_mailbox_last_success_timestamp_seconds{{mailbox="{m}"}}'
+                  for m in ("brand-a", "brand-b")]
+        async with asyncio.timeout(20):
+            while not all(x in c.metrics.exposition()[0].decode() for x in series):
+                await asyncio.sleep(0.05)
         await svc._check_mailbox()  # ready: both connected and fresh
     finally:
         svc.should_exit.set()
