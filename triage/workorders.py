@@ -145,6 +145,31 @@ def message_values(item: Ingest, key: str | None, disposition: str, reason: str 
     )
 
 
+def work_order_values(p: ParsedEmail, d: Decision, priority: str, contract: str,
+                      received: datetime, due: DueDates, review_reason: str | None,
+                      review_threshold: float, now: datetime) -> dict[str, Any]:
+    """The columns of a new work order, and why it needs review (both store paths)."""
+    reasons = [r for r in (review_reason,) if r]
+    if d.needs_review or d.confidence < review_threshold:
+        reasons.append(f"low confidence {d.confidence:.2f}")
+    if not p.from_addr:
+        reasons.append("no usable sender address")
+    return dict(
+        requester=p.from_addr, requester_name=p.from_name,
+        subject=clean_header(p.subject, 500), request_type=d.label,
+        confidence=float(d.confidence), priority=priority, status="new",
+        needs_review=bool(reasons), review_reason="; ".join(reasons) or None,
+        classifier_version=d.model_version,
+        evidence=[{"source": e.source, "text": e.text, "weight": e.weight}
+                  for e in d.evidence],
+        cues=list(d.cues), contract=contract, received_at=received,
+        clock_start=due.clock_start, response_due=due.response_due,
+        callback_due=due.callback_due, fulfil_due=due.fulfil_due,
+        milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones],
+        root_message_id=p.message_id, created_at=now, updated_at=now, pauses=[],
+    )
+
+
 class RetryBatch(Exception):
     """A failure of the environment (disk, database connection), not of the message: the
     whole batch is rolled back and left unmarked, so it is fetched and tried again."""
@@ -393,25 +418,9 @@ class WorkOrderStore:
         client = self._client_for(s, p.from_addr)
         priority = d.priority or "normal"
         due = self._policy.due(d.label, priority, client.contract, received)
-        reasons = [r for r in (review_reason,) if r]
-        if d.needs_review or d.confidence < self._cfg.review_threshold:
-            reasons.append(f"low confidence {d.confidence:.2f}")
-        if not p.from_addr:
-            reasons.append("no usable sender address")
-        wo = WorkOrder(
-            client_id=client.id, requester=p.from_addr, requester_name=p.from_name,
-            subject=clean_header(p.subject, 500), request_type=d.label,
-            confidence=float(d.confidence), priority=priority, status="new",
-            needs_review=bool(reasons), review_reason="; ".join(reasons) or None,
-            classifier_version=d.model_version,
-            evidence=[{"source": e.source, "text": e.text, "weight": e.weight}
-                      for e in d.evidence],
-            cues=list(d.cues), contract=client.contract, received_at=received,
-            clock_start=due.clock_start, response_due=due.response_due,
-            callback_due=due.callback_due, fulfil_due=due.fulfil_due,
-            milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones],
-            root_message_id=p.message_id, created_at=now, updated_at=now, pauses=[],
-        )
+        wo = WorkOrder(client_id=client.id, **work_order_values(
+            p, d, priority, client.contract, received, due, review_reason,
+            self._cfg.review_threshold, now))
         apply_marks(wo, self._policy, self._cfg.at_risk_fraction)
         s.add(wo)
         s.flush()
@@ -736,27 +745,11 @@ class _FastBatch:
             client, contract = _Ref(), "standard"
         priority = d.priority or "normal"
         due = self.st._policy.due(d.label, priority, contract, received)
-        reasons = [r for r in (review_reason,) if r]
-        if d.needs_review or d.confidence < self.cfg.review_threshold:
-            reasons.append(f"low confidence {d.confidence:.2f}")
-        if not p.from_addr:
-            reasons.append("no usable sender address")
-        values: dict[str, Any] = dict(
-            requester=p.from_addr, requester_name=p.from_name,
-            subject=clean_header(p.subject, 500), request_type=d.label,
-            confidence=float(d.confidence), priority=priority, status="new",
-            needs_review=bool(reasons), review_reason="; ".join(reasons) or None,
-            classifier_version=d.model_version,
-            evidence=[{"source": e.source, "text": e.text, "weight": e.weight}
-                      for e in d.evidence],
-            cues=list(d.cues), contract=contract, received_at=received,
-            clock_start=due.clock_start, response_due=due.response_due,
-            callback_due=due.callback_due, fulfil_due=due.fulfil_due,
-            milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones],
-            root_message_id=p.message_id, created_at=now, updated_at=now, pauses=[],
-            first_response_at=None, resolved_at=None, assignee_id=None, promised_at=None,
-            called_back_at=None,
-        )
+        values = work_order_values(p, d, priority, contract, received, due, review_reason,
+                                   self.cfg.review_threshold, now)
+        # Core inserts and _MarksView read every column: the ORM defaults are not applied.
+        values.update(first_response_at=None, resolved_at=None, assignee_id=None,
+                      promised_at=None, called_back_at=None)
         # The marks need only these fields; a transient ORM object would cost more.
         marks_of = _MarksView(values)
         apply_marks(marks_of, self.st._policy, self.cfg.at_risk_fraction)  # type: ignore[arg-type]
@@ -795,7 +788,7 @@ class _FastBatch:
                                   "(work order %s)", (_LazyNumber(wo),)))
             self.events.append((wo, "ack_suppressed", {"reason": why_not}, now))
         acked = ack is not None
-        uid, review = raw.uid, bool(reasons)
+        uid, review = raw.uid, bool(values["needs_review"])
         conf = float(d.confidence)
         self.outcomes.append(lambda: Outcome(
             uid, "work_order", work_order=_number_of(wo), acked=acked, request_type=d.label,
