@@ -230,19 +230,22 @@ def test_export_with_no_corrections_writes_an_empty_file(db_url: str, tmp_path: 
 # --------------------------------------------------------------------------- retrain
 
 
-@pytest.fixture(scope="module")
-def weak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model trained on 40 records of two types: scores far below any real candidate."""
-    root = tmp_path_factory.mktemp("weak")
+def train_weak_model(root: Path, types: tuple[str, ...]) -> Path:
+    """A model trained on 20 records of each of ``types``: far below any real candidate."""
     lines: list[str] = []
-    for name in ("password_reset.jsonl", "printer_setup.jsonl"):
-        src = artifact.DEFAULT_MODEL_PATH.parents[2] / "data" / "training" / name
+    for name in types:
+        src = artifact.DEFAULT_MODEL_PATH.parents[2] / "data" / "training" / f"{name}.jsonl"
         lines += src.read_text(encoding="utf-8").splitlines()[:20]
     data = root / "tiny.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path = root / MODEL_FILE
     train([data], path, test_size=0)
     return path
+
+
+@pytest.fixture(scope="module")
+def weak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_weak_model(tmp_path_factory.mktemp("weak"), ("password_reset", "printer_setup"))
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from classifiers import artifact
 from classifiers.retrain import MODEL_FILE
-from classifiers.train import train
+from tests.test_retrain import train_weak_model
 from triage.config import Settings
 from triage.service import Service, build
 from triage.storage.models import WorkOrder
@@ -24,17 +23,8 @@ SCANNER = (b"From: Karen <karen@harborviewdental.com>\r\nTo: helpdesk@itx.net\r\
 
 @pytest.fixture(scope="module")
 def weak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Stands in for the packaged model: 40 records of two types, so any retrain beats it."""
-    root = tmp_path_factory.mktemp("weak")
-    lines: list[str] = []
-    for name in ("password_reset.jsonl", "email_problem.jsonl"):
-        src = artifact.DEFAULT_MODEL_PATH.parents[2] / "data" / "training" / name
-        lines += src.read_text(encoding="utf-8").splitlines()[:20]
-    data = root / "tiny.jsonl"
-    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    path = root / MODEL_FILE
-    train([data], path, test_size=0)
-    return path
+    """Stands in for the packaged model; it has never seen a printer request."""
+    return train_weak_model(tmp_path_factory.mktemp("weak"), ("password_reset", "email_problem"))
 
 
 async def test_a_correction_retrains_and_swaps_the_running_model(tmp_path: Path,
