@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
+from tests.test_slawatch import Clock
 from triage.desk import users
 from triage.desk.actions import ActionError, Desk, DeskConfig, NotFound
 from triage.desk.queue import QueueFilter, format_remaining, queue_page, work_order_detail
@@ -26,14 +27,6 @@ from triage.workorders import Ingest, StoreConfig, WorkOrderStore
 
 FRI_10 = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)  # Friday 10:00 New York
 MBOX = "imap://helpdesk@127.0.0.1:1/INBOX"
-
-
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from classifiers.types import Decision
+from tests.test_slawatch import Clock
 from triage.desk import users
 from triage.desk.actions import Desk, DeskConfig
 from triage.messages import RawMessage
@@ -53,14 +54,6 @@ def _mail(uid: int, subject: str, body: str, *, name: str = "Dana", html: str | 
     for p in parts:
         out += "--b\r\n" + p
     return (out + "--b--\r\n").encode()
-
-
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
 
 
 @pytest.fixture
