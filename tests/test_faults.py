@@ -282,6 +282,19 @@ class Ready:
         return seen[0]
 
 
+def each_once_and_ready(d: Daemon, db: Db, sink: SmtpSink, dovecot: Any, ready: Ready, n: int,
+                        when: str) -> None:
+    """After a fault: requests k0..k(n-1) each stored, acknowledged and marked exactly once,
+    /readyz back to 200, and the daemon stops cleanly."""
+    wait_until(lambda: len(sink.received) == n and db.unsent() == 0, 90, "all acks", d)
+    wait_until(lambda: unmarked(dovecot) == [], 30, "all marked", d)
+    ready.wait(200, d, f"ready again {when}")
+    assert d.stop() == 0, d.log.read_text()[-3000:]
+    roots = Counter(w.root_message_id for w in db.all(select(WorkOrder)))
+    assert roots == Counter({f"k{i}@faults.test": 1 for i in range(n)})
+    assert sorted(ack_ids(sink).values()) == [1] * n
+
+
 # ---- SIGKILL ----------------------------------------------------------------------------------
 def expire_leases(db: Db) -> None:
     """A killed sender leaves its claimed rows leased for 5 minutes (outbox.py); play that
@@ -387,15 +400,9 @@ def test_dovecot_outage_reconnects(dovecot, sink, tmp_path: Path, daemons) -> No
         dovecot.start()
         for i in range(10, 15):
             dovecot.append(request(i))
-        wait_until(lambda: len(sink.received) == 15 and db.unsent() == 0, 90, "all acks", d)
-        wait_until(lambda: unmarked(dovecot) == [], 30, "all marked", d)
-        ready.wait(200, d, "ready again after the outage")
-        assert d.stop() == 0, d.log.read_text()[-3000:]
-        roots = Counter(w.root_message_id for w in db.all(select(WorkOrder)))
+        each_once_and_ready(d, db, sink, dovecot, ready, 15, "after the outage")
     finally:
         db.engine.dispose()
-    assert roots == Counter({f"k{i}@faults.test": 1 for i in range(15)})
-    assert sorted(ack_ids(sink).values()) == [1] * 15
     log = d.log.read_text()
     assert "reconnecting" in log or "retrying in" in log  # the outage was seen and logged
 
@@ -559,12 +566,6 @@ def test_database_locked_then_free(dovecot, sink, tmp_path: Path, daemons) -> No
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        wait_until(lambda: len(sink.received) == 8 and db.unsent() == 0, 90, "all acks", d)
-        wait_until(lambda: unmarked(dovecot) == [], 30, "all marked", d)
-        ready.wait(200, d, "ready again once the lock is gone")
-        assert d.stop() == 0, d.log.read_text()[-3000:]
-        roots = Counter(w.root_message_id for w in db.all(select(WorkOrder)))
+        each_once_and_ready(d, db, sink, dovecot, ready, 8, "once the lock is gone")
     finally:
         db.engine.dispose()
-    assert roots == Counter({f"k{i}@faults.test": 1 for i in range(8)})
-    assert sorted(ack_ids(sink).values()) == [1] * 8
