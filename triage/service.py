@@ -335,7 +335,6 @@ class Service:
         self.db_trouble: str | None = None  # set while the database refuses batches
         runners = components.runners or [(settings.mailbox_configs()[0], components.runner)]
         self.pollers = [Poller(self, cfg, runner) for cfg, runner in runners]
-        self.c.runner.should_stop = self.should_exit.is_set
 
     @property
     def lease(self) -> Lease:

@@ -131,10 +131,12 @@ class Desk:
         with self._sessions.begin() as s:
             wo = self._locked(s, number)
             self._set_status(s, wo, actor, status, now)
+            self._marks(wo)
         return wo
 
     def _set_status(self, s: Session, wo: WorkOrder, actor: str, status: str,
                     now: datetime) -> None:
+        """Status, pause and audit event; the caller refreshes the SLA marks once after."""
         was = wo.status
         if status == was:
             return
@@ -147,7 +149,6 @@ class Desk:
         elif was == "resolved":
             wo.resolved_at = None
         wo.status = status
-        self._marks(wo)
         action = {"resolved": "resolved"}.get(status, "reopened" if was == "resolved"
                                               else "status")
         self._event(s, wo, actor, action, {"status": status, "was": was}, now)
@@ -162,13 +163,12 @@ class Desk:
             if wo.status != "resolved":
                 raise ActionError("only a resolved work order can be reopened")
             self._set_status(s, wo, actor, "open", now)
+            self._marks(wo)
         return wo
 
     def called_back(self, number: str, actor: str, text: str = "") -> WorkOrder:
         """The engineer called the client: the call-back clock stops (an optional note)."""
-        text = text.strip()
-        if len(text) > MAX_NOTE:
-            raise ActionError(f"a note is at most {MAX_NOTE} characters")
+        text = _note_text(text, required=False)
         now = self._clock()
         with self._sessions.begin() as s:
             wo = self._locked(s, number)
@@ -184,11 +184,7 @@ class Desk:
         return wo
 
     def note(self, number: str, actor: str, text: str) -> WorkOrder:
-        text = text.strip()
-        if not text:
-            raise ActionError("an empty note")
-        if len(text) > MAX_NOTE:
-            raise ActionError(f"a note is at most {MAX_NOTE} characters")
+        text = _note_text(text, required=True)
         now = self._clock()
         with self._sessions.begin() as s:
             wo = self._locked(s, number)
@@ -251,6 +247,15 @@ class Desk:
         if wo.root_message_id and wo.root_message_id not in ids:
             ids.insert(0, wo.root_message_id)
         return (ids[-1] if ids else None), ids[-20:]
+
+
+def _note_text(text: str, *, required: bool) -> str:
+    text = text.strip()
+    if required and not text:
+        raise ActionError("an empty note")
+    if len(text) > MAX_NOTE:
+        raise ActionError(f"a note is at most {MAX_NOTE} characters")
+    return text
 
 
 __all__ = ["STATUSES", "STATUS_LABELS", "ActionError", "Desk", "DeskConfig", "NotFound"]
