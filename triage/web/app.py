@@ -22,7 +22,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +41,6 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.routing import BaseRoute
 
 from triage.ack import TEMPLATES_DIR
-from triage.calendar import humanize_due
 from triage.desk import users
 from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Desk, NotFound
 from triage.desk.queue import (
@@ -84,7 +83,6 @@ class WebDeps:
     clock: Callable[[], datetime]
     cookie_secure: bool = True
     session_ttl: timedelta = users.SESSION_TTL
-    model_info: Callable[[], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,13 +141,11 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     app.add_middleware(SecurityHeaders)
     templates = make_templates()
     policy = deps.policy
-    zone_cache: dict[str, ZoneInfo] = {}
 
     def local(t: datetime | None, tz: str) -> str:
         if t is None:
             return "—"
-        z = zone_cache.setdefault(tz, ZoneInfo(tz))
-        return t.astimezone(z).strftime("%a %d %b %Y %H:%M %Z")
+        return t.astimezone(ZoneInfo(tz)).strftime("%a %d %b %Y %H:%M %Z")
 
     templates.filters["local"] = local
 
@@ -157,7 +153,6 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         return policy.calendar(contract).tz.key if contract in policy.calendars else "UTC"
 
     templates.globals["tz_of"] = tz_of_contract
-    templates.filters["humanize"] = lambda t, tz: humanize_due(t, tz) if t else "—"
 
     def render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         html = templates.get_template(f"web/{name}.html.j2").render(**ctx)
