@@ -13,10 +13,10 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import skops.io as sio
-from sklearn.pipeline import Pipeline
+if TYPE_CHECKING:  # skops and scikit-learn load only with a model (classifiers.installed)
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,40 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def save(pipe: Pipeline, meta: dict[str, Any], path: Path) -> dict[str, Any]:
     """Write the pipeline and its metadata; returns the metadata as written."""
+    import skops.io as sio
+
+    from classifiers import scorer
+
     blob = sio.dumps(pipe)
     meta = {
         **meta,
         "format_version": FORMAT_VERSION,
         "artifact_sha256": hashlib.sha256(blob).hexdigest(),
     }
+    meta.pop("scorer_sha256", None)
+    compiled = scorer.Scorer.from_pipeline(pipe)
+    if compiled is not None:  # prediction then needs numpy alone (classifiers.scorer)
+        meta["scorer_sha256"] = scorer.save(compiled, path)
+    else:
+        scorer.scorer_path(path).unlink(missing_ok=True)
     _atomic_write(path, blob)
     # Metadata last: a reader that sees it can trust the model file beside it is complete.
     _atomic_write(meta_path(path), json.dumps(meta, indent=2, sort_keys=True).encode())
     log.info("saved model %s to %s (%d bytes)", meta.get("model_version"), path, len(blob))
+    return meta
+
+
+def add_scorer(path: Path) -> dict[str, Any]:
+    """Compile the scorer of an artifact saved without one (the model is not changed; its
+    metadata gains ``scorer_sha256``); returns the metadata as written."""
+    from classifiers import scorer
+
+    pipe, meta = load(path)
+    compiled = scorer.Scorer.from_pipeline(pipe)
+    if compiled is None:
+        raise ArtifactError(f"model {path} has no compiled form (not a logistic regression?)")
+    meta = {**meta, "scorer_sha256": scorer.save(compiled, path)}
+    _atomic_write(meta_path(path), json.dumps(meta, indent=2, sort_keys=True).encode())
     return meta
 
 
@@ -89,6 +113,9 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def load(path: Path | None = None) -> tuple[Pipeline, dict[str, Any]]:
     """The fitted pipeline and metadata at ``path`` (default: the packaged model)."""
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+
     path = Path(path) if path is not None else DEFAULT_MODEL_PATH
     meta = read_meta(path)
     version = meta.get("format_version")

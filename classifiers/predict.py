@@ -1,32 +1,30 @@
 """One email → one ``Decision``: header screen, then the text model, then priority and cues.
 
-``Classifier.classify`` scores a single message without going through scikit-learn's
-per-call machinery (about 1 ms of validation and sparse bookkeeping): it reads the fitted
-vocabulary, idf weights and coefficients directly. ``classify_many`` does the same per
-message and multiplies the batch in one sparse product. Tests hold both to the pipeline's
-own ``predict_proba``.
+The text model runs on the compiled ``classifiers.scorer.Scorer``: the fitted vocabulary,
+idf weights and coefficients read directly, without scikit-learn's per-call machinery
+(about 1 ms of validation and sparse bookkeeping) and, when the artifact carries a scorer
+file, without importing scikit-learn at all. Tests hold it to the pipeline's own
+``predict_proba``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sklearn
-from scipy import sparse
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from classifiers import artifact
-from classifiers.features import KeywordFeatures, KeywordRules, RuleHit, prepare
+from classifiers.features import KeywordRules, RuleHit, prepare
+from classifiers.scorer import Scorer
+from classifiers.scorer import load as load_scorer
 from classifiers.screen import screen_headers
 from classifiers.types import LABELS, NOT_A_REQUEST, Decision, EmailInput, Evidence
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +41,6 @@ MAX_MODEL_EVIDENCE = 5
 MAX_RULE_EVIDENCE = 5
 
 
-def _telling(ngram: str) -> bool:
-    """Worth showing staff: not made only of stop words ("re", "of the") or single letters."""
-    return any(len(w) > 2 and w not in ENGLISH_STOP_WORDS for w in ngram.split())
-
-
 def priority_for(label: str, cues: Sequence[str], priorities: dict[str, str]) -> str | None:
     """Type default from the SLA policy; an urgent request with a workaround is high."""
     if label == NOT_A_REQUEST:
@@ -58,124 +51,17 @@ def priority_for(label: str, cues: Sequence[str], priorities: dict[str, str]) ->
     return priority
 
 
-@dataclass(frozen=True)
-class _Vectorizer:
-    """What a fitted TfidfVectorizer needs to turn one document into its weighted terms."""
+class Classifier:
+    """A loaded model. Create with ``Classifier.load()``; never loads anything at import.
 
-    analyze: Callable[[str], list[str]]
-    vocabulary: dict[str, int]
-    idf: np.ndarray
-    sublinear: bool
-    offset: int
-
-
-class _FastScorer:
-    """The fitted pipeline's arithmetic for one document, without scikit-learn overhead.
-
-    Only the logistic-regression pipeline has a fast path; other models fall back to the
-    pipeline (``supported`` is False).
+    Classifies with the compiled ``Scorer`` (numpy only) when the artifact has one, and
+    with the scikit-learn pipeline otherwise (a model the scorer cannot reproduce, or an
+    artifact saved before scorers existed); ``pipe`` loads the pipeline when first asked.
     """
 
-    def __init__(self, pipe: Pipeline) -> None:
-        union = pipe.named_steps["features"]
-        model = pipe.named_steps["model"]
-        self.supported = isinstance(model, LogisticRegression) and all(
-            w == 1 or w is None for w in (union.transformer_weights or {}).values()
-        )
-        self.vectorizers: list[_Vectorizer] = []
-        self.terms: list[list[str] | None] = []  # column → word n-gram, for evidence
-        self.rules: KeywordFeatures | None = None
-        self.rules_offset = 0
-        offset = 0
-        for _, part in union.transformer_list:
-            if isinstance(part, KeywordFeatures):
-                self.rules, self.rules_offset = part, offset
-                offset += len(LABELS)
-            else:
-                self.supported &= part.norm == "l2" and part.use_idf and part.binary is False
-                terms: list[str] | None = None
-                if part.analyzer == "word":
-                    terms = [""] * len(part.vocabulary_)
-                    for term, i in part.vocabulary_.items():
-                        terms[i] = term
-                self.terms.append(terms)
-                self.vectorizers.append(
-                    _Vectorizer(
-                        part.build_analyzer(),
-                        part.vocabulary_,
-                        part.idf_,
-                        bool(part.sublinear_tf),
-                        offset,
-                    )
-                )
-                offset += len(part.vocabulary_)
-        if self.supported:
-            self.coef_t = np.ascontiguousarray(model.coef_.T)  # (n_features, n_classes)
-            self.intercept = model.intercept_
-            self.classes = [str(c) for c in model.classes_]
-            self.binary = len(self.classes) == 2
-
-    def features(self, text: str, hits: list[RuleHit]) -> tuple[np.ndarray, np.ndarray]:
-        """Column indices and values of the nonzero features of ``text``."""
-        idx: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
-        for vec in self.vectorizers:
-            get = vec.vocabulary.get
-            cols = [c for c in map(get, vec.analyze(text)) if c is not None]
-            if not cols:
-                continue
-            uniq, counts = np.unique(np.asarray(cols, dtype=np.intp), return_counts=True)
-            tf = 1.0 + np.log(counts) if vec.sublinear else counts.astype(float)
-            v = tf * vec.idf[uniq]
-            idx.append(uniq + vec.offset)
-            vals.append(v / np.sqrt(v @ v))
-        if self.rules is not None:
-            scores = self.rules.scores(hits)
-            nz = np.flatnonzero(scores)
-            if nz.size:
-                idx.append(nz + self.rules_offset)
-                vals.append(scores[nz])
-        if not idx:
-            return np.zeros(0, dtype=np.intp), np.zeros(0)
-        return np.concatenate(idx), np.concatenate(vals)
-
-    def name_of(self, col: int) -> str | None:
-        """The word n-gram behind a column; None for character n-grams and rule scores
-        (meaningless to staff, and the matched rules are listed on their own)."""
-        for vec, terms in zip(self.vectorizers, self.terms, strict=True):
-            if terms is not None and 0 <= col - vec.offset < len(terms):
-                return terms[col - vec.offset]
-        return None
-
-    def proba_many(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Probabilities for many feature rows in one sparse product."""
-        indptr = np.cumsum([0] + [len(i) for i, _ in rows])
-        idx = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, dtype=np.intp)
-        vals = np.concatenate([v for _, v in rows]) if rows else np.zeros(0)
-        X = sparse.csr_matrix((vals, idx, indptr), shape=(len(rows), self.coef_t.shape[0]))
-        z = np.asarray(X @ self.coef_t) + self.intercept
-        if self.binary:
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
-            return np.column_stack([1.0 - p1, p1])
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-
-    def proba(self, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        z = vals @ self.coef_t[idx] + self.intercept if idx.size else self.intercept.copy()
-        if self.binary:
-            p1 = 1.0 / (1.0 + math.exp(-float(z[0])))
-            return np.array([1.0 - p1, p1])
-        z = z - z.max()
-        e = np.exp(z)
-        return e / e.sum()
-
-
-class Classifier:
-    """A loaded model. Create with ``Classifier.load()``; never loads anything at import."""
-
-    def __init__(self, pipe: Pipeline, meta: dict[str, Any]) -> None:
-        self.pipe = pipe
+    def __init__(self, pipe: Pipeline | None, meta: dict[str, Any], *,
+                 scorer: Scorer | None = None, path: Path | None = None) -> None:
+        self._pipe, self._path = pipe, path
         self.meta = meta
         self.version: str = str(meta.get("model_version", "unknown"))
         self.priorities: dict[str, str] = {
@@ -184,23 +70,45 @@ class Classifier:
             **meta.get("priorities", {}),
         }
         self.review_threshold = float(meta.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
-        rules_step = next(
-            (
-                p
-                for _, p in pipe.named_steps["features"].transformer_list
-                if isinstance(p, KeywordFeatures)
-            ),
-            None,
-        )
-        self.rules: KeywordRules = (
-            rules_step.compiled if rules_step is not None else KeywordRules({}, {})
-        )
-        self.classes: list[str] = [str(c) for c in pipe.classes_]
-        self._fast = _FastScorer(pipe)
+        if scorer is None and pipe is not None:
+            scorer = Scorer.from_pipeline(pipe)
+        self.scorer = scorer
+        if scorer is not None:
+            self.rules: KeywordRules = scorer.rules
+            self.classes: list[str] = list(scorer.classes)
+        else:
+            assert pipe is not None, "a classifier needs a pipeline or a scorer"
+            from classifiers.features import KeywordFeatures
+
+            rules_step = next((p for _, p in pipe.named_steps["features"].transformer_list
+                               if isinstance(p, KeywordFeatures)), None)
+            self.rules = rules_step.compiled if rules_step is not None else KeywordRules({}, {})
+            self.classes = [str(c) for c in pipe.classes_]
+
+    @property
+    def pipe(self) -> Pipeline:
+        """The scikit-learn pipeline (loaded from the artifact on first use)."""
+        if self._pipe is None:
+            assert self._path is not None
+            self._pipe, _ = artifact.load(self._path)
+        return self._pipe
 
     @classmethod
     def load(cls, path: Path | None = None) -> Classifier:
+        path = Path(path) if path is not None else artifact.DEFAULT_MODEL_PATH
+        meta = artifact.read_meta(path)
+        if meta.get("format_version") == artifact.FORMAT_VERSION:
+            try:
+                scorer = load_scorer(path, meta)
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("model %s: compiled scorer unusable (%s); using the pipeline",
+                            meta.get("model_version"), e)
+                scorer = None
+            if scorer is not None:
+                return cls(None, meta, scorer=scorer, path=path)
         pipe, meta = artifact.load(path)
+        import sklearn
+
         trained_with = meta.get("sklearn_version")
         if trained_with and trained_with != sklearn.__version__:
             log.warning(
@@ -209,7 +117,7 @@ class Classifier:
                 trained_with,
                 sklearn.__version__,
             )
-        return cls(pipe, meta)
+        return cls(pipe, meta, path=path)
 
     # ------------------------------------------------------------------ public API
 
@@ -219,9 +127,9 @@ class Classifier:
             return screened
         text = prepare(email)
         hits = self.rules.match(text)
-        if self._fast.supported:
-            idx, vals = self._fast.features(text, hits)
-            return self._decide(self._fast.proba(idx, vals), hits, idx, vals)
+        if self.scorer is not None:
+            idx, vals = self.scorer.features(text, hits)
+            return self._decide(self.scorer.proba(idx, vals), hits, idx, vals)
         return self._classify_batch([text], [hits])[0]
 
     def classify_many(self, emails: Sequence[EmailInput]) -> list[Decision]:
@@ -256,10 +164,12 @@ class Classifier:
         )
 
     def _classify_batch(self, texts: list[str], hits: list[list[RuleHit]]) -> list[Decision]:
-        if self._fast.supported:
-            rows = [self._fast.features(t, h) for t, h in zip(texts, hits, strict=True)]
-            proba = self._fast.proba_many(rows)
+        if self.scorer is not None:
+            rows = [self.scorer.features(t, h) for t, h in zip(texts, hits, strict=True)]
+            proba = self.scorer.proba_many(rows)
         else:
+            import sklearn
+
             with sklearn.config_context(assume_finite=True):
                 X = self.pipe.named_steps["features"].transform(texts).tocsr()
                 proba = self.pipe.named_steps["model"].predict_proba(X)
@@ -318,13 +228,14 @@ class Classifier:
                 if contrib[j] <= 0 or shown >= MAX_MODEL_EVIDENCE:
                     break
                 # Character n-grams mean nothing to staff; show words and rule scores only.
-                name = self._fast.name_of(int(idx[j]))
-                if name is not None and _telling(name):
+                assert self.scorer is not None
+                name = self.scorer.name_of(int(idx[j]))
+                if name is not None and self.scorer.telling(name):
                     ev.append(Evidence("model", name, round(float(contrib[j]), 4)))
                     shown += 1
         return tuple(ev)
 
     def _coef_column(self, k: int) -> np.ndarray | None:
-        if self._fast.supported:
-            return self._fast.coef_t[:, k] if not self._fast.binary else None
+        if self.scorer is not None:
+            return self.scorer.coef_t[:, k] if not self.scorer.binary else None
         return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from classifiers.features import (
     KeywordFeatures,
@@ -12,6 +14,7 @@ from classifiers.features import (
     email_text,
     html_to_text,
     load_keywords,
+    normalise,
     prepare,
     strip_quotes,
     strip_signature,
@@ -154,3 +157,43 @@ def test_keyword_features_transformer_gives_one_column_per_label() -> None:
     assert X.shape == (2, len(LABELS))
     assert X[0, LABELS.index("printer_setup")] == 1.0
     assert X[1].sum() == 0.0
+
+
+def _reference_match(rules: KeywordRules, text: str) -> list[tuple[str, str, float]]:
+    """What ``match`` promises: the phrase alternation scanned over every position."""
+    c = rules._compile()
+    seen: set[str] = set()
+    out = []
+    for m in c.pattern.finditer(text):
+        phrase = normalise(m.group(0))
+        if phrase not in seen:
+            seen.add(phrase)
+            out += [(phrase, g, w) for g, w in c.index.get(phrase, ())]
+    return out
+
+
+_RULES = KeywordRules.from_toml()
+_PHRASES = sorted({p for g in _RULES.groups.values() for p in g})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.sampled_from(_PHRASES),
+    st.sampled_from(["error", "can't", "it's", "the", "e", "x", "qb", "6000", "_", "é"]),
+    st.sampled_from([" ", "  ", "\n", "-", "'", ".", ",", "/", "(", ")", "x"]),
+    st.text(max_size=5)), max_size=40))
+def test_keyword_match_finds_what_a_full_scan_finds(pieces: list[str]) -> None:
+    text = "".join(pieces).lower()
+    got = [(h.phrase, h.group, h.weight) for h in _RULES.match(text)]
+    assert got == _reference_match(_RULES, text)
+
+
+def test_keyword_match_on_the_training_corpus_is_the_full_scan() -> None:
+    folder = Path(__file__).parent.parent / "data" / "training"
+    texts = [normalise(line) for f in sorted(folder.glob("*.jsonl"))
+             for line in f.read_text(encoding="utf-8").splitlines()[:200]]
+    assert len(texts) > 100
+    assert sum(bool(_RULES.match(t)) for t in texts) > 50  # the rules do fire here
+    for t in texts:
+        assert [(h.phrase, h.group, h.weight) for h in _RULES.match(t)] == \
+            _reference_match(_RULES, t)

@@ -125,10 +125,67 @@ def test_fast_probabilities_equal_predict_proba(clf: Classifier, samples: list[E
 
     texts = [prepare(e) for e in samples]
     expected = clf.pipe.predict_proba(texts)
-    rows = [clf._fast.features(t, clf.rules.match(t)) for t in texts]
+    assert clf.scorer is not None
+    rows = [clf.scorer.features(t, clf.rules.match(t)) for t in texts]
     for (idx, vals), row in zip(rows, expected, strict=True):
-        np.testing.assert_allclose(clf._fast.proba(idx, vals), row, atol=1e-9)
-    np.testing.assert_allclose(clf._fast.proba_many(rows), expected, atol=1e-9)
+        np.testing.assert_allclose(clf.scorer.proba(idx, vals), row, atol=1e-9)
+    np.testing.assert_allclose(clf.scorer.proba_many(rows), expected, atol=1e-9)
+
+
+def test_the_loaded_classifier_runs_on_the_saved_scorer(model_path: Path,
+                                                        samples: list[EmailInput]) -> None:
+    """Training writes the compiled scorer; loading uses it (no pipeline loaded), and its
+    analyzers reproduce scikit-learn's term by term."""
+    from classifiers.features import prepare
+    from classifiers.scorer import scorer_path
+
+    clf = Classifier.load(model_path)
+    assert scorer_path(model_path).exists() and "scorer_sha256" in clf.meta
+    assert clf._pipe is None  # loaded from the scorer file alone
+    texts = [prepare(e) for e in samples]
+    steps = dict(clf.pipe.named_steps["features"].transformer_list)
+    assert clf.scorer is not None
+    for part, name in zip(clf.scorer.parts, ("words", "chars"), strict=True):
+        analyze = steps[name].build_analyzer()
+        for t in [*texts, "", "  x  ", "a b\tc\n\nd", "don't re-use h202 é ü"]:
+            assert part.analyze(t) == analyze(t)
+            get = steps[name].vocabulary_.get
+            assert part.columns(t) == [c for c in map(get, analyze(t)) if c is not None]
+    np.testing.assert_allclose(
+        clf.scorer.proba_many([clf.scorer.features(t, clf.rules.match(t)) for t in texts]),
+        clf.pipe.predict_proba(texts), atol=1e-9)
+
+
+def test_a_torn_scorer_falls_back_to_the_pipeline(model_path: Path, tmp_path: Path,
+                                                 samples: list[EmailInput]) -> None:
+    import shutil
+
+    from classifiers.artifact import meta_path
+    from classifiers.scorer import scorer_path
+
+    copy = tmp_path / "model.skops"
+    for src in (model_path, meta_path(model_path), scorer_path(model_path)):
+        shutil.copy(src, tmp_path / src.name)
+    scorer_path(copy).write_bytes(scorer_path(copy).read_bytes()[:-10])
+    torn = Classifier.load(copy)
+    assert torn._pipe is not None  # the pipeline was loaded instead
+    good = Classifier.load(model_path)
+    assert [d.label for d in torn.classify_many(samples)] == \
+        [d.label for d in good.classify_many(samples)]
+
+
+def test_prediction_does_not_import_scikit_learn(model_path: Path) -> None:
+    """The daemon's ingest worker classifies with numpy alone (~90 MB less resident)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from classifiers.predict import Classifier; from classifiers.types "
+            "import EmailInput; c = Classifier.load(sys.argv[1]); "
+            "print(c.classify(EmailInput('locked out', 'please reset my password')).label); "
+            "print(sorted(m for m in ('sklearn', 'scipy', 'skops') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(model_path)], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout.split("\n")
+    assert out[1] == "[]", out
 
 
 def test_models_without_a_fast_path_use_the_pipeline(
@@ -141,7 +198,7 @@ def test_models_without_a_fast_path_use_the_pipeline(
     labels = [d.label for d in clf.classify_many(samples)]
     svm.fit([prepare(e) for e in samples], labels)
     other = Classifier(svm, {"model_version": "svm-test"})
-    assert not other._fast.supported
+    assert other.scorer is None
     one = other.classify(samples[0])
     many = other.classify_many(samples[:3])
     assert one.label == many[0].label

@@ -21,13 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers import artifact
 from classifiers.evaluate import jsonl_files, load_records
+from classifiers.installed import best_model_path
 from classifiers.predict import Classifier
 from classifiers.retrain import (
     EXPORT_FILE,
     LOCK_FILE,
     MODEL_FILE,
     _exclusive,
-    best_model_path,
     export_corrections,
     nightly,
     retrain,
