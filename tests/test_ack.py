@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import email
+import email.policy
 from datetime import UTC, datetime
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from triage.ack import AckView, ack_subject, make_env, quote_subject, render_ack
 
@@ -79,3 +84,16 @@ def test_wire_bytes_say_what_the_email_message_says() -> None:
         assert not got.defects and not any(part.defects for part in got.walk())
     assert render_ack_wire(make_env(), AckView(**{**view("x").__dict__, "to_addr": "jürgen@x.de"}),
                            **kw) is None  # type: ignore[arg-type]  # SMTPUTF8: render_ack's job
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=300))
+def test_a_non_ascii_subject_header_decodes_to_the_subject_and_folds(subject: str) -> None:
+    from triage.ack import subject_header
+
+    assume(not subject.isascii())  # ASCII subjects go through email.header as before
+    line = subject_header(subject)
+    assert line.isascii()
+    assert all(len(part) <= 78 for part in line.split("\r\n"))
+    msg = email.message_from_bytes(line.encode() + b"\r\n\r\n", policy=email.policy.default)
+    assert str(msg["Subject"]) == subject
