@@ -368,3 +368,50 @@ def test_transport_from_url():
     assert isinstance(transport_from_url("dir://var/outbox"), DirectoryTransport)
     assert transport_from_url("dir://var/outbox").path == Path("var/outbox")
     assert isinstance(transport_from_url("smtps://mail.example.com", "u", "p"), SmtpTransport)
+
+
+# --- ready: the outbox's record of the previous mail gates the hand-over ------------------
+
+
+async def test_nothing_is_handed_over_before_ready(smtp_sink, transport):
+    """MAIL and RCPT go out at once; DATA (the delivery) waits for ``ready``."""
+    import asyncio
+
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    sending = asyncio.ensure_future(transport.send(ack(1), sender=SENDER, recipients=[CLIENT],
+                                                   ready=ready))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+    assert not sending.done() and smtp_sink.received == []  # envelope given, mail not
+    ready.set_result(None)
+    result = await sending
+    assert result.ok and len(smtp_sink.received) == 1
+
+
+async def test_a_failed_ready_hands_nothing_over_and_the_next_mail_goes(smtp_sink, transport):
+    import asyncio
+
+    async def failing() -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("the record of the previous mail failed")
+
+    with pytest.raises(RuntimeError, match="previous mail failed"):
+        await transport.send(ack(1), sender=SENDER, recipients=[CLIENT],
+                             ready=asyncio.ensure_future(failing()))
+    assert smtp_sink.received == []
+    assert (await send(transport, ack(2))).ok  # the envelope was reset: a clean transaction
+    (got,) = smtp_sink.received
+    assert b"outbox-2.ack" in got.data and got.rcpt_tos == (CLIENT,)
+
+
+async def test_directory_transport_waits_for_ready_too(tmp_path: Path):
+    import asyncio
+
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async with DirectoryTransport(tmp_path / "out") as t:
+        writing = asyncio.ensure_future(t.send(ack(1), sender=SENDER, recipients=[CLIENT],
+                                               ready=ready))
+        await asyncio.sleep(0.05)
+        assert not writing.done() and not any((tmp_path / "out").iterdir())
+        ready.set_result(None)
+        assert (await writing).ok

@@ -34,7 +34,7 @@ import os
 import re
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
 from email.message import EmailMessage
@@ -194,8 +194,14 @@ class Transport(Protocol):
     ) -> None: ...
 
     async def send(
-        self, msg: Mail, *, sender: str, recipients: Sequence[str]
-    ) -> SendResult: ...
+        self, msg: Mail, *, sender: str, recipients: Sequence[str],
+        ready: Awaitable[object] | None = None,
+    ) -> SendResult:
+        """Deliver ``msg``. ``ready``, when given, is awaited just before the mail is handed
+        over (before DATA): the caller's record of the previous mail, so that at most one
+        delivered mail is ever unrecorded. If it raises, nothing is handed over and the
+        exception propagates."""
+        ...
 
 
 def _needs_utf8(sender: str, recipients: Sequence[str]) -> bool:
@@ -241,6 +247,10 @@ def _check_args(msg: Mail, sender: str, recipients: Sequence[str]) -> tuple[str,
 
 class _Stale(Exception):
     """A reused connection turned out dead at MAIL: reconnect and try once more."""
+
+
+class _NotOurs(Exception):
+    """The caller's ``ready`` failed mid-transaction: re-raised to it unclassified."""
 
 
 class _State:
@@ -327,17 +337,20 @@ class SmtpTransport:
             transport.abort()
 
     async def send(
-        self, msg: Mail, *, sender: str, recipients: Sequence[str]
+        self, msg: Mail, *, sender: str, recipients: Sequence[str],
+        ready: Awaitable[object] | None = None,
     ) -> SendResult:
         rcpts = _check_args(msg, sender, recipients)
         if self._state != _State.OPEN:
             raise RuntimeError(f"SMTP transport is {self._state}; use it inside 'async with'")
         async with self._lock:
             try:
-                result = await self._send_locked(msg, sender, rcpts)
+                result = await self._send_locked(msg, sender, rcpts, ready)
             except asyncio.CancelledError:
                 self._drop()  # mid-transaction: the connection state is unknown
                 raise
+            except _NotOurs as e:
+                raise e.__cause__ from None  # type: ignore[misc]
         mid = message_id_of(msg)
         if result.ok:
             self.sent += 1
@@ -358,7 +371,7 @@ class SmtpTransport:
         return result
 
     async def _send_locked(
-        self, msg: Mail, sender: str, rcpts: tuple[str, ...]
+        self, msg: Mail, sender: str, rcpts: tuple[str, ...], ready: Awaitable[object] | None
     ) -> SendResult:
         for _ in range(2):
             reused = self._smtp.is_connected
@@ -367,7 +380,7 @@ class SmtpTransport:
                 if failure is not None:
                     return failure
             try:
-                return await self._transaction(msg, sender, rcpts, reused=reused)
+                return await self._transaction(msg, sender, rcpts, ready, reused=reused)
             except _Stale as exc:
                 logger.info(
                     "smtp %s: connection went stale (%s); reconnecting", self.settings.name, exc
@@ -407,7 +420,8 @@ class SmtpTransport:
             return result
 
     async def _transaction(
-        self, msg: Mail, sender: str, rcpts: tuple[str, ...], *, reused: bool
+        self, msg: Mail, sender: str, rcpts: tuple[str, ...], ready: Awaitable[object] | None,
+        *, reused: bool
     ) -> SendResult:
         smtp = self._smtp
         utf8 = _needs_utf8(sender, rcpts)
@@ -449,8 +463,16 @@ class SmtpTransport:
                     stage="rcpt",
                     refused=tuple(r.recipient for r in refused),
                 )
+            if ready is not None:
+                try:
+                    await ready
+                except Exception as exc:
+                    await self._rset()  # nothing handed over: the server drops the envelope
+                    raise _NotOurs(exc) from exc
             stage = "data"
             response = await smtp.data(data)
+        except _NotOurs:
+            raise
         except Exception as exc:
             stale = (
                 reused
@@ -565,11 +587,14 @@ class DirectoryTransport:
         self._state = _State.CLOSED
 
     async def send(
-        self, msg: Mail, *, sender: str, recipients: Sequence[str]
+        self, msg: Mail, *, sender: str, recipients: Sequence[str],
+        ready: Awaitable[object] | None = None,
     ) -> SendResult:
         rcpts = _check_args(msg, sender, recipients)
         if self._state != _State.OPEN:
             raise RuntimeError(f"directory transport is {self._state}; use 'async with'")
+        if ready is not None:
+            await ready
         target = self.path / eml_name(message_id_of(msg))
         try:
             data = serialize(msg, utf8=_needs_utf8(sender, rcpts))
