@@ -838,12 +838,15 @@ class _FastBatch:
 
     # ---- writing ----------------------------------------------------------------------------
     def _write(self) -> None:
+        # Core statements on the session's connection (the ORM's execute layer is only
+        # overhead for them); ORM changes (replies) are flushed at the end.
         s = self.s
+        c = s.connection()
         if self.clients:
             t = Client.__table__
             refs = list(self.clients.items())
             now = self.st._clock()
-            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+            ids = c.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
                 {"domain": k, "name": k, "contract": contract, "created_at": now}
                 for k, (_, contract) in refs]).scalars().all()
             for (key, (ref, contract)), i in zip(refs, ids, strict=True):
@@ -851,49 +854,49 @@ class _FastBatch:
                 self.known_clients[key] = (i, contract)
         if self.work_orders:
             t = WorkOrder.__table__
-            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+            ids = c.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
                 {**v, "client_id": _rid(c), "number": None} for _, c, v in self.work_orders
             ]).scalars().all()
             for (ref, _, _), i in zip(self.work_orders, ids, strict=True):
                 ref.id = i
-            s.execute(update(t).where(t.c.id == bindparam("wo_id"))
+            c.execute(update(t).where(t.c.id == bindparam("wo_id"))
                       .values(number=bindparam("wo_number")),
                       [{"wo_id": i, "wo_number": format_number(i)} for i in ids])
         if self.messages:
             t = Message.__table__
-            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+            ids = c.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
                 {**v, "work_order_id": _rid(wo)} for _, wo, v in self.messages
             ]).scalars().all()
             for (ref, _, _), i in zip(self.messages, ids, strict=True):
                 ref.id = i
-            s.execute(insert(RawBlob.__table__), [
+            c.execute(insert(RawBlob.__table__), [
                 {"message_pk": r.get(), "data": data, "truncated": trunc}
                 for r, data, trunc in self.raws])
         if self.attachments:
-            s.execute(insert(AttachmentRow.__table__),
+            c.execute(insert(AttachmentRow.__table__),
                       [{**v, "message_pk": r.get()} for r, v in self.attachments])
         if self.fetches:
-            s.execute(insert(Fetch.__table__), [
+            c.execute(insert(Fetch.__table__), [
                 {"mailbox": raw.mailbox, "uidvalidity": raw.uidvalidity, "uid": raw.uid,
                  "message_pk": _rid(m), "duplicate": dup, "fetched_at": at}
                 for raw, m, dup, at in self.fetches])
         if self.acks:
             t = Outbox.__table__
-            ids = s.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
+            ids = c.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), [
                 {**v, "work_order_id": wo.get(), "message_id": f"pending-{_number_of(wo)}-ack"}
                 for _, wo, v in self.acks]).scalars().all()
             domain = _domain(self.cfg.from_address) or "itx.net"
             for (ref, _, _), i in zip(self.acks, ids, strict=True):
                 ref.id = i
             # Fixed per row, not guessable: see WorkOrderStore._queue_ack.
-            s.execute(update(t).where(t.c.id == bindparam("ob_id"))
+            c.execute(update(t).where(t.c.id == bindparam("ob_id"))
                       .values(message_id=bindparam("ob_mid")),
                       [{"ob_id": ref.get(),
                         "ob_mid": f"{_number_of(wo)}.ack.{ref.get()}.{secrets.token_hex(6)}"
                                   f"@{domain}"}
                        for ref, wo, _ in self.acks])
         if self.events:
-            s.execute(insert(Event.__table__), [
+            c.execute(insert(Event.__table__), [
                 {"work_order_id": _rid(wo), "actor": "system", "action": action,
                  "detail": detail, "at": at} for wo, action, detail, at in self.events])
         s.flush()  # replies changed work orders through the ORM
