@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
+from bench._rss import TreeRss
 from bench._servers import Servers, database, load_maildir, machine, servers
 from bench.corpus import generate
 from tests.dovecot import DovecotUser
@@ -66,16 +67,23 @@ class Result:
     work_orders: int
     acks: int
     dispositions: dict[str, int]
+    tree_rss_mb: float = float("nan")  # peak of the sum over the daemon's processes
+    tree_pss_mb: float = float("nan")  # the same in PSS (shared pages counted once)
+    process_rss_mb: list[float] = field(default_factory=list)  # each one's peak
+    process_cpu: list[float] = field(default_factory=list)  # each one's CPU seconds
 
     @property
     def rate(self) -> float:
         return self.count / self.wall
 
     def row(self) -> str:
+        each = " + ".join(f"{m:.0f}" for m in self.process_rss_mb)
+        cpus = " + ".join(f"{c:.1f}" for c in self.process_cpu)
         return (f"| {self.db} | {self.count:,} | {self.wall:.1f} s | {self.rate:,.0f} | "
                 f"{self.startup:.1f} / {self.ingest:.1f} / {self.drain:.1f} s | "
                 f"{self.count / self.ingest:,.0f} | {self.rss_mb:.0f} MB | "
-                f"{self.cpu:.1f} s ({self.cpu * 1000 / self.count:.2f} ms/msg) | "
+                f"{self.tree_rss_mb:.0f} MB ({each}); PSS {self.tree_pss_mb:.0f} MB | "
+                f"{self.cpu:.1f} s ({self.cpu * 1000 / self.count:.2f} ms/msg; {cpus}) | "
                 f"{self.work_orders:,} / {self.acks:,} |")
 
 
@@ -90,7 +98,7 @@ def daemon_env(srv: Servers, user: DovecotUser, db_url: str, work: Path,
         "TRIAGE_DATABASE_URL": db_url,
         "TRIAGE_ATTACHMENTS_DIR": str(work / "attachments"),
         "TRIAGE_LOG_FORMAT": "json",
-        "PYTHONPATH": str(repo),
+        "PYTHONPATH": str(repo) + ":/tmp/trace",
     })
     if batch_size:
         env["TRIAGE_BATCH_SIZE"] = str(batch_size)
@@ -164,24 +172,28 @@ def run_once(srv: Servers, kind: str, count: int, batch_size: int | None,
             if profile:
                 raw = work / "profile.txt"
                 cmd = ["py-spy", "record", "--format", "raw", "--rate", "200", "--threads",
+                       "--subprocesses",
                        "--output", str(raw), "--", *cmd]
             log_path = work / "daemon.log"
             sink_before = len(srv.sink.received)
             started = time.time()
             with log_path.open("w") as out:
-                proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, cwd=repo,
-                                      stdout=out, stderr=subprocess.PIPE, text=True,
-                                      check=False)
+                proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, cwd=repo,
+                                        stdout=out, stderr=subprocess.PIPE, text=True)
+                with TreeRss(proc.pid) as tree:
+                    _, stderr = proc.communicate()
             ended = time.time()
             if proc.returncode != 0:
-                raise RuntimeError(f"daemon exited {proc.returncode}: {proc.stderr[-2000:]}")
+                raise RuntimeError(f"daemon exited {proc.returncode}: {stderr[-2000:]}")
             wos, acks, disp = check(db_url, sink_before, srv)
             startup, ingest, drain = phases(log_path, started, ended)
             if profile:
                 profile.write_text(summarise_profile(raw))
                 shutil.copy(raw, profile.with_suffix(".folded"))
             return Result(kind, n, ended - started, startup, ingest, drain,
-                          max_rss_mb(proc.stderr), cpu_seconds(proc.stderr), wos, acks, disp)
+                          max_rss_mb(stderr), cpu_seconds(stderr), wos, acks, disp,
+                          tree.peak_sum_mb, tree.peak_pss_sum_mb, tree.python_peaks_mb(),
+                          tree.python_cpu())
 
 
 def summarise_profile(raw: Path, top: int = 25) -> str:
@@ -253,8 +265,9 @@ def main() -> int:
     out = sys.stdout
     out.write(f"machine: {machine()}\n\n")
     out.write("| database | messages | wall | msgs/s | start-up / ingest / drain | "
-              "ingest msgs/s | peak RSS | CPU | work orders / acks |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+              "ingest msgs/s | peak RSS, largest process | peak RSS, all processes (each) | "
+              "CPU | work orders / acks |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     with servers() as srv:
         for kind in args.db:
             for _ in range(args.runs):

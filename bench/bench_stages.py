@@ -41,11 +41,12 @@ from classifiers.types import Decision
 from tests.dovecot import DovecotUser
 from triage.ack import render_ack, render_ack_wire
 from triage.config import Settings
+from triage.ingest import to_input
 from triage.mailbox.imap import ImapMailbox
 from triage.messages import ParsedEmail, RawMessage
 from triage.outbox import Job
 from triage.parse import parse
-from triage.pipeline import Runner, to_input
+from triage.pipeline import Runner
 from triage.service import Components, build
 from triage.smtp import SendResult, SmtpSettings, SmtpTransport, WireMessage
 from triage.workorders import Ingest
@@ -102,7 +103,7 @@ def components(srv: Servers, db_url: str, work: Path, clf: Classifier) -> Compon
 def store_stage(c: Components, items: list[Ingest]) -> float:
     t = time.perf_counter()
     for i in range(0, len(items), BATCH):
-        c.runner.store.store_batch(items[i : i + BATCH])
+        c.store.store_batch(items[i : i + BATCH])
     return time.perf_counter() - t
 
 

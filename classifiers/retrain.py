@@ -36,12 +36,7 @@ from classifiers import artifact
 from classifiers.artifact import ArtifactError
 from classifiers.evaluate import PRIORITIES, jsonl_files, load_records
 from classifiers.features import load_keywords
-from classifiers.installed import (  # best_model_path: still importable from here
-    MODEL_FILE,
-    _checked_meta,
-    _heldout_f1,
-    best_model_path,  # noqa: F401
-)
+from classifiers.installed import MODEL_FILE, _checked_meta, _heldout_f1
 from classifiers.predict import Classifier
 from classifiers.scorer import scorer_path
 from classifiers.train import (

@@ -139,6 +139,34 @@ def test_daemon_stops_cleanly_on_sigterm(dovecot, smtp_sink, tmp_path: Path) -> 
 
 
 @pytest.mark.imap
+@pytest.mark.parametrize("after", [0.3, 1.0, 2.0])
+def test_a_stop_during_start_up_is_a_clean_exit(dovecot, smtp_sink, tmp_path: Path,
+                                                after: float) -> None:
+    """SIGTERM while the daemon imports, migrates or starts its ingest worker: exit 0, and
+    no ingest worker left behind."""
+    env = _env(dovecot, smtp_sink, tmp_path)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | env
+    proc = subprocess.Popen([sys.executable, "-m", "triage", "run"], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(after)
+        children = [int(c) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{c}").exists() and "zombie" not in
+              Path(f"/proc/{c}/status").read_text() for c in children):
+        assert time.monotonic() < deadline, "an ingest worker outlived the daemon"
+        time.sleep(0.05)
+
+
+@pytest.mark.imap
 def test_daemon_exits_non_zero_when_the_mailbox_refuses_login(dovecot, smtp_sink,
                                                               tmp_path: Path) -> None:
     env = _env(dovecot, smtp_sink, tmp_path) | {"TRIAGE_MAILBOX_PASSWORD": "wrong-Secret-42"}

@@ -125,12 +125,12 @@ def make_service(
 
 
 def rows(svc: Service, model, *where) -> list:
-    with svc.c.runner.store._sessions() as s:
+    with svc.c.sessions() as s:
         return list(s.scalars(select(model).where(*where).order_by(model.id)))
 
 
 def count(svc: Service, model, *where) -> int:
-    with svc.c.runner.store._sessions() as s:
+    with svc.c.sessions() as s:
         return s.scalar(select(func.count()).select_from(model).where(*where)) or 0
 
 

@@ -72,4 +72,4 @@ async def test_reply_is_sent_threaded_and_the_answer_threads_back(tmp_path: Path
         assert m is not None and wo is not None
         assert (m.disposition, m.work_order_id) == ("reply", wo.id)
         assert s.scalar(select(WorkOrder.id).where(WorkOrder.id != wo.id)) is None
-    c.engine.dispose()
+    c.close()

@@ -39,24 +39,30 @@ async def test_a_correction_retrains_and_swaps_the_running_model(tmp_path: Path,
                         corrections_dir=tmp_path / "corrections",
                         retrained_model_dir=tmp_path / "model")
     c = build(settings)
-    assert c.model_path == weak_model
-    svc = Service(settings, c)
-    assert await svc.run_once() == 1
-    with c.reads() as s:
-        wo = s.scalar(select(WorkOrder))
-        assert wo is not None and wo.number
-        assert wo.request_type != "printer_setup"  # the weak model cannot know it
-    c.desk.reclassify(wo.number, "bob", "printer_setup", "normal")
+    try:
+        assert c.model_path == weak_model
+        svc = Service(settings, c)
+        assert await svc.run_once() == 1
+        with c.reads() as s:
+            wo = s.scalar(select(WorkOrder))
+            assert wo is not None and wo.number
+            assert wo.request_type != "printer_setup"  # the weak model cannot know it
+        c.desk.reclassify(wo.number, "bob", "printer_setup", "normal")
 
-    old = c.runner.classifier
-    await svc._retrain_job()
-    assert c.model_path == tmp_path / "model" / MODEL_FILE
-    assert c.runner.classifier is not old
-    assert all(p.runner.classifier is c.runner.classifier for p in svc.pollers)
-    assert (tmp_path / "corrections" / "corrections.jsonl").read_text().count("\n") == 1
-    c.engine.dispose()
+        old = c.ingest.model_version if c.ingest else None
+        await svc._retrain_job()
+        # The running ingestion (the ingest worker process here) classifies with the
+        # retrained model now: it reports the new model's version.
+        assert c.model_path == tmp_path / "model" / MODEL_FILE
+        assert c.ingest is not None and c.ingest.model_version not in (None, old)
+        assert all(p.runner.ingest is c.ingest for p in svc.pollers)
+        assert (tmp_path / "corrections" / "corrections.jsonl").read_text().count("\n") == 1
+    finally:
+        c.close()
 
     # A restart prefers the retrained model (it scored better than the "packaged" one).
     again = build(settings)
-    assert again.model_path == tmp_path / "model" / MODEL_FILE
-    again.engine.dispose()
+    try:
+        assert again.model_path == tmp_path / "model" / MODEL_FILE
+    finally:
+        again.close()

@@ -5,7 +5,8 @@ while it is away, stop hammering an SMTP server that refuses us."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -82,7 +83,10 @@ class ScriptedTransport:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def send(self, msg: EmailMessage, *, sender: str, recipients: Sequence[str]) -> Result:
+    async def send(self, msg: EmailMessage, *, sender: str, recipients: Sequence[str],
+                   ready: Awaitable[object] | None = None) -> Result:
+        if ready is not None:
+            await ready  # the outbox's contract: the previous record, before handing over
         self.sent += 1
         return self.result
 
@@ -155,7 +159,7 @@ async def test_smtp_login_refused_pauses_the_outbox(tmp_path: Path,
     from sqlalchemy import select
 
     from triage.storage.models import Outbox
-    with svc.c.runner.store._sessions() as s:
+    with svc.c.sessions() as s:
         row = s.scalar(select(Outbox))
     assert row.status == "pending" and row.attempts == 0  # kept, not dead-lettered
 
@@ -225,3 +229,58 @@ def test_sla_gauges_count_open_work_orders_by_worst_state(tmp_path: Path) -> Non
     assert 'triage_sla_open_work_orders{state="breached",target="callback"} 1.0' in text
     assert 'triage_sla_open_work_orders{state="at_risk",target="callback"} 1.0' in text
     engine.dispose()
+
+
+class TimingTransport(ScriptedTransport):
+    """Notes when each mail is entered (envelope) and handed over (after ``ready``)."""
+
+    def __init__(self) -> None:
+        super().__init__(Result(True, False, 250, "ok"))
+        self.entered: list[float] = []
+        self.handed: list[float] = []
+
+    async def send(self, msg: EmailMessage, *, sender: str, recipients: Sequence[str],
+                   ready: Awaitable[object] | None = None) -> Result:
+        self.entered.append(time.monotonic())
+        await asyncio.sleep(0.005)  # MAIL and RCPT
+        if ready is not None:
+            await ready
+        self.handed.append(time.monotonic())
+        await asyncio.sleep(0.005)  # DATA
+        self.sent += 1
+        return self.result
+
+
+async def test_each_mail_is_handed_over_only_after_the_previous_one_is_recorded(
+        tmp_path: Path, classifier: Classifier) -> None:
+    """The sweep overlaps row N's record with row N+1's envelope, but never delivers N+1
+    before N's record is committed: a kill costs at most one resend."""
+    requests = [REQUEST.replace(b"s1@h.com", f"s{i}@h.com".encode())
+                .replace(b"dana@", f"dana{i}@".encode()) for i in range(6)]
+    transport = TimingTransport()
+    svc = make(tmp_path, classifier, ScriptedMailbox(requests), transport)
+    runner = svc.c.runner
+    # Records written to the database (as on PostgreSQL), not appended to the sent log.
+    runner.outbox.sent_log = None
+    recorded: list[float] = []
+    record = runner.outbox.record
+
+    def slow_record(job: object, result: object) -> None:
+        time.sleep(0.03)  # a record that meets the ingest worker's write lock
+        record(job, result)  # type: ignore[arg-type]
+        recorded.append(time.monotonic())
+
+    runner.outbox.record = slow_record  # type: ignore[method-assign]
+    await runner.mailbox.connect()
+    assert await runner.process_waiting() == 6
+    assert await runner.drain_outbox() == (6, 0)
+    assert len(recorded) == len(transport.handed) == 6
+    for n in range(5):
+        assert recorded[n] <= transport.handed[n + 1], n  # the rule
+        assert transport.entered[n + 1] < recorded[n], n  # the overlap that makes it fast
+    with svc.c.sessions() as s:
+        from sqlalchemy import select
+
+        from triage.storage.models import Outbox
+        assert [o.status for o in s.scalars(select(Outbox))] == ["sent"] * 6
+    svc.c.close()

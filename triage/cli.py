@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -107,8 +108,17 @@ def _command_key(ns: argparse.Namespace) -> str:
     return str(ns.command)
 
 
+def _stopped_before_start(signum: int, _frame: object) -> None:
+    # The daemon fetches and sends nothing before its event loop runs, whose own handlers
+    # replace this one: a stop during start-up (imports, migrations, the ingest worker's
+    # start, a second or two) has nothing to finish, and is a clean exit.
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    if ns.command == "run" and not ns.once:
+        signal.signal(signal.SIGTERM, _stopped_before_start)
     module_name, func_name = HANDLERS[_command_key(ns)].split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     return int(handler(ns) or 0)

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     attachments_dir: Path = Path("var/attachments")
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
     batch_size: int = Field(default=50, ge=1, le=500)
+    # Parse, classify and store in a child process (triage.ingest), so acknowledgments
+    # go out on the other core meanwhile; False keeps everything in one process.
+    ingest_process: bool = True
     poll_interval: float = Field(default=60.0, gt=0)
     use_idle: bool = True
     ack_rate_per_hour: int = Field(default=5, ge=0)

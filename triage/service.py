@@ -12,36 +12,53 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifiers.installed import best_model_path
 from triage.ack import make_env
 from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
+from triage.ingest import (
+    ClassifierLike,
+    Ingestor,
+    IngestWorker,
+    IngestWorkerError,
+    LocalIngest,
+    load_classifier,
+    make_store,
+)
 from triage.lease import Lease, mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
 from triage.outbox import OutboxStore, RetryPolicy, Transport
-from triage.pipeline import ClassifierLike, Runner
+from triage.pipeline import Runner
+from triage.sentlog import SentLog
 from triage.sla import SlaPolicy, load_policy
 from triage.slawatch import SlaWatch
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
-from triage.storage.models import Outbox
 from triage.web.ops import create_ops_app, serve
-from triage.workorders import RetryBatch, StoreConfig, WorkOrderStore
+from triage.workorders import RetryBatch, WorkOrderStore
+
+if TYPE_CHECKING:
+    from classifiers.retrain import RetrainResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -86,7 +103,25 @@ class Components:
     clock: Callable[[], datetime] = utcnow
     # One runner per configured mailbox (``runner`` is the first; it also sends the outbox).
     runners: list[tuple[MailboxConfig, Runner]] = field(default_factory=list)
-    model_path: Path | None = None  # the classifier loaded (None: a test's own classifier)
+    ingest: Ingestor | None = None  # where batches are parsed, classified and stored
+    store: WorkOrderStore | None = None  # this process's work-order store
+
+    @property
+    def model_path(self) -> Path | None:
+        """The classifier's artifact (None: a test's own classifier)."""
+        return self.ingest.model_path if self.ingest is not None else None
+
+    @property
+    def sends_while_ingesting(self) -> bool:
+        """With the ingest worker, acknowledgments leave on this process's core while the
+        worker stores the next batches; in one process both would share one core."""
+        return isinstance(self.ingest, IngestWorker)
+
+    def close(self) -> None:
+        """Stop the ingest worker (if any) and close the database pool."""
+        if self.ingest is not None:
+            self.ingest.close()
+        self.engine.dispose()
 
 
 def build(
@@ -97,31 +132,54 @@ def build(
     transport: Transport | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> Components:
-    """Wire the stages. Tests pass their own mailbox/transport; nothing else is swapped."""
+    """Wire the stages. Tests pass their own mailbox/transport; nothing else is swapped.
+
+    With ``settings.ingest_process`` (and neither a test's classifier nor its clock, which
+    a child process could not share) ingestion runs in a child process, started first so
+    that it imports and loads the model while this process migrates the database.
+    """
+    # A retrained model (nightly job) wins over the packaged one only when its held-out
+    # macro-F1 is not worse, so a restart keeps what the last retrain installed.
+    model_path = (best_model_path(settings.model_path, settings.retrained_model_dir)
+                  if classifier is None else None)
+    worker: IngestWorker | None = None
+    if model_path is not None and settings.ingest_process and clock is utcnow:
+        worker = IngestWorker(settings, model_path)
+        worker.start()  # it touches the database only with the first batch, after upgrade()
+    try:
+        return _wire(settings, worker, classifier, model_path, mailbox, transport, clock)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
+
+
+def sent_log_for(engine: Engine) -> SentLog | None:
+    """The file beside a SQLite database where the outbox logs deliveries; None for
+    PostgreSQL, whose row locks let the sender write beside ingestion."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return SentLog.beside(Path(url.database).resolve())
+
+
+def _wire(settings: Settings, worker: IngestWorker | None, classifier: ClassifierLike | None,
+          model_path: Path | None, mailbox: Mailbox | None, transport: Transport | None,
+          clock: Callable[[], datetime]) -> Components:
     engine = make_engine(settings.database_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     reads = make_read_sessionmaker(engine)
     policy = load_policy(settings.sla_policy_path)
-    model_path: Path | None = None
-    if classifier is None:
-        from classifiers.predict import Classifier
-        from classifiers.retrain import best_model_path
-
-        # A retrained model (nightly job) wins over the packaged one only when its held-out
-        # macro-F1 is not worse, so a restart keeps what the last retrain installed.
-        model_path = best_model_path(settings.model_path, settings.retrained_model_dir)
-        classifier = Classifier.load(model_path)
-    store = WorkOrderStore(
-        sessions, policy,
-        StoreConfig(from_address=settings.from_address,
-                    ack_rate_per_hour=settings.ack_rate_per_hour,
-                    attachments_dir=settings.attachments_dir,
-                    review_threshold=settings.review_threshold,
-                    at_risk_fraction=settings.at_risk_fraction),
-        clock,
-        reads,
-    )
+    store = make_store(settings, sessions, policy, clock, reads)
+    ingest: Ingestor
+    if worker is not None:
+        ingest = worker
+    else:
+        if classifier is None:
+            assert model_path is not None
+            classifier = load_classifier(model_path)
+        ingest = LocalIngest(store, classifier, model_path)
     outbox = OutboxStore(
         sessions,
         RetryPolicy(settings.outbox_max_attempts, settings.outbox_retry_base,
@@ -129,6 +187,7 @@ def build(
         clock,
         timezone_for=lambda contract: policy.calendar(contract).tz.key,
         priority_meaning=policy.priority_meaning,
+        sent_log=sent_log_for(engine),
     )
     transport = transport or make_transport(settings)
     metrics = Metrics()
@@ -138,7 +197,7 @@ def build(
         configs = configs[:1]
     runners = [
         (cfg, Runner(
-            mailbox if mailbox is not None else make_mailbox(settings, cfg), store, classifier,
+            mailbox if mailbox is not None else make_mailbox(settings, cfg), ingest,
             outbox, transport, env,
             from_address=settings.from_address, from_name=settings.from_name,
             phone=settings.helpdesk_phone, batch_size=settings.batch_size,
@@ -155,7 +214,7 @@ def build(
     desk = Desk(sessions, policy, DeskConfig(settings.from_address, settings.at_risk_fraction),
                 clock, on_first_response=metrics.observe_first_response)
     return Components(engine, policy, runner, transport, reads, metrics, watch, desk, sessions,
-                      clock, runners, model_path)
+                      clock, runners, ingest, store)
 
 
 class SendFailing(Exception):
@@ -233,7 +292,7 @@ class Poller:
             try:
                 if not self.connected:
                     await self.connect_with_backoff()
-                await self.runner.process_waiting()
+                await self.runner.process_waiting(send=svc.c.sends_while_ingesting)
                 svc.db_trouble = None
                 ok = True
             except PermanentMailboxError as e:
@@ -331,7 +390,6 @@ class Service:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.fatal: BaseException | None = None
-        self._send_trouble: str | None = None  # set while outbox sweeps send nothing
         self.db_trouble: str | None = None  # set while the database refuses batches
         runners = components.runners or [(settings.mailbox_configs()[0], components.runner)]
         self.pollers = [Poller(self, cfg, runner) for cfg, runner in runners]
@@ -354,7 +412,8 @@ class Service:
                 try:
                     await p.mailbox.connect()
                     try:
-                        n += await p.runner.process_waiting()
+                        n += await p.runner.process_waiting(
+                            send=self.c.sends_while_ingesting)
                     finally:
                         await p.mailbox.close()
                 finally:
@@ -394,6 +453,8 @@ class Service:
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(10):
                             await ops
+        if self.c.ingest is not None:
+            await asyncio.to_thread(self.c.ingest.close)
         self.c.engine.dispose()
         log.info("stopped; counters %s", [p.runner.counters for p in self.pollers])
         if self.fatal is not None:
@@ -449,8 +510,9 @@ class Service:
         _, writer = await asyncio.open_connection(smtp.host, smtp.port)
         writer.close()
         await writer.wait_closed()
-        if self._send_trouble:  # reachable, but refusing (4xx) or failing our mail
-            raise SendFailing(self._send_trouble)
+        trouble = self.c.runner.send_trouble
+        if trouble:  # reachable, but refusing (4xx) or failing our mail
+            raise SendFailing(trouble)
 
     async def _stop(self, scheduler: AsyncIOScheduler) -> None:
         """Stop taking work, let the job in hand finish (up to the timeout), then close."""
@@ -466,6 +528,10 @@ class Service:
             log.warning("shutdown: work still running after %.0fs; cancelling it",
                         self.settings.shutdown_timeout)
         scheduler.shutdown(wait=False)
+        try:  # deliveries still only in the sent log go into the outbox table
+            await asyncio.to_thread(self.c.runner.outbox.flush)
+        except Exception:
+            log.exception("shutdown: the sent log could not be applied; the next start will")
         for p in self.pollers:
             with contextlib.suppress(Exception):
                 await p.mailbox.close()
@@ -506,34 +572,24 @@ class Service:
         try:
             while not self.should_exit.is_set():
                 sent, failed = await self.c.runner.drain_outbox()
-                if sent:
-                    self._send_trouble = None
-                elif failed:
-                    self._send_trouble = await asyncio.to_thread(self._last_send_error, failed)
                 if failed or not sent:
                     return
         except Exception:
             log.exception("outbox sweep failed")
 
-    def _last_send_error(self, failed: int) -> str:
-        """What /readyz says while sends fail: the server's last answer, from the outbox."""
-        with self.c.reads() as s:
-            answer = s.scalar(select(Outbox.last_error).where(Outbox.last_error.is_not(None))
-                              .order_by(Outbox.id.desc()).limit(1))
-        return f"the last outbox sweep sent nothing ({failed} failed): {answer or 'no answer'}"
-
     async def _retrain_job(self) -> None:
         """Nightly: corrections to training data, train, swap only if not worse on the
-        held-out set. Runs where the first mailbox's lease is held, so one process trains."""
+        held-out set. Runs where the first mailbox's lease is held, so one process trains.
+
+        Training runs in a process of its own: it imports scikit-learn and peaks at ~300 MB,
+        and the daemon's main process, which never loads either, must not keep that after."""
         if not self.lease.held:
             return
-        from classifiers.retrain import nightly
-
         s = self.settings
         try:
             result = await asyncio.to_thread(
-                nightly, self.c.reads, s.corrections_dir, s.retrained_model_dir,
-                self.c.model_path, packaged_model_path=s.model_path)
+                _in_subprocess, retrain_from_database, s.database_url, s.corrections_dir,
+                s.retrained_model_dir, self.c.model_path, s.model_path)
         except Exception:
             log.exception("nightly retrain failed; the current model stays")
             return
@@ -544,8 +600,6 @@ class Service:
 
     async def _model_refresh_job(self) -> None:
         """Other processes pick up a model another one retrained (a shared model folder)."""
-        from classifiers.retrain import best_model_path
-
         try:
             path = await asyncio.to_thread(best_model_path, self.settings.model_path,
                                            self.settings.retrained_model_dir)
@@ -555,13 +609,29 @@ class Service:
             log.exception("model refresh failed; the current model stays")
 
     async def _load_model(self, path: Path) -> None:
-        from classifiers.predict import Classifier
+        assert self.c.ingest is not None
+        version = await asyncio.to_thread(self.c.ingest.load_model, path)
+        log.info("classifier %s loaded from %s", version, path)
 
-        classifier = await asyncio.to_thread(Classifier.load, path)
-        for p in self.pollers:
-            p.runner.classifier = classifier
-        self.c.model_path = path
-        log.info("classifier %s loaded from %s", classifier.version, path)
+
+def retrain_from_database(database_url: str, corrections_dir: Path, retrained_dir: Path,
+                          current: Path | None, packaged: Path | None) -> RetrainResult:
+    """``classifiers.retrain.nightly`` with a connection of its own (runs in a subprocess)."""
+    from classifiers.retrain import nightly
+
+    engine = make_engine(database_url)
+    try:
+        return nightly(make_read_sessionmaker(engine), corrections_dir, retrained_dir, current,
+                       packaged_model_path=packaged)
+    finally:
+        engine.dispose()
+
+
+def _in_subprocess(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a fresh (spawned) process; its memory is returned when it ends."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -575,6 +645,19 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def run_service(settings: Settings, *, once: bool) -> int:
     components = build(settings)
+    try:
+        if isinstance(components.ingest, IngestWorker):
+            try:  # fail at start, as a missing model did before the worker existed
+                components.ingest.wait_ready()
+            except IngestWorkerError as e:
+                log.error("stopped: %s", e)
+                return 1
+        return _run(settings, components, once=once)
+    finally:
+        components.close()
+
+
+def _run(settings: Settings, components: Components, *, once: bool) -> int:
     service = Service(settings, components)
     if once:
         try:
@@ -583,8 +666,6 @@ def run_service(settings: Settings, *, once: bool) -> int:
             # Nothing half-written: the batch in hand was rolled back and left unmarked.
             log.error("run --once stopped: %s", e)
             return 1
-        finally:
-            components.engine.dispose()
         return 0
     try:
         asyncio.run(service.run())

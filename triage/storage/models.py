@@ -215,7 +215,8 @@ class Outbox(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    # The claim walks each status in id order (migration 0006).
+    __table_args__ = (Index("ix_outbox_status_id", "status", "id"),)
 
 
 class SlaAlert(Base):
