@@ -401,6 +401,9 @@ def test_sigkill_at_random_points(dovecot, sink, tmp_path: Path, daemons) -> Non
 
 
 # ---- Dovecot outage ---------------------------------------------------------------------------
+OUTAGE_S = 30.0
+
+
 def test_dovecot_outage_reconnects(dovecot, sink, tmp_path: Path, daemons) -> None:
     url = f"sqlite:///{tmp_path / 'outage.db'}"
     db = Db(url)
@@ -412,7 +415,8 @@ def test_dovecot_outage_reconnects(dovecot, sink, tmp_path: Path, daemons) -> No
         body = ready.wait(503, d, "the mailbox named as the failure",
                           lambda b: b["checks"]["mailbox"] != "ok")
         assert body["checks"]["database"] == "ok" and body["checks"]["smtp"] == "ok"
-        time.sleep(max(0.0, 10 - (time.monotonic() - outage)))  # the daemon rides it out
+        # Down for 30 s, as issue 7 asks: the daemon rides it out, backing off.
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage)))
         assert d.alive()
         dovecot.start()
         for i in range(10, 15):
