@@ -28,7 +28,7 @@ COPY classifiers ./classifiers
 COPY data ./data
 COPY templates ./templates
 RUN pip install -e . \
-    && test -f classifiers/model/model.skops \
+    && test -f classifiers/model/model.skops && test -f classifiers/model/model.scorer.npz \
     && find /app /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---- runtime: the same two paths, no compilers, no pip cache, a non-root user --------------

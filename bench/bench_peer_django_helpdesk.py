@@ -458,7 +458,9 @@ def report(count: int, fetch: FetchResult | None, peers: list[PeerResult],
     if ours:
         lines.append(
             f"| ours, `triage run --once` | {ours.count:,} | {ours.wall:.1f} s | "
-            f"{ours.rate:,.1f} | {ours.rss_mb:.0f} MB | — | {ours.work_orders:,} work orders "
+            f"{ours.rate:,.1f} | {ours.tree_rss_mb:.0f} MB (two processes; PSS "
+            f"{ours.tree_pss_mb:.0f} MB) | {ours.cpu:.1f} s ({ours.cpu / ours.wall:.0%} of a "
+            f"core) | {ours.work_orders:,} work orders "
             f"(+{ours.count - ours.work_orders:,} screened/replies); start-up / ingest / drain "
             f"{ours.startup:.1f} / {ours.ingest:.1f} / {ours.drain:.1f} s | {ours.acks:,} |")
     for peer in peers:
@@ -478,7 +480,7 @@ def report(count: int, fetch: FetchResult | None, peers: list[PeerResult],
         lines += [f"Ratio ours / django-helpdesk with SQLite {SQLITE_LABEL[peer.sqlite]}: "
                   f"**{ratio:.2f}×** msgs/s (target ≥ 10×: "
                   f"{'met' if ratio >= 10 else 'not met'}); per message {1000 / ours.rate:.1f}"
-                  f" ms vs {1000 / peer.rate:.1f} ms; peak RSS {ours.rss_mb:.0f} MB vs "
+                  f" ms vs {1000 / peer.rate:.1f} ms; peak RSS {ours.tree_rss_mb:.0f} MB vs "
                   f"{peer.rss_mb:.0f} MB.", ""]
     return "\n".join(lines) + "\n"
 

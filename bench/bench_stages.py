@@ -11,7 +11,8 @@ On the corpus of bench/corpus.py, with the daemon's own code and its default bat
 - outbox: ``OutboxStore.claim`` (as many a time as ``drain_outbox`` claims), ``render_ack``
   (an ``EmailMessage``) and ``render_ack_wire`` (the bytes, what the daemon sends),
   ``SmtpTransport.send`` of the wire bytes on one reused connection to the aiosmtpd sink, and
-  ``OutboxStore.record`` (one commit per row), each timed alone; then
+  ``OutboxStore.record`` (on SQLite a line appended to the sent log, applied by the next
+  claim; on PostgreSQL one commit per row), each timed alone; then
   ``Runner.drain_outbox`` as the daemon calls it, all four together.
 
 Prints msgs/s per stage (median of ``--runs``).
@@ -54,6 +55,8 @@ from triage.workorders import Ingest
 log = logging.getLogger("bench.stages")
 BATCH = 50  # the daemon's default batch_size
 # Rows claimed per outbox sweep, as the daemon claims them.
+RECORD = {"sqlite": "record, a sent-log line (the next claim applies it), sqlite",
+          "postgresql": "record, one commit per row, postgresql"}
 SWEEP: int = inspect.signature(Runner.drain_outbox).parameters["limit"].default
 
 
@@ -188,7 +191,7 @@ def db_stages(srv: Servers, kind: str, items: list[Ingest], clf: Classifier,
                               ("render", "render_ack (EmailMessage)"),
                               ("wire", "render_ack_wire (bytes, as sent)"),
                               ("send", "SMTP send of the bytes, one reused connection"),
-                              ("record", f"record, one commit per row, {kind}")):
+                              ("record", RECORD[kind])):
             add("outbox", variant, *steps[name])
         with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
             c = components(srv, url, Path(tmp), clf)

@@ -346,8 +346,8 @@ class IngestWorker:
 
     def load_model(self, path: Path) -> str:
         version: str = self._call("load", str(path))
+        # Kept for start(): a respawned child loads this one, not the one it began with.
         self.model_path, self.model_version = Path(path), version
-        # A respawned child must load this one, not the one it started with.
         return version
 
 
