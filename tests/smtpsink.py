@@ -56,6 +56,7 @@ class SinkHandler:
     at: Literal["rcpt", "data"] = "rcpt"
     refuse: frozenset[str] = frozenset()  # these recipients always get REJECT
     drop_next_mail: bool = False  # answer the next MAIL with 421 (server closing), once
+    data_delay: float = 0.0  # seconds before answering each DATA: a slow server
     received: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -96,6 +97,8 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         failure = self._failure("data")
         if failure:
             return failure

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy import Engine, create_engine, func, select, update
+from sqlalchemy import Engine, create_engine, func, select, text, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.pool import NullPool
 
@@ -587,3 +587,48 @@ def test_database_locked_then_free(dovecot, sink, tmp_path: Path, daemons) -> No
         each_once_and_ready(d, db, sink, dovecot, ready, 8, "once the lock is gone")
     finally:
         db.engine.dispose()
+
+
+# ---- PostgreSQL briefly unreachable -----------------------------------------------------------
+@pytest.mark.postgres
+def test_postgresql_briefly_unreachable(dovecot, sink, tmp_path: Path, daemons,
+                                        pg_url: str) -> None:
+    """Every connection of the daemon and its ingest worker is cut and new ones refused for
+    8 s (the database's ALLOW_CONNECTIONS off) while acknowledgments are going out and more
+    mail arrives: the daemon stays up, /readyz names the database, and once it is back every
+    message is stored and acknowledged exactly once, without waiting for a lease to run out
+    (a mail delivered while its record could not be written is recorded, not sent again)."""
+    from tests.conftest import PG_ADMIN_URL
+
+    name = pg_url.rsplit("/", 1)[1]
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    db = Db(pg_url)
+    try:
+        d, ready = started_and_ready(dovecot, sink, pg_url, tmp_path, daemons, 3, "pgdown")
+        handler(sink).data_delay = 0.15  # a slow server: the sweep is mid-way when cut
+        dovecot.deliver_files([request(i) for i in range(3, 23)])
+        wait_until(lambda: len(sink.received) >= 6, 60, "sending under way", d)
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+        down = time.monotonic()
+        try:
+            assert len(sink.received) < 23  # cut while acknowledgments were still going out
+            dovecot.deliver_files([request(i) for i in range(23, 28)])  # arrive while down
+            body = ready.wait(503, d, "the database named as the failure",
+                              lambda b: b["checks"]["database"] != "ok")
+            assert body["checks"]["database"] != "ok"
+            time.sleep(max(0.0, 8 - (time.monotonic() - down)))
+            assert d.alive()
+        finally:
+            with admin.connect() as c:
+                c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        handler(sink).data_delay = 0.0
+        each_once_and_ready(d, db, sink, dovecot, ready, 28, "once the database is back")
+    finally:
+        db.engine.dispose()
+        admin.dispose()
+    log = d.log.read_text()
+    assert "database unavailable" in log  # said once a sweep, without a traceback
+    assert "a database failure left are written" in log  # the path under test was taken

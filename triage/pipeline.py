@@ -30,6 +30,7 @@ from email.message import EmailMessage
 from typing import Any, TypeVar
 
 from jinja2 import Environment
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from triage.ack import render_ack, render_ack_wire
 from triage.desk.mail import render_reply
@@ -46,6 +47,16 @@ from triage.workorders import Outcome
 log = logging.getLogger(__name__)
 DEBUG = logging.DEBUG
 T = TypeVar("T")
+
+
+def log_sweep_failure(e: Exception, what: str) -> None:
+    """A database that is away is one line per sweep (they come every few seconds); anything
+    else gets its traceback."""
+    if isinstance(e, OperationalError | InterfaceError):
+        log.warning("%s: database unavailable (%s); the next sweep tries again", what,
+                    type(e).__name__)
+    else:
+        log.exception("%s failed", what)
 
 
 @dataclass
@@ -99,6 +110,10 @@ class Runner:
         # Set while sweeps send nothing and fail (/readyz); any sweep that sends clears it,
         # whoever ran it (the outbox job, or the sender beside ingestion).
         self.send_trouble: str | None = None
+        # What a sweep could not write when the database failed under it: answers to record
+        # (a delivered mail must not be sent again) and claimed rows to give back (None),
+        # instead of leaving them to their lease (10 min). The next sweep writes them first.
+        self._unfinished: list[tuple[Job, SendResultLike | None]] = []
         # One thread for ingestion and one for the outbox's database work, not the shared
         # pool: every thread that allocates gets its own glibc malloc arena, and batches of
         # mail spread over the pool's threads cost ~30 MB of peak RSS (bench/results.md).
@@ -192,14 +207,8 @@ class Runner:
                 if ingest_done.is_set():
                     return
                 await self.outbox_wakeup.wait()
-        except Exception:
-            log.exception("outbox sweep during ingestion failed")
-
-    async def process_batch(self, batch: Sequence[RawMessage]) -> int:
-        if not batch:
-            return 0
-        self._fetched(batch)
-        return await self._finish(batch, await self._store(list(batch)))
+        except Exception as e:
+            log_sweep_failure(e, "outbox sweep during ingestion")
 
     def _fetched(self, batch: Sequence[RawMessage]) -> None:
         self.counters.fetched += len(batch)
@@ -247,7 +256,20 @@ class Runner:
         if self.sweep_lock.locked() or time.monotonic() < self._paused_until:
             return 0, 0
         async with self.sweep_lock:
+            if self._unfinished:
+                await self._outbox_db(self._finish_unfinished)
             return await self._sweep(limit)
+
+    def _finish_unfinished(self) -> None:
+        """Raises (and keeps the rest) while the database still fails."""
+        while self._unfinished:
+            job, result = self._unfinished[0]
+            if result is None:
+                self.outbox.release([job])
+            else:
+                self.outbox.record(job, result)
+            self._unfinished.pop(0)
+        log.info("outbox: the answers and claims a database failure left are written")
 
     async def _sweep(self, limit: int) -> tuple[int, int]:
         """Send the claimed rows in order, each answer recorded before the next mail is
@@ -264,6 +286,7 @@ class Runner:
         last_failure: SendResultLike | None = None
         recording: asyncio.Future[None] | None = None  # the previous row's record
         rendered = self._render(jobs[0]) if jobs else None
+        n = 0
         try:
             for n, job in enumerate(jobs):
                 if (self.should_stop() or self._halt_sweep
@@ -307,6 +330,11 @@ class Runner:
                     await self._settled(recording)
                     await self._outbox_db(self.outbox.release, jobs[n + 1:])
                     break
+        except Exception:
+            # The database failed (a record, a release): row n and those after it were not
+            # handed over (DATA waits for the previous record); give them back next time.
+            self._unfinished += [(j, None) for j in jobs[n:]]
+            raise
         finally:
             await self._settled(recording)
             if len(jobs) < limit or sent + failed < len(jobs):
@@ -336,10 +364,14 @@ class Runner:
         return result, asyncio.ensure_future(self._record(job, result))
 
     async def _record(self, job: Job, result: SendResultLike) -> None:
-        if self.outbox.records_in_log(result):
-            self.outbox.record(job, result)  # a line appended to a file (triage.sentlog)
-        else:
-            await self._outbox_db(self.outbox.record, job, result)
+        try:
+            if self.outbox.records_in_log(result):
+                self.outbox.record(job, result)  # a line appended to a file (triage.sentlog)
+            else:
+                await self._outbox_db(self.outbox.record, job, result)
+        except Exception:
+            self._unfinished.append((job, result))  # recorded by the next sweep
+            raise
         if result.ok:
             log.info("sent outbox row %s", job.id,
                      extra={"event": "sent", "outbox": job.id, "kind": job.kind,

@@ -45,7 +45,7 @@ from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
 from triage.outbox import OutboxStore, RetryPolicy, Transport
-from triage.pipeline import Runner
+from triage.pipeline import Runner, log_sweep_failure
 from triage.sentlog import SentLog
 from triage.sla import SlaPolicy, load_policy
 from triage.slawatch import SlaWatch
@@ -574,8 +574,8 @@ class Service:
                 sent, failed = await self.c.runner.drain_outbox()
                 if failed or not sent:
                     return
-        except Exception:
-            log.exception("outbox sweep failed")
+        except Exception as e:
+            log_sweep_failure(e, "outbox sweep")
 
     async def _retrain_job(self) -> None:
         """Nightly: corrections to training data, train, swap only if not worse on the

@@ -197,15 +197,18 @@ class WorkOrderStore:
         """UIDs of this batch already stored: after a crash before ``mark_done`` they come back."""
         if not uids:
             return set()
-        with self._reads() as s:
-            rows = s.scalars(
-                select(Fetch.uid).where(
-                    Fetch.mailbox == mailbox,
-                    Fetch.uidvalidity == uidvalidity,
-                    Fetch.uid.in_(list(uids)),
+        try:
+            with self._reads() as s:
+                rows = s.scalars(
+                    select(Fetch.uid).where(
+                        Fetch.mailbox == mailbox,
+                        Fetch.uidvalidity == uidvalidity,
+                        Fetch.uid.in_(list(uids)),
+                    )
                 )
-            )
-            return set(rows)
+                return set(rows)
+        except _ENVIRONMENT as e:  # the database away: the batch waits, as a failed write
+            raise RetryBatch(f"{type(e).__name__} while reading a batch's fetch keys") from e
 
     # ---- writing ---------------------------------------------------------------------------
     def store_batch(self, items: Sequence[Ingest]) -> list[Outcome]:
