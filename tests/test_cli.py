@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -10,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, select
 
+from tests.test_ingest_worker import child_pids, wait_gone
 from triage.storage.models import Client, WorkOrder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,13 +118,24 @@ def test_run_once_with_environment_config_and_24x7_client(dovecot, smtp_sink,
     assert dovecot.password not in r.stdout + r.stderr
 
 
-@pytest.mark.imap
-def test_daemon_stops_cleanly_on_sigterm(dovecot, smtp_sink, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def running_daemon(dovecot, smtp_sink, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """``python -m triage run`` with the test servers; killed at the end if still running."""
     env = _env(dovecot, smtp_sink, tmp_path)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | env
     proc = subprocess.Popen([sys.executable, "-m", "triage", "run"], cwd=REPO, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.imap
+def test_daemon_stops_cleanly_on_sigterm(dovecot, smtp_sink, tmp_path: Path) -> None:
+    with running_daemon(dovecot, smtp_sink, tmp_path) as proc:
         dovecot.append(REQUEST)
         deadline = time.monotonic() + 60
         while not smtp_sink.received and time.monotonic() < deadline:
@@ -130,10 +144,6 @@ def test_daemon_stops_cleanly_on_sigterm(dovecot, smtp_sink, tmp_path: Path) -> 
         assert len(smtp_sink.received) == 1
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert "finishing the message in hand" in out and "stopped" in out
 
@@ -144,26 +154,13 @@ def test_a_stop_during_start_up_is_a_clean_exit(dovecot, smtp_sink, tmp_path: Pa
                                                 after: float) -> None:
     """SIGTERM while the daemon imports, migrates or starts its ingest worker: exit 0, and
     no ingest worker left behind."""
-    env = _env(dovecot, smtp_sink, tmp_path)
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | env
-    proc = subprocess.Popen([sys.executable, "-m", "triage", "run"], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running_daemon(dovecot, smtp_sink, tmp_path) as proc:
         time.sleep(after)
-        children = [int(c) for task in Path(f"/proc/{proc.pid}/task").iterdir()
-                    for c in (task / "children").read_text().split()]
+        children = child_pids(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{c}").exists() and "zombie" not in
-              Path(f"/proc/{c}/status").read_text() for c in children):
-        assert time.monotonic() < deadline, "an ingest worker outlived the daemon"
-        time.sleep(0.05)
+    wait_gone(children)
 
 
 @pytest.mark.imap

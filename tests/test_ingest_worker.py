@@ -139,11 +139,20 @@ def test_a_message_the_child_dies_on_twice_is_quarantined(settings: Settings,
     assert sorted(d for d, _ in msgs) == ["quarantined", "work_order", "work_order"]
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         out += [int(c) for c in (task / "children").read_text().split()]
     return out
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> None:
+    """Until none of ``pids`` runs (a zombie waiting for its reaper counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{p}").exists() and "zombie" not in
+              Path(f"/proc/{p}/status").read_text() for p in pids):
+        assert time.monotonic() < deadline, f"{pids} outlived the daemon"
+        time.sleep(0.05)
 
 
 def _maps(pid: int) -> str:
@@ -164,18 +173,14 @@ def test_the_daemon_is_two_processes_without_scikit_learn_and_the_child_dies_wit
             assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no acknowledgments"
             time.sleep(0.2)
-        (child,) = _children(proc.pid)
+        (child,) = child_pids(proc.pid)
         parent_maps, child_maps = _maps(proc.pid), _maps(child)
         assert "sklearn" not in parent_maps and "sklearn" not in child_maps
         assert "numpy" not in parent_maps  # the model lives in the child alone
         assert "numpy" in child_maps
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{child}").exists() and "zombie" not in \
-                Path(f"/proc/{child}/status").read_text():
-            assert time.monotonic() < deadline, "the ingest worker outlived the daemon"
-            time.sleep(0.05)
+        wait_gone([child])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -5,19 +5,19 @@ mailbox only after it returns, when the batch is committed. Two of them:
 
 - ``LocalIngest`` does the work in the calling thread. Tests that bring their own
   classifier or clock use it, and so does ``TRIAGE_INGEST_PROCESS=false``.
-- ``IngestWorker`` sends the batch to a child process that owns the parser, scikit-learn,
-  the model and its own database connection. Ingestion is CPU-bound (parse, classify,
-  store: ~2-3 ms a message) and one interpreter lock keeps a process on one core, while
-  sending acknowledgments needs CPU at the same time; with the child, the two run on two
-  cores (bench/results.md). The main process never imports scikit-learn (~90 MB less
-  resident there), and a crash or an out-of-memory kill on a hostile message ends the
+- ``IngestWorker`` sends the batch to a child process that owns the parser, the model (its
+  compiled scorer: numpy, no scikit-learn) and its own database connection. Ingestion is
+  CPU-bound (parse, classify, store: ~2-3 ms a message) and one interpreter lock keeps a
+  process on one core, while sending acknowledgments needs CPU at the same time; with the
+  child, the two run on two cores (bench/results.md). The main process never imports
+  numpy or the model, and a crash or an out-of-memory kill on a hostile message ends the
   child, not the daemon.
 
 Nothing is lost when the child dies: the parent marks a batch only after the child has
 committed it, so a batch the child died on is neither stored nor marked and is tried again
 by a new child, one message at a time; a message the child dies on twice becomes a
 quarantine record with that reason, so one poisonous message cannot stall the mailbox.
-The child dies with the parent (``PR_SET_PDEATHSIG``, and end-of-file on its pipe): a
+The child dies with the parent (``PR_SET_PDEATHSIG``, and end-of-file on its socket): a
 SIGKILL of the daemon leaves no orphan writing to the database.
 """
 
