@@ -268,10 +268,17 @@ class WorkOrderStore:
             for item in batch:
                 raw, d = item.raw, item.decision
                 assert d is not None
-                if raw.internal_date is not None and raw.internal_date <= now:
-                    # Later, ``min(internal_date, now)`` is this same instant.
+                if raw.internal_date is None or raw.internal_date > now:
+                    continue
+                # Later, ``min(internal_date, now)`` is this same instant.
+                try:
                     figures.get(d.label, d.priority or "normal",
                                 contracts.get(ckey, "standard"), raw.internal_date)
+                except Exception:
+                    # A type, priority or contract the policy cannot serve: left out here,
+                    # the same call inside fails for this message alone and quarantines it.
+                    # Raised from here it would fail the whole batch on every poll.
+                    continue
         return figures
 
     def _store_one_guarded(self, s: Session, item: Ingest) -> Outcome:
