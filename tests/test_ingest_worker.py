@@ -24,7 +24,7 @@ from sqlalchemy import select
 from classifiers.artifact import DEFAULT_MODEL_PATH
 from tests.test_hostile import daemon_env
 from triage.config import Settings
-from triage.ingest import IngestWorker
+from triage.ingest import IngestWorker, IngestWorkerError
 from triage.messages import RawMessage
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
@@ -114,6 +114,29 @@ def test_a_killed_child_is_replaced_and_nothing_is_lost(worker: IngestWorker,
     assert worker.pid != first and worker.restarts == 1
     assert [o.disposition for o in outcomes] == ["work_order"] * 4
     assert len(stored(settings)[0]) == 4
+
+
+def test_a_replacement_that_fails_to_start_is_retried_on_the_next_batch(
+        worker: IngestWorker, settings: Settings, tmp_path: Path) -> None:
+    """A child that dies and whose replacement cannot start (its model file mid-install,
+    say) fails that batch; the next batch starts a fresh child rather than finding the
+    failed one's closed socket for ever, which would stall the mailbox in a live daemon."""
+    worker.wait_ready()
+    first = worker.pid
+    assert first is not None
+    good = worker.model_path
+    worker.model_path = tmp_path / "half-installed.skops"
+    worker.model_path.write_bytes(b"not a model")
+    os.kill(first, signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(IngestWorkerError):
+        worker.store([raw(1, mail(1))])
+    assert stored(settings)[0] == []  # nothing stored, so the batch stays unmarked
+    worker.model_path = good
+    outcomes = worker.store([raw(i, mail(i)) for i in range(1, 3)])
+    assert [o.disposition for o in outcomes] == ["work_order"] * 2
+    assert worker.pid not in (None, first)
+    assert stored(settings)[0] == ["website_down"] * 2
 
 
 def test_a_message_the_child_dies_on_twice_is_quarantined(settings: Settings,

@@ -256,14 +256,22 @@ class IngestWorker:
             return
         assert self._conn is not None
         try:
-            if not self._conn.poll(timeout):
-                raise IngestWorkerError(f"the ingest worker did not start in {timeout:.0f}s")
-            kind, *rest = self._conn.recv()
-        except (EOFError, OSError) as e:
-            raise IngestWorkerError(
-                f"the ingest worker exited at start-up (code {self._exitcode()})") from e
-        if kind != "ready":
-            raise IngestWorkerError(f"the ingest worker could not start: {rest[0]}")
+            try:
+                if not self._conn.poll(timeout):
+                    raise IngestWorkerError(
+                        f"the ingest worker did not start in {timeout:.0f}s")
+                kind, *rest = self._conn.recv()
+            except (EOFError, OSError) as e:
+                raise IngestWorkerError(
+                    f"the ingest worker exited at start-up (code {self._exitcode()})") from e
+            if kind != "ready":
+                raise IngestWorkerError(f"the ingest worker could not start: {rest[0]}")
+        except IngestWorkerError:
+            # Forget this child, so the next request starts a fresh one: kept, its closed
+            # socket would fail every later request and ingestion would stop for good in a
+            # process that looks alive (a respawn killed while loading its model, say).
+            self._discard()
+            raise
         self.model_version = rest[0]
         self._ready = True
         log.info("ingest worker %s ready; classifier %s from %s", self.pid, self.model_version,
@@ -286,6 +294,17 @@ class IngestWorker:
                 proc.wait(5)
             if conn is not None:
                 conn.close()
+
+    def _discard(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        self._ready = False
+        if conn is not None:
+            conn.close()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
