@@ -52,6 +52,26 @@ def test_a_torn_or_unreadable_line_is_skipped_and_said(tmp_path: Path,
     assert "torn last line" in caplog.text and "unreadable line" in caplog.text
 
 
+def test_a_record_after_a_torn_one_is_kept(tmp_path: Path) -> None:
+    """A write cut short (ENOSPC, or another daemon on the same file killed mid-write)
+    leaves a fragment; the next record, appended after it, must still be read."""
+    log = SentLog(tmp_path / "t.db.sent")
+    log.append(delivery(1))
+    with log.path.open("ab") as fh:
+        fh.write(b'\n{"id": 2, "until": "2026-12')
+    log.append(delivery(3))
+    assert [d.outbox_id for d in log.take()[0]] == [1, 3]
+
+
+def test_a_database_name_with_glob_characters_finds_its_snapshots(tmp_path: Path) -> None:
+    log = SentLog.beside(tmp_path / "triage[prod]*?.db")
+    log.append(delivery(1))
+    got, snaps = log.take()
+    assert [d.outbox_id for d in got] == [1] and len(snaps) == 1
+    log.release(snaps)
+    assert log.take() == ([], [])
+
+
 def _appender(path: str, start: int, n: int) -> None:
     log = SentLog(Path(path))
     for i in range(start, start + n):

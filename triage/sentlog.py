@@ -24,8 +24,10 @@ How it stays correct:
 - Appends hold a shared ``flock`` on ``<log>.lock``; taking a snapshot (renaming the live
   file) holds it exclusively, for microseconds, so no append lands in a file already read.
   Snapshots of a crashed run are picked up by the next one.
-- A torn last line (a kill inside ``write``) is skipped with a warning: that row is sent
-  once more after its lease, as if the kill had come before the record.
+- A torn line (a kill or a full disk inside ``write``) is skipped with a warning: that row
+  is sent once more after its lease, as if the kill had come before the record. Each record
+  also starts with a line end, so the next one, whoever writes it, begins a line of its
+  own rather than being glued onto the fragment and lost with it.
 
 Only deliveries are logged; failures, retries and dead letters are written to the database
 directly (they are rare, and decide what happens next). PostgreSQL needs none of this: its
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -79,7 +82,7 @@ class SentLog:
             os.close(fd)  # releases the lock
 
     def append(self, d: Delivery) -> None:
-        line = json.dumps({
+        line = b"\n" + json.dumps({
             "id": d.outbox_id, "until": d.claimed_until.isoformat(), "at": d.at.isoformat(),
             "answer": d.answer, "kind": d.kind, "wo": d.work_order_id, "attempt": d.attempt,
         }, separators=(",", ":")).encode() + b"\n"
@@ -99,7 +102,7 @@ class SentLog:
             if self.path.exists():
                 self.path.rename(self.path.with_name(
                     f"{self.path.name}{_SNAPSHOT}{os.getpid()}-{os.urandom(4).hex()}"))
-        snapshots = sorted(self.path.parent.glob(f"{self.path.name}{_SNAPSHOT}*"))
+        snapshots = sorted(self.path.parent.glob(f"{glob.escape(self.path.name)}{_SNAPSHOT}*"))
         deliveries: list[Delivery] = []
         for snap in snapshots:
             deliveries += self._read(snap)
@@ -115,6 +118,8 @@ class SentLog:
         if lines[-1]:
             log.warning("%s: a torn last line was skipped (its row is sent again)", snap)
         for raw in lines[:-1]:
+            if not raw:
+                continue
             try:
                 e = json.loads(raw)
                 out.append(Delivery(int(e["id"]), datetime.fromisoformat(e["until"]),
