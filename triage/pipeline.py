@@ -107,6 +107,10 @@ class Runner:
             if transport_pause > 0 else None)
         self._paused_until = 0.0
         self._halt_sweep = False  # a failed ingest stops its concurrent sender (send=True)
+        # Whose sweeps the sender beside ingestion runs. One outbox and one transport per
+        # process: with several mailboxes every runner sends through the first one's, so
+        # sweeps stay one at a time and a transport pause holds for all of them.
+        self.sender: Runner = self
         # Set while sweeps send nothing and fail (/readyz); any sweep that sends clears it,
         # whoever ran it (the outbox job, or the sender beside ingestion).
         self.send_trouble: str | None = None
@@ -140,7 +144,7 @@ class Runner:
         try:
             return await self._ingest()
         except BaseException:
-            self._halt_sweep = True  # the sweep in hand gives its rows back and ends
+            self.sender._halt_sweep = True  # the sweep in hand gives its rows back and ends
             raise
         finally:
             ingest_done.set()
@@ -148,7 +152,11 @@ class Runner:
             try:
                 await sender
             finally:
-                self._halt_sweep = False
+                self.sender._halt_sweep = False
+                if self.sender is not self:
+                    # Its last sweeps may have found another mailbox's sweep in hand and
+                    # returned; the poll's own outbox sweep afterwards sends what is left.
+                    self.outbox_wakeup.set()
 
     async def _ingest(self) -> int:
         """Keep the ingestor busy: batch N+1 is handed over the moment batch N is stored,
@@ -196,11 +204,12 @@ class Runner:
     async def _send_while(self, ingest_done: asyncio.Event) -> None:
         """Sweep whenever a marked batch queued acknowledgments, until ingestion ends and
         the outbox is empty, or a send fails (the caller's own sweep decides what next)."""
+        s = self.sender
         try:
-            while not self._halt_sweep and not self.should_stop():
+            while not s._halt_sweep and not self.should_stop():
                 self.outbox_wakeup.clear()  # before the sweep: a batch marked during it wakes us
-                sent, failed = await self.drain_outbox()
-                if failed or (not sent and time.monotonic() < self._paused_until):
+                sent, failed = await s.drain_outbox()
+                if failed or (not sent and time.monotonic() < s._paused_until):
                     return
                 if sent:
                     continue

@@ -206,6 +206,8 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
         for cfg in configs
     ]
     runner = runners[0][1]
+    for _, r in runners:
+        r.sender = runner
     watch = SlaWatch(
         sessions, policy, clock, at_risk_fraction=settings.at_risk_fraction,
         lead_address=settings.lead_address, oncall_address=settings.oncall_address,
