@@ -5,8 +5,9 @@ The nightly job (``nightly``) exports the corrections table to ``corrections_dir
 in the training format, trains a candidate on the training data plus those corrections,
 scores candidate and current model on ``data/heldout`` and installs the candidate into
 ``retrained_dir`` (never into the packaged ``classifiers/model/``, which may be read-only).
-``best_model_path`` picks, at start-up, the retrained model when its recorded held-out
-score is not worse than the packaged one's, so a restart keeps what the night learned.
+``classifiers.installed.best_model_path`` picks, at start-up, the retrained model when its
+recorded held-out score is not worse than the packaged one's, so a restart keeps what the
+night learned.
 
 ``classifiers`` never imports ``triage``: the two tables are read through lightweight
 SQLAlchemy table clauses naming only the columns used (tests run the export against the
@@ -382,6 +383,3 @@ def nightly(
         corrections_dir=Path(corrections_dir),
         **retrain_options,
     )
-
-
-# --------------------------------------------------------------------------- start-up

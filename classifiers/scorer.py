@@ -42,6 +42,13 @@ def scorer_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".scorer.npz")
 
 
+def _terms_by_column(vocabulary: dict[str, int]) -> list[str]:
+    terms = [""] * len(vocabulary)
+    for term, i in vocabulary.items():
+        terms[i] = term
+    return terms
+
+
 @dataclass
 class TextPart:
     """One fitted TF-IDF vectorizer: its analyzer's settings, vocabulary and idf."""
@@ -82,6 +89,10 @@ class TextPart:
                 break
         return out
 
+    def _words(self, text: str) -> list[str]:
+        """What ``char_wb`` makes n-grams of: the words between runs of white space."""
+        return _WHITE_SPACES.sub(" ", self._preprocess(text)).split()
+
     def columns(self, text: str) -> list[int]:
         """Vocabulary columns of the document's terms, repeats kept (they are the counts).
 
@@ -89,14 +100,11 @@ class TextPart:
         words' n-grams one after the other, and a word's columns can be remembered: mail
         repeats its words, and the n-grams were most of a classification's cost."""
         get = self.vocabulary.get
-        text = self._preprocess(text)
         if self.analyzer == "word":
-            assert self._token is not None
-            return [c for c in map(get, self.word_ngrams(self._token.findall(text)))
-                    if c is not None]
+            return [c for c in map(get, self.analyze(text)) if c is not None]
         cache = self.word_cols
         cols: list[int] = []
-        for w in _WHITE_SPACES.sub(" ", text).split():
+        for w in self._words(text):
             known = cache.get(w)
             if known is None:
                 known = [c for c in map(get, self.char_wb_ngrams(w)) if c is not None]
@@ -108,11 +116,10 @@ class TextPart:
 
     def analyze(self, text: str) -> list[str]:
         """The terms of ``text`` (what the vectorizer's ``build_analyzer()`` returns)."""
-        text = self._preprocess(text)
         if self.analyzer == "word":
             assert self._token is not None
-            return self.word_ngrams(self._token.findall(text))
-        return [g for w in _WHITE_SPACES.sub(" ", text).split() for g in self.char_wb_ngrams(w)]
+            return self.word_ngrams(self._token.findall(self._preprocess(text)))
+        return [g for w in self._words(text) for g in self.char_wb_ngrams(w)]
 
 
 class Scorer:
@@ -160,15 +167,12 @@ class Scorer:
                     and step.input == "content"):
                 return None
             vocab = dict(step.vocabulary_)
-            terms = None
-            if step.analyzer == "word":
-                terms = [""] * len(vocab)
-                for term, i in vocab.items():
-                    terms[i] = term
+            word = step.analyzer == "word"
             parts.append(TextPart(
                 step.analyzer, tuple(step.ngram_range), bool(step.lowercase),
-                step.token_pattern if step.analyzer == "word" else None, vocab,
-                np.asarray(step.idf_, dtype=np.float64), bool(step.sublinear_tf), offset, terms))
+                step.token_pattern if word else None, vocab,
+                np.asarray(step.idf_, dtype=np.float64), bool(step.sublinear_tf), offset,
+                _terms_by_column(vocab) if word else None))
             offset += len(vocab)
         if offset != model.coef_.shape[1]:
             return None
@@ -196,10 +200,7 @@ class Scorer:
             "coef_t": self.coef_t, "intercept": self.intercept,
         }
         for i, p in enumerate(self.parts):
-            terms = [""] * len(p.vocabulary)
-            for term, j in p.vocabulary.items():
-                terms[j] = term
-            arrays[f"terms_{i}"] = np.asarray(terms, dtype=str)
+            arrays[f"terms_{i}"] = np.asarray(_terms_by_column(p.vocabulary), dtype=str)
             arrays[f"idf_{i}"] = p.idf
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]

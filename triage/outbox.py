@@ -27,6 +27,7 @@ from triage.ack import AckView
 from triage.mailbox.backoff import Backoff
 from triage.sentlog import Delivery, SentLog
 from triage.smtp import WireMessage
+from triage.storage.engine import in_chunks
 from triage.storage.models import Event, Outbox, WorkOrder
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,10 @@ _MARK_LOGGED = (update(_t)
 _SENT_EVENT = insert(Event.__table__)
 
 
-def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+def _sent_event(d: Delivery) -> dict[str, Any]:
+    """The ``ack_sent`` (or other kind's) event of a delivery, as ``_SENT_EVENT`` takes it."""
+    return {"work_order_id": d.work_order_id, "actor": "system", "action": f"{d.kind}_sent",
+            "detail": {"outbox": d.outbox_id}, "at": d.at}
 
 
 class OutboxStore:
@@ -259,7 +262,7 @@ class OutboxStore:
         for d in deliveries:
             by_id.setdefault(d.outbox_id, []).append(d)
         mine: list[Delivery] = []
-        for chunk in _chunks(list(by_id)):
+        for chunk in in_chunks(by_id):
             for row_id, status, attempts in c.execute(
                     select(Outbox.id, Outbox.status, Outbox.attempts)
                     .where(Outbox.id.in_(chunk))):
@@ -268,10 +271,7 @@ class OutboxStore:
         if mine:
             c.execute(_MARK_LOGGED, [{"r_id": d.outbox_id, "r_attempt": d.attempt,
                                       "r_now": d.at, "r_answer": d.answer} for d in mine])
-            c.execute(_SENT_EVENT, [{"work_order_id": d.work_order_id, "actor": "system",
-                                     "action": f"{d.kind}_sent",
-                                     "detail": {"outbox": d.outbox_id}, "at": d.at}
-                                    for d in mine])
+            c.execute(_SENT_EVENT, [_sent_event(d) for d in mine])
         return snapshots
 
     def _released(self, snapshots: list[Path]) -> None:
@@ -286,9 +286,7 @@ class OutboxStore:
                                       "r_now": d.at, "r_answer": d.answer}).rowcount
         if mine != 1:
             return False
-        c.execute(_SENT_EVENT, {"work_order_id": d.work_order_id, "actor": "system",
-                                "action": f"{d.kind}_sent", "detail": {"outbox": d.outbox_id},
-                                "at": d.at})
+        c.execute(_SENT_EVENT, _sent_event(d))
         return True
 
     def _record_failure(self, s: Session, job: Job, result: SendResultLike,

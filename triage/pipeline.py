@@ -355,8 +355,8 @@ class Runner:
         if sent:
             self.send_trouble = None
         elif failed:
-            answer = f"{last_failure.code or ''} {last_failure.text}".strip() if last_failure \
-                else "no answer"
+            answer = (f"{last_failure.code or ''} {last_failure.text}".strip()
+                      if last_failure else "")
             self.send_trouble = (f"the last outbox sweep sent nothing ({failed} failed): "
                                  f"{answer or 'no answer'}")
         return sent, failed

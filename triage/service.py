@@ -455,9 +455,7 @@ class Service:
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(10):
                             await ops
-        if self.c.ingest is not None:
-            await asyncio.to_thread(self.c.ingest.close)
-        self.c.engine.dispose()
+        await asyncio.to_thread(self.c.close)  # the ingest worker, then the pool
         log.info("stopped; counters %s", [p.runner.counters for p in self.pollers])
         if self.fatal is not None:
             raise FatalMailboxError(str(self.fatal)) from self.fatal

@@ -35,6 +35,7 @@ from triage.messages import DueDates, ParsedEmail, RawMessage
 from triage.parse import build_reply_headers, clean_header
 from triage.sla import SlaPolicy
 from triage.slamarks import apply_marks, end_pause
+from triage.storage.engine import in_chunks
 from triage.storage.models import (
     AttachmentRow,
     Client,
@@ -162,12 +163,16 @@ def work_order_values(p: ParsedEmail, d: Decision, priority: str, contract: str,
         classifier_version=d.model_version,
         evidence=[{"source": e.source, "text": e.text, "weight": e.weight}
                   for e in d.evidence],
-        cues=list(d.cues), contract=contract, received_at=received,
-        clock_start=due.clock_start, response_due=due.response_due,
-        callback_due=due.callback_due, fulfil_due=due.fulfil_due,
-        milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones],
+        cues=list(d.cues), contract=contract, received_at=received, **due_columns(due),
         root_message_id=p.message_id, created_at=now, updated_at=now, pauses=[],
     )
+
+
+def due_columns(due: DueDates) -> dict[str, Any]:
+    """A new work order's SLA columns: what its row holds and its queue marks read."""
+    return dict(clock_start=due.clock_start, response_due=due.response_due,
+                callback_due=due.callback_due, fulfil_due=due.fulfil_due,
+                milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones])
 
 
 class RetryBatch(Exception):
@@ -261,7 +266,7 @@ class WorkOrderStore:
             return figures
         contracts: dict[str, str] = {}
         with self._reads() as rs:
-            for chunk in _chunks(wanted):
+            for chunk in in_chunks(wanted):
                 contracts.update(rs.execute(select(Client.domain, Client.contract)
                                             .where(Client.domain.in_(chunk))).all())
         for ckey, batch in wanted.items():
@@ -528,7 +533,6 @@ class WorkOrderStore:
 # ---- the fast path -----------------------------------------------------------------------------
 # Failures of the environment, not of a message: the batch is retried later, never quarantined.
 _ENVIRONMENT = (OSError, OperationalError, InterfaceError)
-_CHUNK = 500  # ids per IN (...) list: far below SQLite's 32,766 bound parameters
 
 
 class _Ref:
@@ -546,11 +550,6 @@ class _Ref:
 
 def _rid(v: _Ref | int | None) -> int | None:
     return v.get() if isinstance(v, _Ref) else v
-
-
-def _chunks(values: Any) -> list[list[Any]]:
-    seq = list(values)
-    return [seq[i : i + _CHUNK] for i in range(0, len(seq), _CHUNK)]
 
 
 def _number_of(ref: _Ref) -> str:
@@ -594,22 +593,22 @@ class _FastBatch:
         for i in items:
             boxes.setdefault((i.raw.mailbox, i.raw.uidvalidity), []).append(i.raw.uid)
         for (mb, uv), uids in boxes.items():
-            for chunk in _chunks(uids):
+            for chunk in in_chunks(uids):
                 self.already.update((mb, uv, u) for u in s.scalars(select(Fetch.uid).where(
                     Fetch.mailbox == mb, Fetch.uidvalidity == uv, Fetch.uid.in_(chunk))))
         self.known_keys: dict[str, int] = {}
-        for chunk in _chunks({dedupe_key(i.parsed, i.raw) for i in ok}):
+        for chunk in in_chunks({dedupe_key(i.parsed, i.raw) for i in ok}):
             self.known_keys.update(s.execute(select(Message.dedupe_key, Message.id).where(
                 Message.dedupe_key.in_(chunk))).all())
         parsed = [i.parsed for i in ok if i.parsed is not None]
         self.own: set[str] = set()
-        for chunk in _chunks({p.message_id for p in parsed if p.message_id}):
+        for chunk in in_chunks({p.message_id for p in parsed if p.message_id}):
             self.own.update(s.scalars(select(Outbox.message_id).where(
                 Outbox.message_id.in_(chunk))))
         refs = {r for p in parsed for r in (p.in_reply_to, *p.references) if r}
         self.outbox_thread: dict[str, int] = {}
         self.message_thread: dict[str, int] = {}
-        for chunk in _chunks(refs):
+        for chunk in in_chunks(refs):
             for mid, wo_id in s.execute(select(Outbox.message_id, Outbox.work_order_id).where(
                     Outbox.message_id.in_(chunk), Outbox.work_order_id.is_not(None))):
                 self.outbox_thread.setdefault(mid, wo_id)
@@ -620,7 +619,7 @@ class _FastBatch:
         wo_ids = set(self.outbox_thread.values()) | set(self.message_thread.values())
         self.wos: dict[int, WorkOrder] = {}
         self.wo_numbers: dict[str, WorkOrder] = {}
-        for chunk in _chunks(wo_ids):
+        for chunk in in_chunks(wo_ids):
             for wo in s.scalars(select(WorkOrder).options(selectinload(WorkOrder.client))
                                 .where(WorkOrder.id.in_(chunk))):
                 self.wos[wo.id] = wo
@@ -631,14 +630,14 @@ class _FastBatch:
                 if wo.number:
                     self.wo_numbers[wo.number] = wo
         self.known_clients: dict[str, tuple[int, str]] = {}
-        for chunk in _chunks({client_key(p.from_addr) for p in parsed}):
+        for chunk in in_chunks({client_key(p.from_addr) for p in parsed}):
             for cid, domain, contract in s.execute(select(Client.id, Client.domain,
                                                           Client.contract)
                                                    .where(Client.domain.in_(chunk))):
                 self.known_clients[domain] = (cid, contract)
         self.rates: dict[str, int] = {}
         hour_ago = self.st._clock() - timedelta(hours=1)
-        for chunk in _chunks({p.from_addr for p in parsed if p.from_addr}):
+        for chunk in in_chunks({p.from_addr for p in parsed if p.from_addr}):
             self.rates.update(s.execute(
                 select(Outbox.to_addr, func.count(Outbox.id))
                 .where(Outbox.kind == "ack", Outbox.to_addr.in_(chunk),
@@ -945,10 +944,7 @@ class _SlaFigures:
             # What a new row holds, for the marks (a transient ORM object would cost more).
             view = _MarksView(dict(
                 status="new", pauses=[], contract=contract, priority=priority,
-                request_type=label, received_at=received, clock_start=due.clock_start,
-                response_due=due.response_due, callback_due=due.callback_due,
-                fulfil_due=due.fulfil_due,
-                milestones=[{"name": n, "due": t.isoformat()} for n, t in due.milestones]))
+                request_type=label, received_at=received, **due_columns(due)))
             apply_marks(view, self.policy, self.at_risk_fraction)  # type: ignore[arg-type]
             known = self._known[key] = (due, view.next_due, view.at_risk_at)
         return known

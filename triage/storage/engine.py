@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -26,6 +29,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # What any statement may wait for a lock; writers wait for theirs in _sqlite_begin.
     cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     cur.close()
+
+
+IN_CHUNK = 500  # values per IN (...) list: far below SQLite's 32,766 bound parameters
+
+
+def in_chunks(values: Iterable[T]) -> list[list[T]]:
+    """``values`` in lists short enough for one ``IN (...)`` each."""
+    seq = list(values)
+    return [seq[i : i + IN_CHUNK] for i in range(0, len(seq), IN_CHUNK)]
 
 
 LOCK_WAIT_S = 10.0  # how long a writer waits for SQLite's write lock before failing
