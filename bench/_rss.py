@@ -105,19 +105,20 @@ class TreeRss:
             self.peak_sum_kb = max(self.peak_sum_kb, total)
             self.peak_pss_sum_kb = max(self.peak_pss_sum_kb, pss)
 
+    def _python_pids(self) -> list[int]:
+        """The Python processes in the tree (the daemon and its worker), largest peak first."""
+        return sorted((pid for pid in self.peak_kb if "python" in self.names.get(pid, "")
+                       or "triage" in self.names.get(pid, "")),
+                      key=lambda pid: -self.peak_kb[pid])
+
     def python_peaks_mb(self) -> list[float]:
-        """Peak of each Python process in the tree (the daemon and its worker), largest first."""
-        return sorted((kb / 1024 for pid, kb in self.peak_kb.items()
-                       if "python" in self.names.get(pid, "") or "triage" in
-                       self.names.get(pid, "")), reverse=True)
+        """Peak of each Python process in the tree, largest first."""
+        return [self.peak_kb[pid] / 1024 for pid in self._python_pids()]
 
     def python_cpu(self) -> list[float]:
         """CPU seconds of each Python process in the tree, in ``python_peaks_mb`` order
         (measured up to the last sample, ``interval`` before it exited)."""
-        pids = sorted((pid for pid in self.peak_kb if "python" in self.names.get(pid, "")
-                       or "triage" in self.names.get(pid, "")),
-                      key=lambda pid: -self.peak_kb[pid])
-        return [self.cpu_s.get(pid, 0.0) for pid in pids]
+        return [self.cpu_s.get(pid, 0.0) for pid in self._python_pids()]
 
     @property
     def peak_sum_mb(self) -> float:

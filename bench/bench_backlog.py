@@ -98,7 +98,7 @@ def daemon_env(srv: Servers, user: DovecotUser, db_url: str, work: Path,
         "TRIAGE_DATABASE_URL": db_url,
         "TRIAGE_ATTACHMENTS_DIR": str(work / "attachments"),
         "TRIAGE_LOG_FORMAT": "json",
-        "PYTHONPATH": str(repo) + ":/tmp/trace",
+        "PYTHONPATH": str(repo),
     })
     if batch_size:
         env["TRIAGE_BATCH_SIZE"] = str(batch_size)

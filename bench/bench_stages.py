@@ -54,9 +54,9 @@ from triage.workorders import Ingest
 
 log = logging.getLogger("bench.stages")
 BATCH = 50  # the daemon's default batch_size
-# Rows claimed per outbox sweep, as the daemon claims them.
 RECORD = {"sqlite": "record, a sent-log line (the next claim applies it), sqlite",
           "postgresql": "record, one commit per row, postgresql"}
+# Rows claimed per outbox sweep, as the daemon claims them.
 SWEEP: int = inspect.signature(Runner.drain_outbox).parameters["limit"].default
 
 
