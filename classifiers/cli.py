@@ -29,7 +29,7 @@ def _err(msg: str) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from classifiers.train import DEFAULT_HELDOUT, train
+    from classifiers.train import DEFAULT_HELDOUT, DEFAULT_WILD, train
 
     quiet = bool(getattr(ns, "quiet", False))
 
@@ -49,7 +49,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         heldout = [DEFAULT_HELDOUT] if data is None and DEFAULT_HELDOUT.exists() else None
     try:
-        meta = train(data, out, corrections=corrections, heldout=heldout, progress=progress)
+        wild = [DEFAULT_WILD] if data is None and DEFAULT_WILD.exists() else None
+        meta = train(data, out, corrections=corrections, heldout=heldout, wild=wild,
+                     progress=progress)
     except (FileNotFoundError, ValueError) as exc:
         _err(str(exc))
         return 1
@@ -60,26 +62,40 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
+    """Scores on the named data, or on each held-out set (``heldout`` and ``wild``) apart."""
     from classifiers.evaluate import evaluate, jsonl_files, load_records, plot_confusion
     from classifiers.predict import Classifier
+    from classifiers.train import DEFAULT_HELDOUT, DEFAULT_WILD
 
+    if getattr(ns, "data", None):
+        sets = {"data": [Path(p) for p in ns.data]}
+    else:
+        sets = {"heldout": [DEFAULT_HELDOUT], "wild": [DEFAULT_WILD]}
     try:
         clf = Classifier.load(Path(ns.model) if getattr(ns, "model", None) else None)
-        records = load_records(jsonl_files(Path(p) for p in ns.data))
+        loaded = {name: load_records(jsonl_files(paths)) for name, paths in sets.items()}
     except (ArtifactError, FileNotFoundError) as exc:
         _err(str(exc))
         return 1
-    if not records:
+    if not any(loaded.values()):
         _err("no labelled records in the given data")
         return 1
-    report = evaluate(clf, records)
+    reports = {name: evaluate(clf, records) for name, records in loaded.items() if records}
     if getattr(ns, "plot", None):
-        plot_confusion(report, Path(ns.plot))
+        plot_confusion(next(iter(reports.values())), Path(ns.plot))
     if getattr(ns, "json", False):
-        out = {"model_version": clf.version, **report.to_json()}
+        out: dict[str, Any] = {"model_version": clf.version}
+        if list(reports) == ["data"]:
+            out.update(reports["data"].to_json())
+        else:
+            out.update({name: r.to_json() for name, r in reports.items()})
         sys.stdout.write(json.dumps(out) + "\n")
     else:
-        sys.stdout.write(f"model {clf.version}\n{report.format_text()}\n")
+        sys.stdout.write(f"model {clf.version}\n")
+        for name, r in reports.items():
+            if len(reports) > 1:
+                sys.stdout.write(f"\n== {name} ==\n")
+            sys.stdout.write(f"{r.format_text()}\n")
     return 0
 
 

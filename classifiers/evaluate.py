@@ -5,6 +5,7 @@ Also home of the record loader, which training shares: both read the same format
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -94,6 +95,35 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
+class Bin:
+    """One row of a reliability table: decisions whose confidence fell in [lo, hi)."""
+
+    lo: float
+    hi: float
+    n: int
+    accuracy: float
+    mean_confidence: float
+
+
+RELIABILITY_EDGES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001)
+
+
+def reliability_table(confidences: Sequence[float], correct: Sequence[bool],
+                      edges: Sequence[float] = RELIABILITY_EDGES) -> tuple[Bin, ...]:
+    """Accuracy per confidence bin: calibrated confidence has accuracy close to the bin's mean
+    confidence. The review threshold is read off it (``classifiers.train.pick_threshold``)."""
+    out: list[Bin] = []
+    conf = np.asarray(confidences, dtype=float)
+    ok = np.asarray(correct, dtype=bool)
+    for lo, hi in itertools.pairwise(edges):
+        mask = (conf >= lo) & (conf < hi)
+        n = int(mask.sum())
+        out.append(Bin(lo, min(hi, 1.0), n, float(ok[mask].mean()) if n else 0.0,
+                       float(conf[mask].mean()) if n else 0.0))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Report:
     n: int
     accuracy: float
@@ -103,6 +133,12 @@ class Report:
     per_class: dict[str, ClassScore]
     labels: list[str]  # row/column order of ``confusion``
     confusion: np.ndarray  # rows: true label, columns: predicted label
+    # The two mistakes that cost unequally: a request screened out is a client nobody
+    # answers; a non-request opened costs staff one click.
+    requests_screened_out: int = 0
+    non_requests_opened: int = 0
+    non_request_precision: float = 1.0  # of the records screened out, the share truly not one
+    reliability: tuple[Bin, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the numbers a benchmark or the artifact metadata keeps."""
@@ -112,6 +148,14 @@ class Report:
             "macro_f1": round(self.macro_f1, 4),
             "priority_accuracy": round(self.priority_accuracy, 4),
             "needs_review_rate": round(self.needs_review_rate, 4),
+            "requests_screened_out": self.requests_screened_out,
+            "non_requests_opened": self.non_requests_opened,
+            "non_request_precision": round(self.non_request_precision, 4),
+            "reliability": [
+                {"confidence": f"{b.lo:.2f}-{b.hi:.2f}", "n": b.n,
+                 "accuracy": round(b.accuracy, 4), "mean_confidence": round(b.mean_confidence, 4)}
+                for b in self.reliability if b.n
+            ],
             "per_class": {
                 k: {
                     "precision": round(v.precision, 4),
@@ -142,6 +186,13 @@ class Report:
             f"macro-F1           {self.macro_f1:.4f}",
             f"priority accuracy  {self.priority_accuracy:.4f}",
             f"needs review       {self.needs_review_rate:.4f}",
+            f"requests screened out  {self.requests_screened_out}",
+            f"non-requests opened    {self.non_requests_opened}",
+            f"non-request precision  {self.non_request_precision:.4f}",
+            "",
+            "reliability (confidence bin: decisions, accuracy, mean confidence)",
+            *(f"  {b.lo:.2f}-{b.hi:.2f}  {b.n:5d}  {b.accuracy:.3f}  {b.mean_confidence:.3f}"
+              for b in self.reliability if b.n),
             "",
             "confusion matrix (rows: true, columns: predicted)",
         ]
@@ -171,6 +222,7 @@ def score(records: Sequence[Record], decisions: Sequence[Decision]) -> Report:
         if rec.priority is not None
     ]
     prio_acc = sum(t == q for t, q in with_priority) / len(with_priority) if with_priority else 1.0
+    screened = [t for t, q in zip(y_true, y_pred, strict=True) if q == NOT_A_REQUEST]
     return Report(
         n=len(records),
         accuracy=float(np.mean([t == q for t, q in zip(y_true, y_pred, strict=True)])),
@@ -180,6 +232,13 @@ def score(records: Sequence[Record], decisions: Sequence[Decision]) -> Report:
         per_class=per_class,
         labels=labels,
         confusion=_confusion(y_true, y_pred, labels),
+        requests_screened_out=sum(t != NOT_A_REQUEST for t in screened),
+        non_requests_opened=sum(t == NOT_A_REQUEST and q != NOT_A_REQUEST
+                                for t, q in zip(y_true, y_pred, strict=True)),
+        non_request_precision=(sum(t == NOT_A_REQUEST for t in screened) / len(screened)
+                               if screened else 1.0),
+        reliability=reliability_table([d.confidence for d in decisions],
+                                      [t == q for t, q in zip(y_true, y_pred, strict=True)]),
     )
 
 

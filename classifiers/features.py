@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,14 @@ def normalise(text: str) -> str:
 
 
 _WORD = re.compile(r"\w+")
+# "Re:", "AW:", "RE: RE:" and ticket tags of any system ("[ITX #48213]", "Ticket#123",
+# "[#123]", our "[ITX-000123]") at the start of a subject.
+REPLY_SUBJECT = re.compile(
+    r"\s*(?:\b(?:re|aw|sv|vs|antw|odp|r)\s*:\s*|\[\s*[a-z]*[-\s]*#?\s*\d+\s*\]\s*|"
+    r"\bticket\s*#?\s*\d+\s*)+",
+    re.IGNORECASE,
+)
+REPLY_SUBJECT_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -142,12 +150,20 @@ class KeywordRules:
     the regexes are rebuilt lazily after loading.
     """
 
-    def __init__(self, groups: Mapping[str, Mapping[str, float]], thresholds: Mapping[str, float]):
+    def __init__(self, groups: Mapping[str, Mapping[str, float]], thresholds: Mapping[str, float],
+                 requires: Mapping[str, Sequence[str]] | None = None,
+                 negated_by: Mapping[str, Sequence[str]] | None = None):
         self.groups = {
             g: {normalise(p): float(w) for p, w in ph.items()} for g, ph in groups.items()
         }
         self.thresholds = dict(thresholds)
+        # Context (see data/keywords.toml, [context]): a group's phrases count only where one
+        # of its ``requires`` phrases occurs somewhere in the text, and not where one of its
+        # ``negated_by`` phrases stands just before them ("no longer down", "can be resolved").
+        self.requires = {g: [normalise(p) for p in ph] for g, ph in (requires or {}).items()}
+        self.negated_by = {g: [normalise(p) for p in ph] for g, ph in (negated_by or {}).items()}
         self._compiled: _Compiled | None = None
+        self._context: tuple[dict[str, re.Pattern[str]], dict[str, re.Pattern[str]]] | None = None
 
     @classmethod
     def from_toml(cls, path: Path | None = None) -> KeywordRules:
@@ -171,15 +187,39 @@ class KeywordRules:
             negations = table.pop("negations", {})
             groups[f"cue:{cue}"] = table
             groups[f"neg:{cue}"] = {p: -abs(float(w)) for p, w in negations.items()}
-        return cls(groups, thresholds)
+        context = doc.get("context", {})
+        requires = {_group_name(g, groups): list(v)
+                    for g, v in context.get("requires", {}).items()}
+        negated = {_group_name(g, groups): list(v)
+                   for g, v in context.get("negated_by", {}).items()}
+        return cls(groups, thresholds, requires, negated)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"groups": self.groups, "thresholds": self.thresholds}
+        return {"groups": self.groups, "thresholds": self.thresholds,
+                "requires": self.requires, "negated_by": self.negated_by}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.groups = dict(state["groups"])
         self.thresholds = dict(state["thresholds"])
+        self.requires = dict(state.get("requires", {}))
+        self.negated_by = dict(state.get("negated_by", {}))
         self._compiled = None
+        self._context = None
+
+    def _context_patterns(self) -> tuple[dict[str, re.Pattern[str]], dict[str, re.Pattern[str]]]:
+        if self._context is None:
+            def alts(phrases: Sequence[str]) -> str:
+                return "|".join(re.escape(p).replace(r"\ ", r"\s+")
+                                for p in sorted(phrases, key=len, reverse=True))
+
+            req = {g: re.compile(rf"(?<!\w)(?:{alts(ph)})(?!\w)") for g, ph in self.requires.items()
+                   if ph}
+            # The negator, then at most two other words, then the phrase: "no longer down",
+            # "isn't really down", "can be resolved", "hopefully resolved".
+            neg = {g: re.compile(rf"(?<!\w)(?:{alts(ph)})(?:\s+[\w']+){{0,2}}\s*$")
+                   for g, ph in self.negated_by.items() if ph}
+            self._context = (req, neg)
+        return self._context
 
     def _compile(self) -> _Compiled:
         if self._compiled is None:
@@ -206,7 +246,13 @@ class KeywordRules:
         phrase alternation is tried there alone, not at every character. It was the largest
         cost of a classification (~0.15 ms a message here)."""
         c = self._compile()
-        seen: set[str] = set()
+        requires, negated = self._context_patterns()
+        # A reply's subject names the thread ("Re: website is down"), not what this mail
+        # says ("it's back, thanks"): its phrases weigh less than the body's.
+        first = text.find("\n")
+        subject_end = (first if first >= 0 else len(text)) if REPLY_SUBJECT.match(text) else 0
+        present: dict[str, bool] = {}
+        seen: set[tuple[str, str]] = set()  # (phrase, group) already counted
         hits: list[RuleHit] = []
         end = 0
         for w in c.starts.finditer(text):
@@ -218,10 +264,21 @@ class KeywordRules:
                 continue
             end = m.end()
             phrase = normalise(m.group(0))
-            if phrase in seen:
-                continue
-            seen.add(phrase)
             for group, weight in c.index.get(phrase, ()):
+                if (phrase, group) in seen:
+                    continue
+                need = requires.get(group)
+                if need is not None:
+                    if group not in present:
+                        present[group] = need.search(text) is not None
+                    if not present[group]:
+                        continue
+                neg = negated.get(group)
+                if neg is not None and neg.search(text, max(0, m.start() - 60), m.start()):
+                    continue  # this occurrence is negated; a later one may still count
+                seen.add((phrase, group))
+                if m.start() < subject_end:
+                    weight *= REPLY_SUBJECT_WEIGHT
                 hits.append(RuleHit(phrase, group, weight))
         return hits
 
@@ -253,6 +310,15 @@ class KeywordRules:
                 kind = h.group[3:]
                 score[kind] = score.get(kind, 0.0) + h.weight
         return max(score, key=lambda k: score[k]) if score else None
+
+
+def _group_name(name: str, groups: Mapping[str, Any]) -> str:
+    """A [context] key as a rule group: a type as it is, "thanks" as "nr:thanks", "urgency"
+    as "cue:urgency"; unknown names are refused so a typo cannot silently do nothing."""
+    for candidate in (name, f"nr:{name}", f"cue:{name}"):
+        if candidate in groups:
+            return candidate
+    raise ValueError(f"keywords: [context] names unknown rule group {name!r}")
 
 
 def rule_row(rules: KeywordRules, hits: Iterable[RuleHit], scale: float,

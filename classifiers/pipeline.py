@@ -24,6 +24,7 @@ TOKEN_PATTERN = r"(?u)\b\w[\w'\-]*\w\b|\b\w\b"
 MODELS = ("logreg", "svm")
 
 
+
 class CompactTfidfVectorizer(TfidfVectorizer):
     """A TfidfVectorizer whose saved state holds its vocabulary as one string array.
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from classifiers import artifact
+from classifiers.closing import closing_note
 from classifiers.features import KeywordRules, RuleHit, prepare
 from classifiers.scorer import Scorer
 from classifiers.scorer import load as load_scorer
@@ -37,6 +38,12 @@ DEFAULT_PRIORITIES: dict[str, str] = {
     "quickbooks_print": "high",
 }
 DEFAULT_REVIEW_THRESHOLD = 0.5
+# What an artifact without these settings gets: the model's own probabilities, any
+# not_a_request screens, no open-set fallback (how models behaved before they existed).
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_SCREEN_THRESHOLD = 0.0
+DEFAULT_OPEN_SET_THRESHOLD = 0.0
+OPEN_SET_LABEL = "other"
 MAX_MODEL_EVIDENCE = 5
 MAX_RULE_EVIDENCE = 5
 
@@ -70,6 +77,11 @@ class Classifier:
             **meta.get("priorities", {}),
         }
         self.review_threshold = float(meta.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
+        # Chosen at training (classifiers.train.calibrate), each from a measurement:
+        self.temperature = float(meta.get("temperature", DEFAULT_TEMPERATURE))
+        self.screen_threshold = float(meta.get("screen_threshold", DEFAULT_SCREEN_THRESHOLD))
+        self.open_set_threshold = float(meta.get("open_set_threshold",
+                                                 DEFAULT_OPEN_SET_THRESHOLD))
         if scorer is None and pipe is not None:
             scorer = Scorer.from_pipeline(pipe)
         self.scorer = scorer
@@ -142,6 +154,20 @@ class Classifier:
                 out[i] = decision
         return [d for d in out if d is not None]
 
+    def probabilities(self, emails: Sequence[EmailInput]) -> tuple[np.ndarray, list[bool]]:
+        """The text model's raw (uncalibrated) probabilities over ``classes`` for each email,
+        and whether a rule screened it before the model (calibration leaves those out)."""
+        screened = [self._screen(e) is not None for e in emails]
+        texts = [prepare(e) for e in emails]
+        hits = [self.rules.match(t) for t in texts]
+        if self.scorer is not None:
+            rows = [self.scorer.features(t, h) for t, h in zip(texts, hits, strict=True)]
+            return self.scorer.proba_many(rows), screened
+        import sklearn
+
+        with sklearn.config_context(assume_finite=True):
+            return self.pipe.predict_proba(texts), screened
+
     # ------------------------------------------------------------------ internals
 
     def _screen(self, email: EmailInput) -> Decision | None:
@@ -151,7 +177,14 @@ class Classifier:
             log.warning("header screen failed; classifying on content", exc_info=True)
             return None
         if result is None:
-            return None
+            phrase = closing_note(email)
+            if phrase is None:
+                return None
+            return Decision(
+                label=NOT_A_REQUEST, confidence=1.0, priority=None, needs_review=False,
+                non_request_kind="thanks", evidence=(Evidence("rule", f"{phrase} (closing note)",
+                                                              1.0),),
+                model_version=self.version, screened_by="closing_note")
         return Decision(
             label=NOT_A_REQUEST,
             confidence=1.0,
@@ -179,6 +212,19 @@ class Classifier:
             ]
         return [self._decide(proba[r], hits[r], idx, vals) for r, (idx, vals) in enumerate(rows)]
 
+    def calibrated(self, proba: np.ndarray) -> np.ndarray:
+        """Temperature scaling: softmax(z / T) computed from softmax(z), one fitted number.
+
+        A logistic regression fitted hard (C=20) is overconfident on text unlike its
+        training data; T > 1 spreads its probabilities so that a confidence of 0.8 is right
+        about 80 % of the time (the reliability table of ``triage evaluate``)."""
+        if self.temperature == 1.0:
+            return proba
+        logp = np.log(np.clip(proba, 1e-300, None)) / self.temperature
+        logp -= logp.max()
+        e = np.exp(logp)
+        return np.asarray(e / e.sum())
+
     def _decide(
         self,
         proba: np.ndarray,
@@ -186,24 +232,64 @@ class Classifier:
         idx: np.ndarray,
         vals: np.ndarray,
     ) -> Decision:
+        """The costs of the two mistakes are unequal, and so are the thresholds.
+
+        A request screened out is a client nobody answers; a non-request opened costs staff
+        one click. So the text model screens a message out only at a confidence whose
+        measured precision is high (``screen_threshold``); below it the best request type
+        opens a work order, flagged for review. And when no specific type is confident
+        (``open_set_threshold``), ``other`` with review beats a confident-looking wrong type.
+        """
+        proba = self.calibrated(proba)
         k = int(np.argmax(proba))
         label = self.classes[k]
         confidence = float(proba[k])
         cues = self.rules.cues(hits)
         kind = None
+        note: str | None = None
         if label == NOT_A_REQUEST:
-            kind = self.rules.non_request_kind(hits) or "spam"
+            if confidence >= self.screen_threshold:
+                kind = self.rules.non_request_kind(hits) or "spam"
+            else:
+                k = self._best_request(proba)
+                note = (f"may not be a request ({self.rules.non_request_kind(hits) or 'spam'}"
+                        f" {confidence:.2f}); opened to be safe")
+                label, confidence = self.classes[k], float(proba[k])
+        if (label not in (NOT_A_REQUEST, OPEN_SET_LABEL) and OPEN_SET_LABEL in self.classes
+                and confidence < self.open_set_threshold):
+            note = "; ".join(x for x in (note, f"no type is confident (best {label} "
+                                              f"{confidence:.2f})") if x)
+            priority = self._open_set_priority(proba, cues)
+            k = self.classes.index(OPEN_SET_LABEL)
+            label, confidence = OPEN_SET_LABEL, float(proba[k])
+        else:
+            priority = priority_for(label, cues, self.priorities)
         return Decision(
             label=label,
             confidence=round(confidence, 4),
-            priority=priority_for(label, cues, self.priorities),
+            priority=priority,
             # No known word at all: the probabilities are just the class priors.
-            needs_review=confidence < self.review_threshold or idx.size == 0,
+            needs_review=(note is not None or confidence < self.review_threshold
+                          or idx.size == 0),
             non_request_kind=kind,
             cues=cues,
             evidence=self._evidence(label, k, hits, idx, vals),
             model_version=self.version,
+            review_note=note,
         )
+
+    def _best_request(self, proba: np.ndarray) -> int:
+        ranked = np.argsort(-proba)
+        return int(next(i for i in ranked if self.classes[i] != NOT_A_REQUEST))
+
+    def _open_set_priority(self, proba: np.ndarray, cues: Sequence[str]) -> str | None:
+        """Priority of a request sent to ``other``: urgent when the urgent types together are
+        more likely than not (a missed outage costs more than a call-back too many)."""
+        urgent = sum(float(p) for c, p in zip(self.classes, proba, strict=True)
+                     if c != NOT_A_REQUEST and self.priorities.get(c) == "urgent")
+        if urgent >= 0.5:
+            return "high" if "workaround" in cues else "urgent"
+        return priority_for(OPEN_SET_LABEL, cues, self.priorities)
 
     def _evidence(
         self,

@@ -189,7 +189,8 @@ class Scorer:
         doc = {
             "format": SCORER_FORMAT, "classes": self.classes, "rules_offset": self.rules_offset,
             "rule_scale": self.rule_scale, "non_request_scale": self.non_request_scale,
-            "rules": {"groups": self.rules.groups, "thresholds": self.rules.thresholds},
+            "rules": {"groups": self.rules.groups, "thresholds": self.rules.thresholds,
+                      "requires": self.rules.requires, "negated_by": self.rules.negated_by},
             "stop_words": sorted(self.stop_words),
             "parts": [{"analyzer": p.analyzer, "ngram_range": list(p.ngram_range),
                        "lowercase": p.lowercase, "token_pattern": p.token_pattern,
@@ -219,7 +220,8 @@ class Scorer:
                     p["analyzer"], tuple(p["ngram_range"]), p["lowercase"], p["token_pattern"],
                     {t: j for j, t in enumerate(terms)}, z[f"idf_{i}"], p["sublinear"],
                     p["offset"], terms if p["analyzer"] == "word" else None))
-            rules = KeywordRules(doc["rules"]["groups"], doc["rules"]["thresholds"])
+            rules = KeywordRules(doc["rules"]["groups"], doc["rules"]["thresholds"],
+                                 doc["rules"].get("requires"), doc["rules"].get("negated_by"))
             return cls(parts, rules, doc["rules_offset"], doc["rule_scale"],
                        doc["non_request_scale"], z["coef_t"], z["intercept"], doc["classes"],
                        frozenset(doc["stop_words"]))

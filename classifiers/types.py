@@ -57,7 +57,10 @@ class Decision:
     cues: tuple[str, ...] = ()  # e.g. ("workaround",), ("urgency",)
     evidence: tuple[Evidence, ...] = ()
     model_version: str = ""
-    screened_by: str | None = None  # "header" when the header screen decided before the model
+    # Who screened it out before the text model: "header" (RFC 3834 and kin) or
+    # "closing_note" (a reply that only thanks or confirms a fix).
+    screened_by: str | None = None
+    review_note: str | None = None  # why staff should look, in words (shown on the work order)
 
     @property
     def is_request(self) -> bool:

@@ -162,14 +162,56 @@ def test_keyword_features_transformer_gives_one_column_per_label() -> None:
 def _reference_match(rules: KeywordRules, text: str) -> list[tuple[str, str, float]]:
     """What ``match`` promises: the phrase alternation scanned over every position."""
     c = rules._compile()
-    seen: set[str] = set()
+    requires, negated = rules._context_patterns()
+    seen: set[tuple[str, str]] = set()
     out = []
     for m in c.pattern.finditer(text):
         phrase = normalise(m.group(0))
-        if phrase not in seen:
-            seen.add(phrase)
-            out += [(phrase, g, w) for g, w in c.index.get(phrase, ())]
+        for g, w in c.index.get(phrase, ()):
+            if (phrase, g) in seen:
+                continue
+            if g in requires and not requires[g].search(text):
+                continue
+            if g in negated and negated[g].search(text[max(0, m.start() - 60):m.start()]):
+                continue
+            seen.add((phrase, g))
+            out.append((phrase, g, w))
     return out
+
+
+def _groups(text: str) -> set[str]:
+    return {h.group for h in _RULES.match(text)}
+
+
+def test_quickbooks_printing_rules_need_quickbooks() -> None:
+    assert "quickbooks_print" not in _groups("our office printer is not printing since monday")
+    assert "quickbooks_print" in _groups("quickbooks is not printing since monday")
+    assert "quickbooks_print" in _groups("qb won't print the deposit slips")
+
+
+def test_thanks_cues_need_something_done_and_no_hedge() -> None:
+    assert "nr:thanks" not in _groups("ideally this can be resolved on monday")
+    assert "nr:thanks" not in _groups("please add a mailbox for tom. thanks for your help")
+    assert "nr:thanks" in _groups("that fixed it, thanks for your help")
+    assert "nr:thanks" not in _groups("it's not working now")
+    assert "nr:thanks" in _groups("works now, cheers")
+
+
+def test_negated_outage_words_are_no_urgency() -> None:
+    assert "cue:urgency" not in _groups("everything is no longer down")
+    assert "cue:urgency" in _groups("everything is down")
+
+
+def test_password_in_passing_is_no_password_reset() -> None:
+    assert "password_reset" not in _groups("the new printer needs the wifi password")
+    assert "password_reset" not in _groups("please send me the temporary password for her")
+    assert "password_reset" in _groups("i need a password reset")
+
+
+def test_context_names_an_unknown_group_is_refused() -> None:
+    doc = {"types": {"other": {"x": 1.0}}, "context": {"requires": {"nonesuch": ["y"]}}}
+    with pytest.raises(ValueError, match="nonesuch"):
+        KeywordRules.from_dict(doc)
 
 
 _RULES = KeywordRules.from_toml()
@@ -197,3 +239,13 @@ def test_keyword_match_on_the_training_corpus_is_the_full_scan() -> None:
     for t in texts:
         assert [(h.phrase, h.group, h.weight) for h in _RULES.match(t)] == \
             _reference_match(_RULES, t)
+
+
+def test_a_reply_subject_weighs_half_the_body() -> None:
+    fresh = {h.phrase: h.weight for h in _RULES.match("website is down\nplease look")}
+    reply = {h.phrase: h.weight for h in _RULES.match("re: website is down\nits back, thanks")}
+    body = {h.phrase: h.weight for h in _RULES.match("hello\nwebsite is down")}
+    assert reply["website is down"] == fresh["website is down"] / 2
+    assert body["website is down"] == fresh["website is down"]
+    tagged = {h.phrase: h.weight for h in _RULES.match("[itx #48213] website is down\nok")}
+    assert tagged["website is down"] == fresh["website is down"] / 2

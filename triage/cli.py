@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="held-out JSONL scored into the model metadata (default data/heldout)")
 
     ev = sub.add_parser("evaluate", help="evaluate the classifier on labelled JSONL")
-    ev.add_argument("--data", required=True, action="append", help="JSONL file (repeatable)")
+    ev.add_argument("--data", action="append",
+                    help="JSONL file or folder (repeatable; default: each held-out set, "
+                         "data/heldout and data/heldout-wild, reported apart)")
     ev.add_argument("--model", help="artifact path (default: the packaged model)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", help="write the confusion matrix as PNG")
