@@ -105,6 +105,7 @@ def make_service(
     made: list[Service] = []
 
     def make(**overrides: object) -> Service:
+        clf = overrides.pop("classifier", classifier)
         values: dict[str, object] = dict(
             mailbox_url=f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
             mailbox_password=dovecot.password,
@@ -115,7 +116,7 @@ def make_service(
             poll_interval=2.0,
         )
         settings = Settings(**{**values, **overrides})  # type: ignore[arg-type]
-        svc = Service(settings, build(settings, classifier=classifier))
+        svc = Service(settings, build(settings, classifier=clf))  # type: ignore[arg-type]
         made.append(svc)
         return svc
 

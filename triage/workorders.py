@@ -150,8 +150,8 @@ def work_order_values(p: ParsedEmail, d: Decision, priority: str, contract: str,
                       received: datetime, due: DueDates, review_reason: str | None,
                       review_threshold: float, now: datetime) -> dict[str, Any]:
     """The columns of a new work order, and why it needs review (both store paths)."""
-    reasons = [r for r in (review_reason,) if r]
-    if d.needs_review or d.confidence < review_threshold:
+    reasons = [r for r in (review_reason, d.review_note) if r]
+    if d.confidence < review_threshold or (d.needs_review and not d.review_note):
         reasons.append(f"low confidence {d.confidence:.2f}")
     if not p.from_addr:
         reasons.append("no usable sender address")
