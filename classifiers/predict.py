@@ -190,9 +190,12 @@ class Classifier:
         label = self.classes[k]
         confidence = float(proba[k])
         cues = self.rules.cues(hits)
-        kind = None
+        kind = best = best_p = None
         if label == NOT_A_REQUEST:
             kind = self.rules.non_request_kind(hits) or "spam"
+            others = [(float(proba[j]), c) for j, c in enumerate(self.classes) if j != k]
+            if others:
+                best_p, best = max(others)
         return Decision(
             label=label,
             confidence=round(confidence, 4),
@@ -203,6 +206,8 @@ class Classifier:
             cues=cues,
             evidence=self._evidence(label, k, hits, idx, vals),
             model_version=self.version,
+            best_request=best,
+            best_request_confidence=None if best_p is None else round(best_p, 4),
         )
 
     def _evidence(

@@ -58,6 +58,10 @@ class Decision:
     evidence: tuple[Evidence, ...] = ()
     model_version: str = ""
     screened_by: str | None = None  # "header" when the header screen decided before the model
+    # For a not_a_request decision of the model: the request type it rated highest, and that
+    # type's probability (the default when staff open the message as a work order anyway).
+    best_request: str | None = None
+    best_request_confidence: float | None = None
 
     @property
     def is_request(self) -> bool:
