@@ -477,3 +477,32 @@ def test_pages_say_so_when_actions_are_not_configured(env: Env, web) -> None:
     token = csrf_of(c.get(f"/screened/{pk}").text)
     assert c.post(f"/screened/{pk}/open", data={"csrf_token": token}).status_code == 503
     assert env.message(pk).disposition == "non_request"
+
+
+def test_reprocess_goes_through_the_daemons_ingest_worker(tmp_path: Path) -> None:
+    """In the daemon the web app runs in the parent, which has no model: reprocessing goes
+    to the ingest worker's parse, classify and store, like fetched mail."""
+    from classifiers.artifact import DEFAULT_MODEL_PATH
+    from triage.config import Settings
+    from triage.ingest import IngestWorker
+
+    e = Env(f"sqlite:///{tmp_path / 'w.db'}", tmp_path)
+    data = mail(1, subject="Website down", body="Our website is down and shows a 503 error.")
+    pk = e.put(1, None, FRI_10 - timedelta(hours=1), data=data, error="parser error: KeyError")
+    worker = IngestWorker(Settings(database_url=str(e.engine.url),
+                                   attachments_dir=tmp_path / "att"), DEFAULT_MODEL_PATH)
+    worker.start()
+    try:
+        s = Screening(e.sessions, e.policy, e.store, e.clock, reprocess=worker.store)
+        result = s.reprocess(pk, "bob")
+        assert (result.outcome, result.repeated) == ("work_order", False)
+        assert s.reprocess(pk, "bob").repeated
+    finally:
+        worker.close()
+        e.engine.dispose()
+    with e.reads() as rs:
+        wo = rs.scalar(select(WorkOrder))
+        assert wo is not None and wo.number == result.work_order
+        assert wo.classifier_version not in ("", "m-1")  # the worker's own model decided
+        assert wo.received_at == FRI_10 - timedelta(hours=1)
+    assert e.count(WorkOrder) == 1 and e.message(pk).disposition == "reprocessed"
