@@ -4,9 +4,9 @@
 The 24 sample emails go through the real pipeline (parse, screen, classify, open work
 orders, acknowledge) into a throwaway SQLite database; a little staff activity is added with
 the real desk actions; then Debian's Chromium (headless, via Playwright) logs in and saves
-the queue, one work order and the Screened view at 1400x900. The clock is set to a Tuesday afternoon in New
-York (and runs on from there), so the SLA column shows a working day, not the hour the
-script happens to run.
+the queue, one work order and the Screened view at 1400x900. The clock is set to a Tuesday
+afternoon in New York (and runs on from there), so the SLA column shows a working day, not
+the hour the script happens to run.
 
     python scripts/screenshots.py [--out docs/screenshots] [--at 2026-11-24T14:40:00-05:00]
 """
