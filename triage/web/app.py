@@ -488,7 +488,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     def api_reopen(who: ApiWho, number: str) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.reopen(number, who.name))
 
-    ScreenedRoutes(deps, render, Who, ApiWho, check_csrf, clean_html).add(app, api)
+    ScreenedRoutes(deps, render, principal, api_csrf, check_csrf, clean_html).add(app, api)
     app.include_router(api)
 
     @app.get("/api/openapi.json", include_in_schema=False)

@@ -49,15 +49,16 @@ class ScreenedRoutes:
 
     deps: Any  # triage.web.app.WebDeps (not imported: that module imports this one)
     render: Callable[..., Response]
-    who: Any  # Annotated[Principal, Depends(principal)]
-    api_who: Any  # the same, with the API's CSRF header check
+    principal: Callable[..., Any]  # the signed-in caller (triage.web.app.Principal)
+    api_principal: Callable[..., Any]  # the same, with the API's CSRF header check
     check_csrf: Callable[[Any, str | None], None]
     clean_html: Callable[[str], tuple[str, bool]]
 
     def add(self, app: FastAPI, api: APIRouter) -> None:
         deps, render, check_csrf = self.deps, self.render, self.check_csrf
         policy = deps.policy
-        Who, ApiWho = self.who, self.api_who
+        Who = Annotated[Any, Depends(self.principal)]
+        ApiWho = Annotated[Any, Depends(self.api_principal)]
 
         def screened_filter(
             kind: str | None = None, by: str | None = None,
