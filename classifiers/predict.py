@@ -245,11 +245,13 @@ class Classifier:
         label = self.classes[k]
         confidence = float(proba[k])
         cues = self.rules.cues(hits)
-        kind = None
+        kind = best = best_p = None
         note: str | None = None
         if label == NOT_A_REQUEST:
             if confidence >= self.screen_threshold:
                 kind = self.rules.non_request_kind(hits) or "spam"
+                j = self._best_request(proba)
+                best, best_p = self.classes[j], float(proba[j])
             else:
                 k = self._best_request(proba)
                 note = (f"may not be a request ({self.rules.non_request_kind(hits) or 'spam'}"
@@ -276,6 +278,8 @@ class Classifier:
             evidence=self._evidence(label, k, hits, idx, vals),
             model_version=self.version,
             review_note=note,
+            best_request=best,
+            best_request_confidence=None if best_p is None else round(best_p, 4),
         )
 
     def _best_request(self, proba: np.ndarray) -> int:

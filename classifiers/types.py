@@ -61,6 +61,10 @@ class Decision:
     # "closing_note" (a reply that only thanks or confirms a fix).
     screened_by: str | None = None
     review_note: str | None = None  # why staff should look, in words (shown on the work order)
+    # For a not_a_request decision of the model: the request type it rated highest, and that
+    # type's probability (the default when staff open the message as a work order anyway).
+    best_request: str | None = None
+    best_request_confidence: float | None = None
 
     @property
     def is_request(self) -> bool:

@@ -4,9 +4,9 @@
 The 24 sample emails go through the real pipeline (parse, screen, classify, open work
 orders, acknowledge) into a throwaway SQLite database; a little staff activity is added with
 the real desk actions; then Debian's Chromium (headless, via Playwright) logs in and saves
-the queue and one work order at 1400x900. The clock is set to a Tuesday afternoon in New
-York (and runs on from there), so the SLA column shows a working day, not the hour the
-script happens to run.
+the queue, one work order and the Screened view at 1400x900. The clock is set to a Tuesday
+afternoon in New York (and runs on from there), so the SLA column shows a working day, not
+the hour the script happens to run.
 
     python scripts/screenshots.py [--out docs/screenshots] [--at 2026-11-24T14:40:00-05:00]
 """
@@ -116,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                 page.goto(site.url(f"/work-orders/{shown}"))
                 page.wait_for_load_state("networkidle")
                 page.screenshot(path=str(ns.out / "work-order.png"))
+                page.goto(site.url("/screened"))
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(ns.out / "screened.png"))
                 context.close()
             finally:
                 browser.close()
-    for name in ("queue.png", "work-order.png"):
+    for name in ("queue.png", "work-order.png", "screened.png"):
         print(ns.out / name)
     return 0
 

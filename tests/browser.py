@@ -234,7 +234,8 @@ def running_site(root: Path, *, cookie_secure: bool = True, extra: Sequence[byte
     settings, c = seed(root, extra=extra, clock=clock, spacing=spacing, samples=samples)
     app = create_web_app(WebDeps(
         sessions=c.sessions, reads=c.reads, policy=c.policy, desk=c.desk,
-        attachments_dir=settings.attachments_dir, clock=c.clock, cookie_secure=cookie_secure))
+        attachments_dir=settings.attachments_dir, clock=c.clock, cookie_secure=cookie_secure,
+        screening=c.screening()))
     server = ServerThread(app)
     try:
         yield Site(server.start(), settings, c, cookie_secure)

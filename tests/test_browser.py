@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import email
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.browser import (
     STAFF,
@@ -30,7 +31,8 @@ from tests.browser import (
     log_in,
 )
 from triage.config import DATA_DIR
-from triage.storage.models import Event, Outbox, WorkOrder
+from triage.desk.screened import awaiting_count
+from triage.storage.models import Event, Message, Outbox, WorkOrder
 from triage.web.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 
 pytest_plugins = ["tests.browser"]  # fixtures: site, browser, page
@@ -318,3 +320,72 @@ def test_the_payloads_do_run_when_not_escaped(browser: Browser) -> None:
         page.wait_for_load_state("networkidle")
         page.wait_for_function("window.__xss === 1")
         assert {"html-script", "subject"} <= set(dialogs)
+
+
+# ---- screened mail -----------------------------------------------------------------------
+def test_a_screened_message_is_opened_as_a_work_order_from_the_screened_view(
+        site: Site, page: Page) -> None:
+    """Nothing screened is invisible: the message is listed with why, opened from its page,
+    and the work order counts its due dates from the original arrival and is acknowledged."""
+    with site.c.reads() as s:
+        screened = list(s.scalars(select(Message).where(Message.disposition == "non_request")
+                                  .order_by(Message.received_at.desc())))
+        awaiting = awaiting_count(s, site.c.clock())
+    assert screened, "the sample mail has non-requests"
+    # The text model's screening if there is one (the case that can hide a request).
+    m = next((x for x in screened if x.screened_by == "model"), screened[0])
+    arrived = m.received_at
+    assert arrived < site.c.clock() - timedelta(minutes=30)  # long enough ago to tell apart
+
+    log_in(page, site)
+    link = page.locator("header.top nav a.screened-link")
+    if awaiting:
+        expect(link.locator(".nav-count")).to_have_text(str(awaiting))
+    with page.expect_navigation():
+        link.click()
+    assert page.url == site.url("/screened")
+    rows = page.locator("table.screened tbody tr[data-message]")
+    with site.c.reads() as s:
+        listed = s.scalar(select(func.count()).select_from(Message).where(
+            Message.disposition.in_(("non_request", "quarantined"))))
+    expect(rows).to_have_count(int(listed or 0))
+    row = page.locator(f"table.screened tbody tr[data-message='{m.id}']")
+    expect(row.locator("td.subject")).to_have_text(m.subject)
+    expect(row).to_have_attribute("data-kind", m.reason or "")
+    expect(row.locator("td.reason")).not_to_be_empty()
+
+    with page.expect_navigation():
+        row.locator("td.subject a").click()
+    assert page.url == site.url(f"/screened/{m.id}")
+    expect(page.locator("article.msg.in pre.body")).to_have_text(m.body_text.strip())
+    form = page.locator("form.open-wo")
+    form.locator("select[name=request_type]").select_option("email_problem")
+    with page.expect_navigation():
+        form.locator("button[type=submit]").click()
+
+    expect(page.locator(".flash.ok")).to_have_text("Done: opened from Screened.")
+    number = page.url.rsplit("/", 1)[-1].split("?")[0]
+    wo = site.work_order(number)
+    assert (wo.request_type, wo.requester) == ("email_problem", m.from_addr)
+    assert wo.received_at == arrived
+    due = site.c.policy.due("email_problem", wo.priority, wo.contract, arrived)
+    assert (wo.response_due, wo.callback_due, wo.fulfil_due) == (
+        due.response_due, due.callback_due, due.fulfil_due)
+    tz = site.c.policy.calendar(wo.contract).tz
+    shown = arrived.astimezone(tz).strftime("%a %d %b %Y %H:%M %Z")
+    expect(page.locator("dt:text-is('Received') + dd")).to_have_text(shown)
+    expect(page.locator("table.clocks").first).to_contain_text(
+        due.response_due.astimezone(tz).strftime("%a %d %b %Y %H:%M %Z"))
+    expect(page.locator("ol.audit li").last).to_contain_text(f"{STAFF} opened from screened")
+    with site.c.reads() as s:
+        acks = list(s.scalars(select(Outbox).where(Outbox.work_order_id == wo.id,
+                                                   Outbox.kind == "ack")))
+        assert [(a.to_addr, a.status) for a in acks] == [(m.from_addr, "pending")]
+        assert s.scalar(select(Message.disposition).where(Message.id == m.id)) == "work_order"
+
+    # It left the list, and a second submit of the same form opens nothing new.
+    page.goto(site.url("/screened"))
+    expect(page.locator(f"table.screened tbody tr[data-message='{m.id}']")).to_have_count(0)
+    page.goto(site.url(f"/screened/{m.id}"))
+    expect(page.locator(".flash.ok")).to_contain_text(f"Opened as {number}")
+    expect(page.locator("form.open-wo")).to_have_count(0)

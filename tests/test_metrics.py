@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from triage.metrics import KINDS, OUTCOMES, PRIORITIES, SLA_STATES, SLA_TARGETS, TYPES, Metrics
+from triage.metrics import (
+    OUTCOMES,
+    PRIORITIES,
+    SCREENED_KINDS,
+    SLA_STATES,
+    SLA_TARGETS,
+    TYPES,
+    Metrics,
+)
+from triage.screening import SCREENED_BY
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.storage.models import Outbox
@@ -66,7 +75,8 @@ def test_no_label_value_outside_the_fixed_sets():
     m.observe_poll("support", 0.2, True)
     body, _ = m.exposition()
     assert b"@" not in body
-    allowed = {"outcome": set(OUTCOMES), "kind": {*KINDS, ""}, "request_type": set(TYPES),
+    allowed = {"outcome": set(OUTCOMES), "kind": {*SCREENED_KINDS, ""}, "by": set(SCREENED_BY),
+               "request_type": set(TYPES),
                "priority": set(PRIORITIES), "status": {"pending", "sending", "dead"},
                "mailbox": {"support"}, "target": set(SLA_TARGETS), "state": set(SLA_STATES)}
     seen = set()
@@ -77,7 +87,28 @@ def test_no_label_value_outside_the_fixed_sets():
                     continue
                 assert v in allowed[k], (s.name, k, v)
                 seen.add(k)
-    assert {"outcome", "kind", "request_type", "priority", "mailbox", "status"} <= seen
+    assert {"outcome", "kind", "by", "request_type", "priority", "mailbox", "status"} <= seen
+
+
+def test_screened_messages_are_counted_per_kind_and_decider():
+    m = Metrics()
+    m.observe_outcomes([
+        Outcome("1", "non_request", reason="spam", screened_by="model"),
+        Outcome("2", "non_request", reason="spam", screened_by="model"),
+        Outcome("3", "non_request", reason="bounce", screened_by="header"),
+        Outcome("4", "non_request", reason="own", screened_by="store"),
+        Outcome("5", "non_request", reason="thanks", screened_by=f"made-up {ADDRESS}"),
+        Outcome("6", "quarantined", reason=f"parse failed: From {ADDRESS}"),
+        Outcome("7", "work_order", "ITX-000001"),
+    ])
+    name = "triage_screened_messages_total"
+    assert value(m, name, kind="spam", by="model") == 2
+    assert value(m, name, kind="bounce", by="header") == 1
+    assert value(m, name, kind="own", by="store") == 1
+    assert value(m, name, kind="thanks", by="store") == 1  # an unknown decider is not a label
+    assert value(m, name, kind="quarantined", by="store") == 1
+    assert value(m, name, kind="auto_reply", by="header") == 0  # every series from the start
+    assert sum(v for (n, _), v in samples(m).items() if n == name) == 6
 
 
 def test_mailbox_id_must_not_be_an_address():

@@ -126,7 +126,8 @@ def test_every_route_but_login_and_probes_requires_a_login(web) -> None:
     for method, template in sorted(routes):
         if template in open_paths:
             continue
-        path = template.replace("{number}", data["plain"]).replace("{attachment_id}", "1")
+        path = (template.replace("{number}", data["plain"]).replace("{attachment_id}", "1")
+                .replace("{message_id}", "1"))
         r = client.request(method, path)
         checked += 1
         if path.startswith("/api/"):

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import NON_REQUEST_KINDS, REQUEST_TYPES
+from triage.screening import SCREENED_BY, STORE
 from triage.storage.models import Outbox, SlaAlert, WorkOrder
 from triage.workorders import Outcome
 
@@ -38,6 +39,8 @@ OUTCOMES: tuple[str, ...] = (
 )
 # The store files unknown non-request kinds as "other" (workorders._non_request).
 KINDS: tuple[str, ...] = (*NON_REQUEST_KINDS, "other")
+# What the Screened view lists: every non-request kind, and quarantined mail.
+SCREENED_KINDS: tuple[str, ...] = (*KINDS, "quarantined")
 PRIORITIES: tuple[str, ...] = ("urgent", "high", "normal", "other")
 TYPES: tuple[str, ...] = tuple(dict.fromkeys((*REQUEST_TYPES, "other")))
 OUTBOX_STATUSES: tuple[str, ...] = ("pending", "sending", "dead")
@@ -74,6 +77,11 @@ class Metrics:
         self.messages = Counter(
             "triage_messages_total", "Fetched messages by what became of them; kind is set "
             "for non_request only.", ["outcome", "kind"], registry=r)
+        self.screened = Counter(
+            "triage_screened_messages_total", "Messages that opened no work order and are "
+            "listed for staff under Screened: non-requests by kind and by what decided "
+            "(header, model, store), and quarantined mail (by store).", ["kind", "by"],
+            registry=r)
         self.work_orders = Counter(
             "triage_work_orders_opened_total", "Work orders opened.",
             ["request_type", "priority"], registry=r)
@@ -123,6 +131,9 @@ class Metrics:
                 self.messages.labels(outcome, "")
         for kind in KINDS:
             self.messages.labels("non_request", kind)
+            for by in SCREENED_BY:
+                self.screened.labels(kind, by)
+        self.screened.labels("quarantined", STORE)
         for t in TYPES:
             for p in PRIORITIES:
                 self.work_orders.labels(t, p)
@@ -140,6 +151,10 @@ class Metrics:
             outcome = _fixed(o.disposition, OUTCOMES)
             kind = _fixed(o.reason, KINDS) if outcome == "non_request" else ""
             self.messages.labels(outcome, kind).inc()
+            if outcome == "non_request":
+                self.screened.labels(kind, _fixed(o.screened_by, SCREENED_BY, STORE)).inc()
+            elif outcome == "quarantined":
+                self.screened.labels("quarantined", STORE).inc()
 
     def observe_work_order(self, request_type: str, priority: str | None, confidence: float,
                            needs_review: bool) -> None:
@@ -218,4 +233,5 @@ def _aware(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-__all__ = ["KINDS", "OUTCOMES", "PRIORITIES", "SLA_STATES", "SLA_TARGETS", "TYPES", "Metrics"]
+__all__ = ["KINDS", "OUTCOMES", "PRIORITIES", "SCREENED_KINDS", "SLA_STATES", "SLA_TARGETS",
+           "TYPES", "Metrics"]

@@ -31,6 +31,7 @@ from classifiers.installed import best_model_path
 from triage.ack import make_env
 from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
+from triage.desk.screened import Screening
 from triage.ingest import (
     ClassifierLike,
     Ingestor,
@@ -116,6 +117,14 @@ class Components:
         """With the ingest worker, acknowledgments leave on this process's core while the
         worker stores the next batches; in one process both would share one core."""
         return isinstance(self.ingest, IngestWorker)
+
+    def screening(self) -> Screening | None:
+        """The Screened view's actions: open with this store's rules, reprocess through this
+        process's ingestion (the worker, when there is one)."""
+        if self.store is None:
+            return None
+        return Screening(self.sessions, self.policy, self.store, self.clock,
+                         reprocess=self.ingest.store if self.ingest is not None else None)
 
     def close(self) -> None:
         """Stop the ingest worker (if any) and close the database pool."""
@@ -481,6 +490,7 @@ class Service:
                 desk=self.c.desk, attachments_dir=self.settings.attachments_dir,
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
+                screening=self.c.screening(),
             ), extra_routes=list(app.routes))
         log.info("%s on http://%s:%d",
                  "staff web app and ops endpoints" if self.settings.web_enabled

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from classifiers.types import Decision
 from triage.messages import DueDates, ParsedEmail, RawMessage
 from triage.parse import build_reply_headers, clean_header
+from triage.screening import screening_record
 from triage.sla import SlaPolicy
 from triage.slamarks import apply_marks, end_pause
 from triage.storage.engine import in_chunks
@@ -79,6 +80,7 @@ class Outcome:
     priority: str | None = None
     confidence: float | None = None
     needs_review: bool = False
+    screened_by: str | None = None  # a non-request's: header | model | store (metrics)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def message_values(item: Ingest, key: str | None, disposition: str, reason: str 
                    now: datetime) -> dict[str, Any]:
     """The ``messages`` row of an inbound message (both store paths write it from here)."""
     raw, p = item.raw, item.parsed
+    screened_by, screening = screening_record(item.decision, disposition, reason)
     return dict(
         direction="in", dedupe_key=key,
         message_id=None if p is None else p.message_id,
@@ -142,7 +145,7 @@ def message_values(item: Ingest, key: str | None, disposition: str, reason: str 
         body_html=None if p is None else p.html,
         defects=[] if p is None else list(p.defects),
         received_at=raw.internal_date or now, disposition=disposition, reason=reason,
-        created_at=now,
+        screened_by=screened_by, screening=screening, created_at=now,
     )
 
 
@@ -393,8 +396,8 @@ class WorkOrderStore:
         return Outcome(item.raw.uid, "quarantined", reason=reason)
 
     def _non_request(self, s: Session, item: Ingest, key: str, kind: str) -> Outcome:
-        self._message_row(s, item, key, "non_request", kind)
-        return Outcome(item.raw.uid, "non_request", reason=kind)
+        row = self._message_row(s, item, key, "non_request", kind)
+        return Outcome(item.raw.uid, "non_request", reason=kind, screened_by=row.screened_by)
 
     def _is_own(self, s: Session, parsed: ParsedEmail) -> bool:
         """Our own mail come back (a forward, a loop): its Message-ID is one we generated."""
@@ -759,8 +762,9 @@ class _FastBatch:
         self._done(Outcome(raw.uid, "quarantined", reason=reason))
 
     def _non_request(self, item: Ingest, key: str, kind: str) -> None:
-        self._message(item, key, "non_request", kind)
-        self._done(Outcome(item.raw.uid, "non_request", reason=kind))
+        _, values = self._message(item, key, "non_request", kind)
+        self._done(Outcome(item.raw.uid, "non_request", reason=kind,
+                           screened_by=values["screened_by"]))
 
     def _reply(self, item: Ingest, key: str, wo: WorkOrder) -> None:
         """``WorkOrderStore._reply``: an existing work order, changed through the ORM."""

@@ -109,11 +109,21 @@ class Message(Base):
     # work_order | reply | non_request | quarantined
     disposition: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)  # non-request kind or quarantine reason
+    # Who screened a non-request out: "header" (the header screen), "model" (the text model)
+    # or "store" (our own mail); NULL otherwise. The Screened view's count reads it.
+    screened_by: Mapped[str | None] = mapped_column(String(8))
+    # What staff need to judge a screening (triage.screening.screening_record): the deciding
+    # header, or the model's confidence, deciding words and best request type; and, once
+    # handled, who opened or reprocessed it and what it became.
+    screening: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     work_order_id: Mapped[int | None] = mapped_column(ForeignKey("work_orders.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     raw: Mapped[RawBlob | None] = relationship(back_populates="message", uselist=False)
     attachments: Mapped[list[AttachmentRow]] = relationship(back_populates="message")
+
+    # The Screened view: non-requests and quarantined mail, newest first (migration 0007).
+    __table_args__ = (Index("ix_messages_disposition_received", "disposition", "received_at"),)
 
 
 class RawBlob(Base):

@@ -56,8 +56,10 @@ from triage.desk.queue import (
     staff_names,
     work_order_detail,
 )
+from triage.desk.screened import Screening, awaiting_count
 from triage.sla import SlaPolicy
 from triage.storage.models import WorkOrder
+from triage.web.screened import ScreenedRoutes
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class WebDeps:
     clock: Callable[[], datetime]
     cookie_secure: bool = True
     session_ttl: timedelta = users.SESSION_TTL
+    screening: Screening | None = None  # the Screened view's actions (None: list only)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,9 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     templates.globals["tz_of"] = tz_of_contract
 
     def render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        if ctx.get("who"):  # the navigation's count of screened mail awaiting a look
+            with deps.reads() as s:
+                ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
         html = templates.get_template(f"web/{name}.html.j2").render(**ctx)
         return HTMLResponse(html, status_code=status)
 
@@ -482,6 +488,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     def api_reopen(who: ApiWho, number: str) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.reopen(number, who.name))
 
+    ScreenedRoutes(deps, render, principal, api_csrf, check_csrf, clean_html).add(app, api)
     app.include_router(api)
 
     @app.get("/api/openapi.json", include_in_schema=False)

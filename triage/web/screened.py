@@ -1,0 +1,235 @@
+"""The Screened pages and their API: every non-request and quarantined message, one of them
+in detail, and the actions "open as work order" and "reprocess" (``triage.desk.screened``
+does the work; a form route and an API route call the same method).
+
+Added to the app by ``create_web_app`` with its own login and CSRF checks, so these routes
+follow the same rules as every other staff route.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query
+from fastapi.responses import RedirectResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from triage.desk.actions import ActionError, NotFound
+from triage.desk.screened import (
+    KIND_FILTERS,
+    SCREENED_BY,
+    ScreenedFilter,
+    ScreenedPage,
+    Screening,
+    default_request_type,
+    headers_of,
+    kind_of,
+    reason_text,
+    screened_message,
+    screened_page,
+)
+from triage.storage.models import Message, WorkOrder
+
+RAW_SHOWN = 20_000  # characters of a quarantined message's raw bytes shown as text
+
+
+class OpenScreened(BaseModel):
+    request_type: str | None = Field(
+        default=None, description="default: the text model's best request type, or other")
+    priority: str | None = Field(default=None, description="default: the type's priority")
+
+
+@dataclass
+class ScreenedRoutes:
+    """What the routes need from ``create_web_app``: its dependencies and helpers."""
+
+    deps: Any  # triage.web.app.WebDeps (not imported: that module imports this one)
+    render: Callable[..., Response]
+    principal: Callable[..., Any]  # the signed-in caller (triage.web.app.Principal)
+    api_principal: Callable[..., Any]  # the same, with the API's CSRF header check
+    check_csrf: Callable[[Any, str | None], None]
+    clean_html: Callable[[str], tuple[str, bool]]
+
+    def add(self, app: FastAPI, api: APIRouter) -> None:
+        deps, render, check_csrf = self.deps, self.render, self.check_csrf
+        policy = deps.policy
+        Who = Annotated[Any, Depends(self.principal)]
+        ApiWho = Annotated[Any, Depends(self.api_principal)]
+
+        def screened_filter(
+            kind: str | None = None, by: str | None = None,
+            page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+            per_page: Annotated[int, Query(ge=1, le=200)] = 50,
+        ) -> ScreenedFilter:
+            def known(v: str | None, allowed: tuple[str, ...]) -> str | None:
+                if v in (None, ""):
+                    return None
+                if v not in allowed:
+                    raise HTTPException(422, f"unknown value {v!r}; expected one of {allowed}")
+                return v
+
+            return ScreenedFilter(kind=known(kind, KIND_FILTERS), by=known(by, SCREENED_BY),
+                                  page=page, page_size=per_page)
+
+        Filter = Annotated[ScreenedFilter, Depends(screened_filter)]
+
+        def screening() -> Screening:
+            if deps.screening is None:
+                raise HTTPException(503, "screened-mail actions are not configured here")
+            s: Screening = deps.screening
+            return s
+
+        # ---- pages ----------------------------------------------------------------------------
+        @app.get("/screened", include_in_schema=False)
+        def screened(who: Who, f: Filter) -> Response:
+            with deps.reads() as s:
+                page = screened_page(s, f, deps.clock())
+            return render("screened", who=who, f=f, page=page, kinds=KIND_FILTERS,
+                          bys=SCREENED_BY,
+                          link=lambda **kw: "/screened?" + urlencode(f.query_args(**kw)),
+                          page_link=lambda n: "/screened?" + urlencode(
+                              {**f.query_args(), "page": str(n)}))
+
+        @app.get("/screened/{message_id}", include_in_schema=False)
+        def screened_detail(who: Who, message_id: int, done: str = "",
+                            error: str = "") -> Response:
+            with deps.reads() as s:
+                m = screened_message(s, message_id)
+                if m is None:
+                    return render("error", 404, who=who, title="Not found",
+                                  message=f"No message {message_id}.")
+                number = _number_of(s, m)
+                html = self.clean_html(m.body_html) if m.body_html else None
+                raw = None
+                if m.disposition in ("quarantined", "reprocessed") and m.raw is not None:
+                    raw = m.raw.data[:RAW_SHOWN * 4].decode("utf-8", "replace")[:RAW_SHOWN]
+                return render("screened_message", who=who, m=m, number=number, html=html,
+                              raw=raw, headers=headers_of(m),
+                              kind=kind_of(m.disposition, m.reason),
+                              reason=reason_text(m.disposition, m.reason, m.screening),
+                              screening=m.screening or {}, types=policy.types,
+                              priorities=policy.priorities,
+                              default_type=default_request_type(m, policy),
+                              done=done[:60], error=error[:300])
+
+        def act(who: Any, message_id: int, csrf: str,
+                fn: Callable[[], str]) -> Response:
+            """Run an action; go where it says, or back to the message with the error."""
+            check_csrf(who, csrf)
+            try:
+                target = fn()
+            except NotFound:
+                raise HTTPException(404, f"no message {message_id}") from None
+            except ActionError as e:
+                return RedirectResponse(
+                    f"/screened/{message_id}?{urlencode({'error': str(e)})}", status_code=303)
+            return RedirectResponse(target, status_code=303)
+
+        Csrf = Annotated[str, Form()]
+
+        @app.post("/screened/{message_id}/open", include_in_schema=False)
+        def f_open(who: Who, message_id: int, csrf_token: Csrf,
+                   request_type: Annotated[str, Form()] = "",
+                   priority: Annotated[str, Form()] = "") -> Response:
+            def run() -> str:
+                o = screening().open_as_work_order(message_id, who.name, request_type or None,
+                                                   priority or None)
+                done = "opened from Screened" if o.created else "already opened"
+                return f"/work-orders/{o.number}?{urlencode({'done': done})}"
+            return act(who, message_id, csrf_token, run)
+
+        @app.post("/screened/{message_id}/reprocess", include_in_schema=False)
+        def f_reprocess(who: Who, message_id: int, csrf_token: Csrf) -> Response:
+            def run() -> str:
+                r = screening().reprocess(message_id, who.name)
+                done = f"reprocessed: {r.outcome.replace('_', ' ')}"
+                if r.work_order:
+                    return f"/work-orders/{r.work_order}?{urlencode({'done': done})}"
+                return f"/screened/{r.message_id or message_id}?{urlencode({'done': done})}"
+            return act(who, message_id, csrf_token, run)
+
+        # ---- API --------------------------------------------------------------------------------
+        def api_call(message_id: int, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            try:
+                return fn()
+            except NotFound:
+                raise HTTPException(404, f"no message {message_id}") from None
+            except ActionError as e:
+                raise HTTPException(422, str(e)) from None
+
+        @api.get("/screened", summary="Screened mail (non-requests and quarantined), newest "
+                 "first", tags=["screened"])
+        def api_screened(who: ApiWho, f: Filter) -> dict[str, Any]:
+            with deps.reads() as s:
+                return _page_json(screened_page(s, f, deps.clock()))
+
+        @api.get("/screened/{message_id}", summary="One screened message: why, headers, text",
+                 tags=["screened"])
+        def api_screened_message(who: ApiWho, message_id: int) -> dict[str, Any]:
+            with deps.reads() as s:
+                m = screened_message(s, message_id)
+                if m is None:
+                    raise HTTPException(404, f"no message {message_id}")
+                return _message_json(m, _number_of(s, m), default_request_type(m, policy))
+
+        @api.post("/screened/{message_id}/open", summary="Open as a work order (due dates from "
+                  "the original arrival; acknowledged; kept as training data); idempotent",
+                  tags=["screened"])
+        def api_open(who: ApiWho, message_id: int, body: OpenScreened) -> dict[str, Any]:
+            def run() -> dict[str, Any]:
+                o = screening().open_as_work_order(message_id, who.name, body.request_type,
+                                                   body.priority)
+                return {"work_order": o.number, "created": o.created, "acked": o.acked}
+            return api_call(message_id, run)
+
+        @api.post("/screened/{message_id}/reprocess", summary="Run a quarantined message "
+                  "through parse, classify and store again; idempotent", tags=["screened"])
+        def api_reprocess(who: ApiWho, message_id: int) -> dict[str, Any]:
+            def run() -> dict[str, Any]:
+                r = screening().reprocess(message_id, who.name)
+                return {"outcome": r.outcome, "message": r.message_id,
+                        "work_order": r.work_order, "repeated": r.repeated}
+            return api_call(message_id, run)
+
+
+def _number_of(s: Session, m: Message) -> str | None:
+    if m.work_order_id is None:
+        return None
+    number: str | None = s.scalar(select(WorkOrder.number)
+                                  .where(WorkOrder.id == m.work_order_id))
+    return number
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat() if t else None
+
+
+def _page_json(page: ScreenedPage) -> dict[str, Any]:
+    return {
+        "total": page.total, "page": page.page, "pages": page.pages, "counts": page.counts,
+        "awaiting": page.awaiting,
+        "messages": [{"id": r.id, "received_at": _iso(r.received_at), "from": r.from_addr,
+                      "from_name": r.from_name, "subject": r.subject, "kind": r.kind,
+                      "screened_by": r.by, "reason": r.reason} for r in page.rows],
+    }
+
+
+def _message_json(m: Message, number: str | None, default_type: str) -> dict[str, Any]:
+    return {
+        "id": m.id, "received_at": _iso(m.received_at), "from": m.from_addr,
+        "from_name": m.from_name, "subject": m.subject, "disposition": m.disposition,
+        "kind": kind_of(m.disposition, m.reason), "screened_by": m.screened_by,
+        "reason": reason_text(m.disposition, m.reason, m.screening),
+        "screening": m.screening, "work_order": number,
+        "default_request_type": default_type,
+        "headers": [[k, v] for k, v in headers_of(m)], "text": m.body_text,
+        "attachments": [{"filename": a.filename, "content_type": a.content_type,
+                         "size": a.size} for a in m.attachments],
+    }
+
+
+__all__ = ["OpenScreened", "ScreenedRoutes"]
