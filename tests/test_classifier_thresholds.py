@@ -14,7 +14,6 @@ from classifiers.calibrate import (
 from classifiers.closing import closing_note, is_reply_subject
 from classifiers.predict import Classifier
 from classifiers.types import NOT_A_REQUEST, EmailInput
-
 from tests.test_classifier_predict import clf, model_path  # noqa: F401 (fixtures)
 
 SPAM = EmailInput(subject="Special offer",

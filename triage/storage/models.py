@@ -111,7 +111,7 @@ class Message(Base):
     reason: Mapped[str | None] = mapped_column(Text)  # non-request kind or quarantine reason
     # Who screened a non-request out: "header" (the header screen), "model" (the text model)
     # or "store" (our own mail); NULL otherwise. The Screened view's count reads it.
-    screened_by: Mapped[str | None] = mapped_column(String(8))
+    screened_by: Mapped[str | None] = mapped_column(String(16))
     # What staff need to judge a screening (triage.screening.screening_record): the deciding
     # header, or the model's confidence, deciding words and best request type; and, once
     # handled, who opened or reprocessed it and what it became.

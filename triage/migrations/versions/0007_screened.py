@@ -24,7 +24,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("screened_by", sa.String(length=8), nullable=True))
+        batch_op.add_column(sa.Column("screened_by", sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column("screening", sa.JSON(), nullable=True))
     op.create_index("ix_messages_disposition_received", "messages",
                     ["disposition", "received_at"])
