@@ -17,6 +17,7 @@ from triage.sla import (
     DEFAULT_POLICY_PATH,
     SlaPolicy,
     SlaPolicyError,
+    Target,
     clock_state,
     load_policy,
     parse_policy,
@@ -43,7 +44,16 @@ def test_policy_covers_every_request_type(policy):
     assert policy.default_priority("website_down") == "urgent"
     assert policy.default_priority("quickbooks_print") == "high"
     assert policy.default_priority("other") == "normal"
-    assert "48 hours" in policy.priority_meaning("high")
+    assert policy.fulfil_target("quickbooks_print", "high") == Target("hours", 48)
+    assert policy.fulfil_in_words("website_down", None) == "within 4 hours"
+    assert policy.fulfil_in_words("website_down", "high") == "within 48 hours"
+    assert policy.fulfil_in_words("new_account", None) == "the end of the next business day"
+    assert policy.fulfil_in_words("virtual_server_setup", None) == "within 5 business days"
+    assert policy.fulfil_in_words("other", None) is None
+    # The acknowledgment states one target; a meaning that named its own would contradict
+    # a type's target (website_down: 4 h, not urgent's 24 h).
+    for prio in policy.priorities:
+        assert not any(ch.isdigit() for ch in policy.priority_meaning(prio)), prio
     assert policy.calendar("standard").day_length == 12 * H
 
 

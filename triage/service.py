@@ -188,6 +188,7 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
         timezone_for=lambda contract: policy.calendar(contract).tz.key,
         priority_meaning=policy.priority_meaning,
         sent_log=sent_log_for(engine),
+        fulfil_within=policy.fulfil_in_words,
     )
     transport = transport or make_transport(settings)
     metrics = Metrics()
