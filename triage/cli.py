@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 
 # command -> "module:function"; each function takes the parsed Namespace and returns an exit code.
@@ -34,6 +36,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="triage", description="ITX helpdesk triage")
     p.add_argument("--config", help="TOML settings file (TRIAGE_* environment variables win)")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error (also TRIAGE_LOG_LEVEL=DEBUG)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the daemon")
@@ -119,9 +123,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "run" and not ns.once:
         signal.signal(signal.SIGTERM, _stopped_before_start)
-    module_name, func_name = HANDLERS[_command_key(ns)].split(":")
-    handler = getattr(importlib.import_module(module_name), func_name)
-    return int(handler(ns) or 0)
+    key = _command_key(ns)
+    module_name, func_name = HANDLERS[key].split(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), func_name)
+        return int(handler(ns) or 0)
+    except Exception as exc:  # every failure becomes one line (triage.errors)
+        return _report(exc, f"triage {key}", debug=ns.debug)
+
+
+def _report(exc: Exception, prog: str, *, debug: bool) -> int:
+    """One line on stderr for ``exc`` and its exit code; the traceback first when debugging."""
+    from triage.errors import describe
+
+    code, line = describe(exc)
+    if debug or os.environ.get("TRIAGE_LOG_LEVEL", "").upper() == "DEBUG":
+        traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.write(f"{prog}: error: {line}\n")
+    return code
 
 
 if __name__ == "__main__":

@@ -232,7 +232,9 @@ class ImapMailbox:
     async def _starttls(self, client: aioimaplib.IMAP4, context: ssl.SSLContext) -> None:
         protocol = client.protocol
         if "STARTTLS" not in protocol.capabilities:
-            raise PermanentMailboxError(f"{self.name}: server does not offer STARTTLS")
+            raise PermanentMailboxError(
+                f"{self.name}: server does not offer STARTTLS: use imaps:// (TLS), or "
+                "imap+plain:// if the server runs on this machine (loopback only)")
         command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
         response = await self._guard(protocol.execute(command), "STARTTLS")
         if response.result != "OK":
