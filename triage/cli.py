@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # command -> "module:function"; each function takes the parsed Namespace and returns an exit code.
 HANDLERS: dict[str, str] = {
     "run": "triage.service:cmd_run",
+    "check": "triage.check:cmd_check",
     "demo": "triage.demo:cmd_demo",
     "train": "classifiers.cli:cmd_train",
     "evaluate": "classifiers.cli:cmd_evaluate",
@@ -42,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--once", action="store_true", help="process what is waiting, send, exit")
+
+    sub.add_parser(
+        "check", help="try the configuration before going live: one line per check",
+        description="Load the settings, SLA policy, templates and model; connect to the "
+                    "database (schema version), every mailbox (login, folder, IDLE/MOVE/UIDPLUS, "
+                    "messages waiting) and SMTP (TLS, AUTH). Prints ok or FAIL and the reason "
+                    "per check; changes nothing. Exit 0: all passed; 1: a check failed; 2: "
+                    "the settings are wrong.")
 
     demo = sub.add_parser("demo", help="sample Maildir inbox, SQLite, acks to ./var/outbox")
     demo.add_argument("--var", default="var", help="working folder (default ./var)")

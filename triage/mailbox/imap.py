@@ -187,6 +187,15 @@ class ImapMailbox:
     def connected(self) -> bool:
         return self._client is not None and not (self._lost is not None and self._lost.done())
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the server announced after login (IDLE, MOVE, UIDPLUS ...); empty before."""
+        return frozenset(self._client.protocol.capabilities) if self._client else frozenset()
+
+    async def count_waiting(self) -> int:
+        """Messages the next poll would fetch (not yet marked), for ``triage check``."""
+        return len(await self._search())
+
     # -- connection -------------------------------------------------------------------
 
     async def connect(self) -> None:
