@@ -63,6 +63,12 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     from classifiers.evaluate import evaluate, jsonl_files, load_records, plot_confusion
     from classifiers.predict import Classifier
 
+    if getattr(ns, "plot", None):  # before the evaluation, not after a minute of it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            _err("evaluate: --plot needs matplotlib: pip install 'itx-triage[plot]'")
+            return 1
     try:
         clf = Classifier.load(Path(ns.model) if getattr(ns, "model", None) else None)
         records = load_records(jsonl_files(Path(p) for p in ns.data))
