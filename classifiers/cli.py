@@ -67,6 +67,12 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     from classifiers.predict import Classifier
     from classifiers.train import DEFAULT_HELDOUT, DEFAULT_WILD
 
+    if getattr(ns, "plot", None):  # before the evaluation, not after a minute of it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            _err("evaluate: --plot needs matplotlib: pip install 'itx-triage[plot]'")
+            return 1
     if getattr(ns, "data", None):
         sets = {"data": [Path(p) for p in ns.data]}
     else:

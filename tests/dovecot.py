@@ -142,7 +142,9 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 class DovecotServer:
     """One running Dovecot; ``start``/``stop``/``restart`` keep the same ports and mail."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, tls: bool = True) -> None:
+        """``tls=False``: no TLS at all, so no STARTTLS offered (a server ``imap://`` must
+        refuse)."""
         self.root = root
         self.host = "127.0.0.1"
         self.port = _free_port()
@@ -153,17 +155,22 @@ class DovecotServer:
             (root / sub).mkdir(parents=True, exist_ok=True)
         _self_signed(root)
         self.cafile = root / "cert.pem"
-        self.config.write_text(
-            _CONFIG.format(
-                tag=os.getpid(),
-                root=root,
-                uid=self.uid,
-                gid=self.gid,
-                password=PASSWORD,
-                port=self.port,
-                tls_port=self.tls_port,
-            )
+        config = _CONFIG.format(
+            tag=f"{os.getpid()}{'' if tls else '-notls'}",
+            root=root,
+            uid=self.uid,
+            gid=self.gid,
+            password=PASSWORD,
+            port=self.port,
+            tls_port=self.tls_port,
         )
+        if not tls:
+            config = config.replace(
+                f"ssl = yes\nssl_cert = <{root}/cert.pem\nssl_key = <{root}/key.pem\n",
+                "ssl = no\n",
+            ).replace(f"port = {self.tls_port}\n    ssl = yes\n", "port = 0\n")
+            assert "ssl = yes" not in config
+        self.config.write_text(config)
         # Dovecot's mail processes run as MAIL_USER and must be able to reach the mail folder.
         root.chmod(0o755)
         _chown_tree(root / "mail", self.uid, self.gid)
@@ -382,6 +389,22 @@ def dovecot_server() -> Iterator[DovecotServer]:
     server.start()
     try:
         yield server
+    finally:
+        if server.running:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot_without_tls() -> Iterator[DovecotUser]:
+    """A second Dovecot that offers no STARTTLS (``ssl = no``), with one user."""
+    if not os.path.exists(DOVECOT):
+        pytest.skip(f"{DOVECOT} is missing (apt-get install dovecot-imapd)")
+    root = Path(tempfile.mkdtemp(prefix="triage-dovecot-notls-"))
+    server = DovecotServer(root, tls=False)
+    server.start()
+    try:
+        yield DovecotUser(server, server.new_user())
     finally:
         if server.running:
             server.stop()

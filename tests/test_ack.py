@@ -2,18 +2,23 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from triage.ack import AckView, ack_subject, make_env, quote_subject, render_ack
+from triage.ack import AckView, ack_subject, greeting_name, make_env, quote_subject, render_ack
+from triage.sla import SlaPolicy, load_policy
+
+NY = ZoneInfo("America/New_York")
 
 
 def view(subject: str, priority: str = "urgent") -> AckView:
     t = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
     return AckView(number="ITX-000042", request_type="email_problem", priority=priority,
-                   priority_meaning="fulfilled within 24 hours", to_addr="dana@harborview.com",
+                   priority_meaning="an outage", to_addr="dana@harborview.com",
                    message_id="ITX-000042.ack.7.abc@itx.net", in_reply_to="m1@harborview.com",
                    references=("m0@harborview.com", "m1@harborview.com"), subject=subject,
                    timezone="America/New_York", response_due=t, callback_due=t,
@@ -97,3 +102,109 @@ def test_a_non_ascii_subject_header_decodes_to_the_subject_and_folds(subject: st
     assert all(len(part) <= 78 for part in line.split("\r\n"))
     msg = email.message_from_bytes(line.encode() + b"\r\n\r\n", policy=email.policy.default)
     assert str(msg["Subject"]) == subject
+
+
+# -- wording: what the client reads, from the shipped policy's real due dates ----------------
+
+
+@pytest.fixture(scope="module")
+def policy() -> SlaPolicy:
+    return load_policy()
+
+
+def policy_view(policy: SlaPolicy, request_type: str, received: datetime,
+                requester_name: str = "") -> AckView:
+    """The view the outbox builds for a new work order at the type's own priority."""
+    priority = policy.default_priority(request_type)
+    due = policy.due(request_type, None, "standard", received)
+    return AckView(number="ITX-000042", request_type=request_type, priority=priority,
+                   priority_meaning=policy.priority_meaning(priority),
+                   to_addr="dana@harborviewdental.com", message_id="a.1@itx.net",
+                   in_reply_to=None, references=(), subject="help",
+                   timezone="America/New_York", response_due=due.response_due,
+                   callback_due=due.callback_due, fulfil_due=due.fulfil_due,
+                   milestones=due.milestones, date=received, requester_name=requester_name,
+                   fulfil_within=policy.fulfil_in_words(request_type, priority))
+
+
+def bodies(v: AckView) -> tuple[str, str]:
+    msg = render_ack(make_env(), v, from_address="helpdesk@itx.net", from_name="ITX Helpdesk",
+                     phone="800-600-7785")
+    return msg.get_body(("plain",)).get_content(), msg.get_body(("html",)).get_content()
+
+
+MON_8 = datetime(2026, 11, 30, 8, 0, tzinfo=NY)  # Monday, opening time
+
+
+def test_urgent_website_down_promises_its_own_four_hours_once(policy: SlaPolicy) -> None:
+    text, html = bodies(policy_view(policy, "website_down", MON_8))
+    for body in (text, html):
+        # The type's own target (restore in 4 h), said once; never urgent's generic 24 h.
+        assert "24 hours" not in body and "fulfilled" not in body
+        assert body.count("Our target is") == 1
+        assert ("Our target is to have your site restored by 12:00 PM EST on Monday, "
+                "November 30 (within 4 hours).") in " ".join(body.split())
+    assert ("Priority: Urgent - an outage, a data integrity error or a severe performance "
+            "problem.\n") in text
+
+
+def test_an_urgent_type_promises_the_priority_target_when_it_has_none_of_its_own(
+        policy: SlaPolicy) -> None:
+    text, _ = bodies(policy_view(policy, "password_reset", MON_8))
+    assert ("Our target is to have this resolved by 8:00 AM EST on Tuesday, December 1 "
+            "(within 24 hours).") in text
+    assert text.count("Our target is") == 1
+
+
+def test_normal_priority_says_what_happens_and_by_when(policy: SlaPolicy) -> None:
+    text, html = bodies(policy_view(policy, "new_account", MON_8))
+    for body in (text, html):
+        assert "date given for this kind of request" not in body
+        assert body.count("Our target is") == 1
+    assert "Priority: Normal - planned work, scheduled for you.\n" in text
+    assert ("Our target is to have this completed by 8:00 PM EST on Tuesday, December 1 "
+            "(the end of the next business day).") in text
+    other, _ = bodies(policy_view(policy, "other", MON_8))
+    assert other.count("We will agree a date for the work with you.") == 1
+    assert "Our target is" not in other
+
+
+def test_every_type_states_at_most_one_fulfil_target(policy: SlaPolicy) -> None:
+    for request_type in policy.types:
+        v = policy_view(policy, request_type, MON_8 + timedelta(hours=3))
+        text, _ = bodies(v)
+        priority_line = next(x for x in text.splitlines() if x.startswith("Priority:"))
+        assert not any(ch.isdigit() for ch in priority_line), request_type
+        assert text.count("Our target is") == (1 if v.fulfil_due and not v.milestones else 0)
+        if v.fulfil_within and not v.milestones:
+            assert f"({v.fulfil_within})." in text, request_type
+
+
+def test_the_client_is_greeted_by_name_when_known(policy: SlaPolicy) -> None:
+    text, html = bodies(policy_view(policy, "email_problem", MON_8, "Dana Whitfield"))
+    assert text.startswith("Hello Dana,\n") and "<p>Hello Dana,</p>" in html
+    text, html = bodies(policy_view(policy, "email_problem", MON_8, ""))
+    assert text.startswith("Hello,\n") and "<p>Hello,</p>" in html
+
+
+@pytest.mark.parametrize(("display_name", "first"), [
+    ("Dana Whitfield", "Dana"),
+    ("Whitfield, Dana", "Dana"),
+    ('"DANA WHITFIELD"', "Dana"),
+    ("jean-luc picard", "Jean-Luc"),
+    ("O'Brien", "O'Brien"),
+    ("Zoë Åberg", "Zoë"),
+    ("", ""),
+    ("Helpdesk", ""),
+    ("Front Office", "Front"),
+    ("Dr. Dana Whitfield", ""),
+    ("dana@harborviewdental.com", ""),
+    ("http://evil.example/x", ""),
+    ("evil.example", ""),
+    ("<script>alert(1)</script>", ""),
+    ("R2D2", ""),
+    ("x" * 31, ""),
+])
+def test_greeting_name_lets_only_a_plain_first_name_through(display_name: str,
+                                                            first: str) -> None:
+    assert greeting_name(display_name) == first

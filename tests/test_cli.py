@@ -113,6 +113,10 @@ def test_run_once_with_environment_config_and_24x7_client(dovecot, smtp_sink,
     assert (wo.callback_due - wo.clock_start).total_seconds() == 3600
     assert len(smtp_sink.received) == 1 and smtp_sink.received[0].rcpt_tos == (
         "omar@haddadlaw.com",)
+    ack = email.message_from_bytes(smtp_sink.received[0].data, policy=email.policy.default)
+    text = ack.get_body(("plain",)).get_content()
+    # The work order's requester name and its one fulfil target reach the mail.
+    assert text.startswith("Hello Omar,") and "(within 24 hours)." in text
     lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
     assert dovecot.password not in r.stdout + r.stderr

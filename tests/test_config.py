@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from triage.config import MailboxURL, Settings, load_settings
+from triage.errors import ConfigError
 
 
 def test_env_overrides_and_secrets_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +43,8 @@ def test_unknown_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("TRIAGE_CONFIG_FILE", raising=False)
     cfg = tmp_path / "bad.toml"
     cfg.write_text("batchsize = 7\n")
-    with pytest.raises(ValidationError, match="batchsize"):
+    with pytest.raises(ConfigError, match="unknown setting 'batchsize': did you mean "
+                       "'batch_size'"):
         load_settings(str(cfg))
 
 

@@ -17,6 +17,7 @@ from triage.sla import (
     DEFAULT_POLICY_PATH,
     SlaPolicy,
     SlaPolicyError,
+    Target,
     clock_state,
     load_policy,
     parse_policy,
@@ -43,12 +44,21 @@ def test_policy_covers_every_request_type(policy):
     assert policy.default_priority("website_down") == "urgent"
     assert policy.default_priority("quickbooks_print") == "high"
     assert policy.default_priority("other") == "normal"
-    assert "48 hours" in policy.priority_meaning("high")
+    assert policy.fulfil_target("quickbooks_print", "high") == Target("hours", 48)
+    assert policy.fulfil_in_words("website_down", None) == "within 4 hours"
+    assert policy.fulfil_in_words("website_down", "high") == "within 48 hours"
+    assert policy.fulfil_in_words("new_account", None) == "the end of the next business day"
+    assert policy.fulfil_in_words("virtual_server_setup", None) == "within 5 business days"
+    assert policy.fulfil_in_words("other", None) is None
+    # The acknowledgment states one target; a meaning that named its own would contradict
+    # a type's target (website_down: 4 h, not urgent's 24 h).
+    for prio in policy.priorities:
+        assert not any(ch.isdigit() for ch in policy.priority_meaning(prio)), prio
     assert policy.calendar("standard").day_length == 12 * H
 
 
 # (case, type, priority, contract, received, clock_start, callback, response, fulfil, milestones)
-# Standard calendar: 08:00-20:00 New York, Mon-Fri, US federal holidays + 2026-12-24 closed.
+# Standard calendar: 08:00-20:00 New York, Mon-Fri, US federal holidays closed (the SLA's).
 CASES = [
     ("friday evening", "email_problem", None, "standard", ny(2026, 11, 27, 19, 30),
      ny(2026, 11, 27, 19, 30), ny(2026, 11, 30, 8, 30), ny(2026, 11, 30, 19, 30),
@@ -72,8 +82,9 @@ CASES = [
      ny(2027, 7, 2, 12), None, ny(2027, 7, 6, 12), ny(2027, 7, 6, 20), ()),
     ("christmas 2027 observed", "post_office_setup", None, "standard", ny(2027, 12, 23, 10),
      ny(2027, 12, 23, 10), None, ny(2027, 12, 27, 10), ny(2027, 12, 28, 20), ()),
-    ("extra closed christmas eve", "printer_setup", None, "standard", ny(2026, 12, 23, 15),
-     ny(2026, 12, 23, 15), None, ny(2026, 12, 28, 15), ny(2026, 12, 28, 20), ()),
+    ("christmas eve is a business day", "printer_setup", None, "standard",
+     ny(2026, 12, 23, 15), ny(2026, 12, 23, 15), None, ny(2026, 12, 24, 15),
+     ny(2026, 12, 24, 20), ()),
     ("new year 2028 observed in 2027", "virtual_server_setup", None, "standard",
      ny(2027, 12, 30, 9), ny(2027, 12, 30, 9), None, ny(2028, 1, 3, 9),
      ny(2028, 1, 7, 20), ()),
@@ -145,6 +156,22 @@ def test_due(policy, rtype, prio, contract, received, start, callback, response,
     assert due == DueDates(start, response, callback, fulfil, miles)
     for t in (due.clock_start, due.response_due, due.callback_due, due.fulfil_due):
         assert t is None or t.utcoffset() == timedelta(0)
+
+
+def test_shipped_policy_closes_only_the_slas_holidays(policy):
+    """ITX's SLA names US federal holidays and nothing else: a closure the clients were never
+    told about would make every due date around it a business day late."""
+    assert policy.calendar("standard").extra_closed == frozenset()
+    assert "# extra_closed = " in POLICY_TEXT  # the documented example stays
+
+
+def test_an_extra_closed_day_in_a_policy_moves_due_dates():
+    text = POLICY_TEXT.replace('# extra_closed = ["2026-12-24"]', 'extra_closed = ["2026-12-24"]')
+    assert text != POLICY_TEXT
+    due = parse_policy(text).due("printer_setup", None, "standard", ny(2026, 12, 23, 15))
+    # Dec 24 closed, Dec 25 Christmas, then the weekend: Monday Dec 28.
+    assert due.response_due == ny(2026, 12, 28, 15)
+    assert due.fulfil_due == ny(2026, 12, 28, 20)
 
 
 @pytest.mark.parametrize(
@@ -288,7 +315,8 @@ ERRORS = [
     ("close before open", 'close = "20:00"', 'close = "07:00"', '"07:00"', "after opening"),
     ("bad weekday", '"thu", "fri"]', '"thu", "fry"]', '"fry"', "'fry' is not a weekday"),
     ("bad holiday country", 'holidays = "US"', 'holidays = "XX"', '"XX"', "unknown holiday"),
-    ("bad closed day", '["2026-12-24"]', '["2026-12-32"]', "2026-12-32", "not a date"),
+    ("bad closed day", 'holidays = "US"', 'holidays = "US"\nextra_closed = ["2026-12-32"]',
+     "2026-12-32", "not a date"),
     ("negative amount", "fulfil = { business_days = 2 }", "fulfil = { business_days = -2 }",
      "business_days = -2", "positive number"),
     ("fractional days", "fulfil = { business_days = 5 }", "fulfil = { business_days = 5.5 }",

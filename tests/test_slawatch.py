@@ -173,8 +173,8 @@ def test_business_hour_targets_do_not_run_over_a_weekend(sessions, policy) -> No
 
 
 def test_holidays_do_not_count(sessions, policy) -> None:
-    # Wednesday Dec 23, 18:00: Dec 24 (extra closed), Christmas and the weekend follow.
-    wo = open_wo(sessions, policy, datetime(2026, 12, 23, 18, 0, tzinfo=NY),
+    # Thursday Dec 24, 18:00: Christmas (Friday) and the weekend follow.
+    wo = open_wo(sessions, policy, datetime(2026, 12, 24, 18, 0, tzinfo=NY),
                  request_type="new_account", priority="normal")
     clock = Clock(datetime(2026, 12, 27, 23, 0, tzinfo=NY))
     w = watch(sessions, policy, clock)

@@ -2,7 +2,8 @@
 
 Built just before sending, from plain data the outbox row and its work order carry. Nothing
 the client wrote reaches the mail except the subject, already stripped of CR/LF and cut to
-200 characters; the HTML part escapes it (autoescape), the text part is plain text.
+200 characters, and the sender's first name, only when it is a plain word of letters; the
+HTML part escapes both (autoescape), the text part is plain text.
 
 ``render_ack_wire`` writes the wire bytes directly (~0.1 ms): an ``EmailMessage`` built with
 ``policy.default`` and serialised cost ~3.5 ms per acknowledgment, mostly re-parsing the
@@ -67,6 +68,57 @@ class AckView:
     fulfil_due: datetime | None
     milestones: tuple[tuple[str, datetime], ...]
     date: datetime
+    requester_name: str = ""  # the From display name; see greeting_name
+    fulfil_within: str | None = None  # the fulfil target in words: "within 4 hours"
+
+
+_NAME_WORD = re.compile(r"^[^\W\d_]+(?:['’-][^\W\d_]+)*$")
+# Display names that are a mailbox's role, not a person: "Hello Office," reads worse than
+# "Hello,". Titles need the surname, which a first-name greeting does not use.
+_NOT_A_FIRST_NAME = frozenset({
+    "accounting", "accounts", "admin", "billing", "dr", "frontdesk", "helpdesk", "info",
+    "it", "miss", "mr", "mrs", "ms", "no-reply", "noreply", "office", "prof", "reception",
+    "sales", "support", "team", "the",
+})
+
+
+def greeting_name(display_name: str) -> str:
+    """The client's first name for "Hello Dana,", or "" when there is none to use.
+
+    The display name is the client's own text, so only one plain word of letters (an
+    apostrophe or hyphen inside allowed, at most 30 characters) gets through: no link, no
+    address, no markup. "Whitfield, Dana" gives "Dana"; "dana" and "DANA" give "Dana".
+    """
+    name = display_name.strip().strip("\"'")
+    if "," in name:
+        name = name.split(",", 1)[1]
+    words = name.split()
+    if not words:
+        return ""
+    first = words[0].rstrip(".")
+    if (len(first) > 30 or not _NAME_WORD.match(first)
+            or first.lower() in _NOT_A_FIRST_NAME):
+        return ""
+    if first.islower() or first.isupper():  # each part capitalised: "Jean-Luc", "O'Brien"
+        return re.sub(r"[^\W\d_]+", lambda m: m.group(0).capitalize(), first)
+    return first
+
+
+def fulfil_promise(v: AckView) -> str:
+    """The one fulfilment promise: the work order's own target (website_down's 4 h, not its
+    priority's 24 h), its due date, and the target in words."""
+    if v.milestones:
+        return "We will do the work in the steps listed below."
+    if v.fulfil_due is None:
+        return "We will agree a date for the work with you."
+    if v.request_type == "website_down":
+        what = "your site restored"
+    elif v.priority == "normal":
+        what = "this completed"
+    else:
+        what = "this resolved"
+    within = f" ({v.fulfil_within})" if v.fulfil_within else ""
+    return f"Our target is to have {what} {humanize_due(v.fulfil_due, v.timezone)}{within}."
 
 
 def make_env(templates: Path = TEMPLATES_DIR) -> Environment:
@@ -79,7 +131,8 @@ def make_env(templates: Path = TEMPLATES_DIR) -> Environment:
 
 
 def due_lines(v: AckView) -> list[str]:
-    """The promises, earliest first, in the client's zone and in words."""
+    """The reply, the call back and the milestones, earliest first, in the client's zone
+    and in words (the fulfilment promise is ``fulfil_promise``, said once)."""
     tz = v.timezone
     dated: list[tuple[datetime, str]] = [
         (v.response_due, f"A person from our team will reply {humanize_due(v.response_due, tz)}.")
@@ -89,14 +142,7 @@ def due_lines(v: AckView) -> list[str]:
                       f"We will call you back {humanize_due(v.callback_due, tz)}."))
     for name, due in v.milestones:
         dated.append((due, f"{name.replace('_', ' ').capitalize()}: {humanize_due(due, tz)}."))
-    if v.fulfil_due and not v.milestones:
-        verb = "restored" if v.request_type == "website_down" else "completed"
-        dated.append((v.fulfil_due,
-                      f"Our target is to have this {verb} {humanize_due(v.fulfil_due, tz)}."))
-    lines = [text for _, text in sorted(dated, key=lambda d: d[0])]
-    if not v.fulfil_due and not v.milestones:
-        lines.append("We will agree a date for the work with you.")
-    return lines
+    return [text for _, text in sorted(dated, key=lambda d: d[0])]
 
 
 def ack_subject(subject: str, number: str) -> str:
@@ -133,7 +179,9 @@ def _bodies(env: Environment, v: AckView, from_address: str, phone: str) -> tupl
     ctx: dict[str, Any] = {
         "number": v.number,
         "priority": v.priority,
-        "priority_meaning": v.priority_meaning,
+        "priority_meaning": v.priority_meaning.rstrip("."),
+        "promise": fulfil_promise(v),
+        "first_name": greeting_name(v.requester_name),
         "subject": quote_subject(v.subject),
         "due_lines": due_lines(v),
         "urgent": v.priority == "urgent",

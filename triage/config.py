@@ -6,11 +6,13 @@ Secrets are ``SecretStr`` so that a logged or printed Settings never shows them.
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from triage.errors import ConfigError
 from triage.netutil import is_loopback
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -169,13 +172,19 @@ class MailboxURL:
             return cls(scheme, "", 0, "", "", Path(unquote(raw)))
         defaults = {"imaps": 993, "imap": 143, "imap+plain": 143}
         if scheme not in defaults:
-            raise ValueError(f"unsupported mailbox URL scheme {scheme!r} (imaps, imap, maildir)")
-        if not parts.hostname or not parts.username:
-            raise ValueError("mailbox URL needs user@host")
+            raise ValueError(
+                f"unsupported mailbox URL scheme {scheme!r}: use imaps://USER@HOST/INBOX (TLS), "
+                "imap:// (STARTTLS), imap+plain:// (loopback only) or maildir:///PATH")
         if parts.password:
             raise ValueError("put the mailbox password in TRIAGE_MAILBOX_PASSWORD, not the URL")
+        if not parts.hostname or not parts.username:
+            host = parts.hostname or "HOST"
+            raise ValueError(f"mailbox URL needs user@host: write {scheme}://USER@{host}"
+                             f"{parts.path or '/INBOX'}")
         if scheme == "imap+plain" and not is_loopback(parts.hostname):
-            raise ValueError("plaintext IMAP is allowed only to a loopback host")
+            raise ValueError(
+                f"plaintext IMAP is allowed only to a loopback host, not {parts.hostname!r}: "
+                "use imaps:// (TLS) or imap:// (STARTTLS)")
         folder = unquote(parts.path.lstrip("/")) or "INBOX"
         return cls(
             scheme, parts.hostname, parts.port or defaults[scheme], unquote(parts.username),
@@ -188,14 +197,157 @@ class MailboxURL:
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
-    """Build Settings once at start; ``config_file`` is the ``--config`` TOML path
-    (``TRIAGE_CONFIG_FILE`` also names one). Environment variables win over the file."""
-    if not config_file:
-        return Settings(**overrides)
-    if not Path(config_file).is_file():
-        raise ValueError(f"config file not found: {config_file}")
+    """Build Settings once at start and check them (``check_settings``) before anything is
+    touched. ``config_file`` is the ``--config`` TOML path (``TRIAGE_CONFIG_FILE`` also names
+    one); environment variables win over the file. Every problem is a ``ConfigError`` whose
+    one line names the setting and what to do."""
+    where = f"--config {config_file}"
+    if not config_file and os.environ.get("TRIAGE_CONFIG_FILE"):
+        config_file = os.environ["TRIAGE_CONFIG_FILE"]
+        where = f"TRIAGE_CONFIG_FILE={config_file}"
+    toml_keys: set[str] = set()
+    if config_file:
+        toml_keys = set(_read_toml(config_file, where))
+    try:
+        if not config_file:
+            settings = Settings(**overrides)
+        else:
+            class FileSettings(Settings):
+                model_config = SettingsConfigDict(toml_file=config_file)
 
-    class FileSettings(Settings):
-        model_config = SettingsConfigDict(toml_file=config_file)
+            settings = FileSettings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(_validation_line(e, where, config_file, toml_keys)) from e
+    check_settings(settings)
+    return settings
 
-    return FileSettings(**overrides)
+
+def _read_toml(path: str, where: str) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ConfigError(f"{where}: config file not found: give the path of a TOML file "
+                          "(or leave --config out and use TRIAGE_* variables)")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot be read: {e.strerror}") from e
+
+
+_SECRET_FIELDS = ("password", "token", "database_url", "mailboxes")
+
+
+def setting_name(field: str, toml_keys: Collection[str] = (), config_file: str | None = None,
+                 suffix: str = "") -> str:
+    """How the operator wrote the setting: the TOML key when the file has it and the
+    environment does not, else the ``TRIAGE_*`` variable; ``suffix`` is a place inside it."""
+    env = f"TRIAGE_{field.upper()}"
+    if field in toml_keys and env not in os.environ and config_file:
+        return f"{field}{suffix} in {config_file}"
+    return f"{env}{suffix}"
+
+
+def _validation_line(e: ValidationError, where: str, config_file: str | None,
+                     toml_keys: set[str]) -> str:
+    """The first of pydantic's errors as one line; how many more, if any."""
+    errors = e.errors()
+    err = errors[0]
+    loc = [str(x) for x in err["loc"]]
+    field = loc[0] if loc else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        import difflib
+
+        near = difflib.get_close_matches(field, Settings.model_fields, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else \
+            "the settings are the TRIAGE_* names in lower case (README, Configuration)"
+        return (f"{where if config_file else 'settings'}: unknown setting {field!r}: "
+                f"{hint}{more}")
+    suffix = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc[1:])
+    name = setting_name(field, toml_keys, config_file, suffix)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not any(s in field for s in _SECRET_FIELDS) and isinstance(err.get("input"), str | int):
+        name += f": {err['input']!r}"
+    hint = "" if "use " in msg else ": fix the value"
+    return f"{name}: {msg[:1].lower() + msg[1:]}{hint}{more}"
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_settings(settings: Settings) -> None:
+    """What pydantic's types cannot say: the URLs parse, name supported backends and keep
+    passwords off the network in clear, and the SQLite folder exists (it is never created
+    for a URL the operator gave: a typo must not become a new folder)."""
+    if settings.mailboxes:
+        for i, cfg in enumerate(settings.mailboxes):
+            _check_mark(cfg.mark, f"mailboxes[{i}].mark")
+    else:
+        try:
+            MailboxURL.parse(settings.mailbox_url)
+        except ValueError as e:
+            raise ConfigError(f"TRIAGE_MAILBOX_URL: {e}") from e
+        _check_mark(settings.mailbox_mark, "TRIAGE_MAILBOX_MARK")
+    check_smtp_url(settings)
+    check_database_url(settings.database_url,
+                       explicit="database_url" in settings.model_fields_set)
+    if settings.log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"TRIAGE_LOG_LEVEL: {settings.log_level!r} is not a level: use one "
+                          f"of {', '.join(_LOG_LEVELS)}")
+    for field, path in (("sla_policy_path", settings.sla_policy_path),
+                        ("model_path", settings.model_path)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"TRIAGE_{field.upper()}: {path} does not exist: give the path "
+                              "of an existing file, or unset it for the packaged one")
+
+
+def _check_mark(mark: str, name: str) -> None:
+    if mark != "flag" and not (mark.startswith("move:") and len(mark) > 5):
+        raise ConfigError(f"{name}: {mark!r} is not a mark: use flag (the $Triaged keyword) "
+                          "or move:FOLDER")
+
+
+def check_smtp_url(settings: Settings) -> None:
+    url = settings.smtp_url
+    if url.startswith("dir://"):
+        if not url[len("dir://"):]:
+            raise ConfigError("TRIAGE_SMTP_URL: dir:// needs a folder: dir://var/outbox")
+        return
+    from triage.smtp import SmtpSettings
+
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    try:
+        SmtpSettings.from_url(url, settings.smtp_user, password)
+    except ValueError as e:
+        name = ("TRIAGE_SMTP_USER, TRIAGE_SMTP_PASSWORD" if "user and password" in str(e)
+                else "TRIAGE_SMTP_URL")
+        hint = "" if "use " in str(e) else \
+            ": use smtps://HOST (TLS), smtp://HOST (STARTTLS) or dir://FOLDER"
+        raise ConfigError(f"{name}: {e}{hint}") from e
+
+
+_DB_HINT = "use sqlite:///PATH/triage.db or postgresql://USER@HOST/DATABASE"
+
+
+def check_database_url(url: str, *, explicit: bool = True) -> None:
+    """A URL SQLAlchemy can parse, of a backend we run on (SQLite, PostgreSQL with psycopg
+    3). The URL is never echoed: it may carry a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"TRIAGE_DATABASE_URL: not a database URL: {_DB_HINT}") from None
+    backend = u.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"TRIAGE_DATABASE_URL: {backend} is not supported: {_DB_HINT}")
+    if backend == "postgresql" and u.drivername not in ("postgresql", "postgresql+psycopg"):
+        raise ConfigError(f"TRIAGE_DATABASE_URL: driver {u.drivername} is not supported: "
+                          "write postgresql://… (psycopg 3)")
+    if backend == "sqlite" and u.database and u.database != ":memory:":
+        folder = Path(u.database).parent
+        if explicit and not folder.is_dir():
+            raise ConfigError(f"TRIAGE_DATABASE_URL: the folder {folder} does not exist: "
+                              f"create it (mkdir -p {folder}) or name an existing one")

@@ -34,6 +34,7 @@ def seed_inbox(inbox: Path, samples: Path = DATA_DIR / "samples") -> int:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     var = Path(ns.var).resolve()
+    var.mkdir(parents=True, exist_ok=True)  # the demo's own folder, named on its command line
     settings = load_settings(
         ns.config,
         mailbox_url=f"maildir://{var / 'inbox'}",

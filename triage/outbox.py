@@ -84,7 +84,7 @@ _CLAIM_COLUMNS = (Outbox.id, Outbox.kind, Outbox.to_addr, Outbox.attempts, Outbo
 # What an acknowledgment shows of its work order (AckView).
 _ACK_WO_COLUMNS = (WorkOrder.id, WorkOrder.number, WorkOrder.request_type, WorkOrder.priority,
                    WorkOrder.contract, WorkOrder.response_due, WorkOrder.callback_due,
-                   WorkOrder.fulfil_due, WorkOrder.milestones)
+                   WorkOrder.fulfil_due, WorkOrder.milestones, WorkOrder.requester_name)
 
 # Built once: a statement built per call spends as long on its cache key as on the database.
 _t = Outbox.__table__
@@ -118,6 +118,7 @@ class OutboxStore:
         priority_meaning: Callable[[str], str],
         lease: timedelta = timedelta(minutes=10),
         sent_log: SentLog | None = None,
+        fulfil_within: Callable[[str, str], str | None] = lambda _type, _priority: None,
     ) -> None:
         self._sessions = sessions
         # SQLite: deliveries are appended here and applied by the next claim (triage.sentlog).
@@ -127,6 +128,7 @@ class OutboxStore:
         self._clock = clock
         self._tz = timezone_for
         self._meaning = priority_meaning
+        self._within = fulfil_within
         self._lease = lease
 
     def lease_left(self, job: Job) -> timedelta:
@@ -215,6 +217,8 @@ class OutboxStore:
                 (m["name"], datetime.fromisoformat(m["due"])) for m in (wo.milestones or [])
             ),
             date=row.created_at,
+            requester_name=wo.requester_name or "",
+            fulfil_within=self._within(wo.request_type, wo.priority),
         )
 
     def record(self, job: Job, result: SendResultLike) -> None:

@@ -32,6 +32,7 @@ from triage.ack import make_env
 from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
 from triage.desk.screened import Screening
+from triage.errors import ConfigError, RunFailure
 from triage.ingest import (
     ClassifierLike,
     Ingestor,
@@ -48,7 +49,7 @@ from triage.metrics import Metrics
 from triage.outbox import OutboxStore, RetryPolicy, Transport
 from triage.pipeline import Runner, log_sweep_failure
 from triage.sentlog import SentLog
-from triage.sla import SlaPolicy, load_policy
+from triage.sla import SlaPolicy, SlaPolicyError, load_policy
 from triage.slawatch import SlaWatch
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
@@ -197,6 +198,7 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
         timezone_for=lambda contract: policy.calendar(contract).tz.key,
         priority_meaning=policy.priority_meaning,
         sent_log=sent_log_for(engine),
+        fulfil_within=policy.fulfil_in_words,
     )
     transport = transport or make_transport(settings)
     metrics = Metrics()
@@ -654,6 +656,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def run_service(settings: Settings, *, once: bool) -> int:
+    """Run the daemon (or one pass); a failure that stops it is logged and raised as a
+    ``RunFailure`` naming the setting, which the CLI prints as one line and exit 1."""
+    try:  # the policy is a setting: a broken one stops us before the database is touched
+        load_policy(settings.sla_policy_path)
+    except SlaPolicyError as e:
+        raise ConfigError(f"TRIAGE_SLA_POLICY_PATH: {e}: fix the policy file") from e
     components = build(settings)
     try:
         if isinstance(components.ingest, IngestWorker):
@@ -661,10 +669,16 @@ def run_service(settings: Settings, *, once: bool) -> int:
                 components.ingest.wait_ready()
             except IngestWorkerError as e:
                 log.error("stopped: %s", e)
-                return 1
+                raise RunFailure(f"the ingest worker could not start: {e}") from e
         return _run(settings, components, once=once)
     finally:
         components.close()
+
+
+def _mailbox_setting(settings: Settings, e: Exception) -> str:
+    if settings.mailboxes:
+        return "TRIAGE_MAILBOXES"
+    return "TRIAGE_MAILBOX_PASSWORD" if "login refused" in str(e) else "TRIAGE_MAILBOX_URL"
 
 
 def _run(settings: Settings, components: Components, *, once: bool) -> int:
@@ -672,14 +686,17 @@ def _run(settings: Settings, components: Components, *, once: bool) -> int:
     if once:
         try:
             asyncio.run(service.run_once())
-        except (MailboxError, RetryBatch) as e:
+        except MailboxError as e:
             # Nothing half-written: the batch in hand was rolled back and left unmarked.
             log.error("run --once stopped: %s", e)
-            return 1
+            raise RunFailure(f"{_mailbox_setting(settings, e)}: {e}") from e
+        except RetryBatch as e:
+            log.error("run --once stopped: %s", e)
+            raise RunFailure(f"TRIAGE_DATABASE_URL: {e} ({e.__cause__ or 'no detail'})") from e
         return 0
     try:
         asyncio.run(service.run())
     except (FatalMailboxError, PermanentMailboxError) as e:
         log.error("stopped: the mailbox refuses us: %s", e)
-        return 1
+        raise RunFailure(f"{_mailbox_setting(settings, e)}: the mailbox refuses us: {e}") from e
     return 0

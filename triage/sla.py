@@ -58,6 +58,16 @@ class Target:
         n = int(self.amount) if float(self.amount).is_integer() else self.amount
         return f"{n} {self.unit.replace('_', ' ')}"
 
+    def in_words(self) -> str:
+        """The target as a client reads it: ``within 4 hours``, ``the end of the next
+        business day`` (a business-day target ends at closing time, not after 24 hours)."""
+        n = int(self.amount) if float(self.amount).is_integer() else self.amount
+        if self.unit == "business_days" and n == 1:
+            return "the end of the next business day"
+        noun = {"hours": "hour", "business_hours": "business hour",
+                "business_days": "business day"}[self.unit]
+        return f"within {n} {noun}{'' if n == 1 else 's'}"
+
 
 @dataclass(frozen=True)
 class TypeRule:
@@ -183,6 +193,11 @@ class SlaPolicy:
         if priority is None or priority == rule.priority:
             return rule.fulfil
         return self._priority(priority).fulfil
+
+    def fulfil_in_words(self, request_type: str, priority: str | None) -> str | None:
+        """``fulfil_target`` as the acknowledgment words it; None without a target."""
+        target = self.fulfil_target(request_type, priority)
+        return None if target is None else target.in_words()
 
     def targets(self, request_type: str, priority: str | None) -> dict[str, Target | None]:
         """The targets behind ``due`` (callback, response, fulfil), e.g. to label SLA clocks."""

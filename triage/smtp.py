@@ -311,6 +311,18 @@ class SmtpTransport:
     ) -> None:
         await self.aclose()
 
+    async def probe(self) -> SendResult | None:
+        """Connect, secure and log in as a send would, sending nothing (``triage check``):
+        None when all of it worked, else the failure. Use it inside ``async with``."""
+        async with self._lock:
+            failure = await self._connect()
+        return failure
+
+    @property
+    def offers_auth(self) -> bool:
+        """After ``probe``: the server announced AUTH."""
+        return bool(self._smtp.supports_extension("auth"))
+
     async def aclose(self) -> None:
         """Say QUIT if connected; idempotent."""
         if self._state == _State.CLOSED:
@@ -401,7 +413,9 @@ class SmtpTransport:
                     await smtp.ehlo()
                 if not smtp.supports_extension("starttls"):
                     self._drop()
-                    return _fail("tls", None, "server does not offer STARTTLS", permanent=True)
+                    return _fail("tls", None, "server does not offer STARTTLS: use smtps://, "
+                                 "or smtp+plain:// on this machine (loopback only)",
+                                 permanent=True)
                 await smtp.starttls()
             if self.settings.user is not None and self.settings.password is not None:
                 stage = "auth"

@@ -187,6 +187,15 @@ class ImapMailbox:
     def connected(self) -> bool:
         return self._client is not None and not (self._lost is not None and self._lost.done())
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the server announced after login (IDLE, MOVE, UIDPLUS ...); empty before."""
+        return frozenset(self._client.protocol.capabilities) if self._client else frozenset()
+
+    async def count_waiting(self) -> int:
+        """Messages the next poll would fetch (not yet marked), for ``triage check``."""
+        return len(await self._search())
+
     # -- connection -------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -232,7 +241,9 @@ class ImapMailbox:
     async def _starttls(self, client: aioimaplib.IMAP4, context: ssl.SSLContext) -> None:
         protocol = client.protocol
         if "STARTTLS" not in protocol.capabilities:
-            raise PermanentMailboxError(f"{self.name}: server does not offer STARTTLS")
+            raise PermanentMailboxError(
+                f"{self.name}: server does not offer STARTTLS: use imaps:// (TLS), or "
+                "imap+plain:// if the server runs on this machine (loopback only)")
         command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
         response = await self._guard(protocol.execute(command), "STARTTLS")
         if response.result != "OK":

@@ -100,6 +100,10 @@ class MaildirMailbox:
     async def close(self) -> None:
         self._handed_out.clear()
 
+    async def count_waiting(self) -> int:
+        """Messages the next poll would fetch, for ``triage check``."""
+        return len(await asyncio.to_thread(self._scan))
+
     # -- reading ----------------------------------------------------------------------
 
     def _scan(self) -> list[_Entry]:
