@@ -27,6 +27,7 @@ from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 from typing import Any
 
 from classifiers.htmltext import html_to_text
+from triage.headers import OLE2_MAGIC, bounded_value, front_door
 from triage.messages import Attachment, ParsedEmail
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class _Policy(email.policy.Compat32):
         if name.lower() in _MIME_HEADERS and isinstance(value, str):
             try:
                 if len(value) > 500:  # not worth keeping (and a hostile one may be huge)
-                    return str(_DECODE.header_fetch_parse(name, value))
+                    return str(_DECODE.header_fetch_parse(name, bounded_value(name, value)[0]))
                 return _mime_value(name.lower(), value)
             except Exception:  # as compat32 would: the raw value
                 pass
@@ -85,8 +86,11 @@ def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...
         if isinstance(raw, str) and raw.isascii() and "=?" not in raw:
             value = "".join(raw.splitlines())
         else:
+            bounded, cut = bounded_value(k, raw) if isinstance(raw, str) else (raw, None)
+            if cut:
+                defects.append(clean_header(cut, 200))
             try:
-                value = str(_DECODE.header_fetch_parse(k, raw))
+                value = str(_DECODE.header_fetch_parse(k, bounded))
             except Exception as e:
                 defects.append(f"header {clean_header(k, 64)}: {type(e).__name__}")
                 value = str(raw)
@@ -225,8 +229,10 @@ def parse(raw: bytes) -> ParsedEmail:
     # Line ends normalised: Dovecot stores LF and serves CRLF, so the same message read two
     # ways must hash the same (the hash is the dedupe key when Message-ID is missing).
     content_hash = hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
-    defects: list[str] = []
-    lifted = _Lifted(raw)
+    if raw.startswith(OLE2_MAGIC):
+        raise ParseError("an Outlook .msg file (OLE2 compound document), not a mail message")
+    data, defects = front_door(raw)
+    lifted = _Lifted(data)
     msg = email.message_from_bytes(lifted.skeleton, policy=_PARSE)
     if not msg.keys():
         raise ParseError("no header could be read")
