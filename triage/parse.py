@@ -29,6 +29,7 @@ from typing import Any
 from classifiers.htmltext import html_to_text
 from triage.headers import OLE2_MAGIC, bounded_value, front_door
 from triage.messages import Attachment, ParsedEmail
+from triage.sender import read_from
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +243,13 @@ def parse(raw: bytes) -> ParsedEmail:
     subject = _first(headers, "subject") or ""
     from_value = _first(headers, "from") or ""
     from_name, from_addr = parseaddr(from_value)
+    sender = read_from([v for k, v in msg.raw_items() if k.lower() == "from"
+                        and isinstance(v, str)])
+    if sender.problem:
+        defects.append(clean_header(sender.problem, 300))
+        from_addr, from_name = sender.addr or from_addr, from_name or sender.name
     from_addr = clean_header(from_addr, 320).lower()
-    if from_addr and ("@" not in from_addr or " " in from_addr):
+    if from_addr and ("@" not in from_addr or any(c in from_addr for c in " ,;<>")):
         defects.append("unusable From address")
         from_addr = ""
     to = tuple(
@@ -322,6 +328,7 @@ def parse(raw: bytes) -> ParsedEmail:
         attachments=tuple(attachments),
         defects=tuple(dict.fromkeys(defects)),
         content_hash=content_hash,
+        from_problem=clean_header(sender.problem, 300) if sender.problem else None,
     )
 
 
