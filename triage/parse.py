@@ -27,7 +27,7 @@ from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 from typing import Any
 
 from classifiers.htmltext import html_to_text
-from triage.headers import OLE2_MAGIC, bounded_value, front_door
+from triage.headers import DECODE_BUDGET, OLE2_MAGIC, bounded_value, decode_cost, front_door
 from triage.messages import Attachment, ParsedEmail
 from triage.sender import read_from
 
@@ -83,13 +83,24 @@ def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...
     and the policy's parse of each is the largest single cost of ingestion (bench/results.md).
     """
     out: list[tuple[str, str]] = []
+    budget = DECODE_BUDGET
+    exempt = {"from", "subject"}  # the first of each is decoded whatever came before it
     for k, raw in msg.raw_items():
         if isinstance(raw, str) and raw.isascii() and "=?" not in raw:
             value = "".join(raw.splitlines())
+            out.append((clean_header(k, 128), clean_header(value, 8000)))
+            continue
+        bounded, cut = bounded_value(k, raw) if isinstance(raw, str) else (raw, None)
+        if cut:
+            defects.append(clean_header(cut, 200))
+        cost = decode_cost(k, str(bounded))
+        if cost > budget and k.lower() not in exempt:
+            defects.append(f"header {clean_header(k, 64)}: not decoded (the message's "
+                           "header decoding budget is spent)")
+            value = str(raw)[:8000].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         else:
-            bounded, cut = bounded_value(k, raw) if isinstance(raw, str) else (raw, None)
-            if cut:
-                defects.append(clean_header(cut, 200))
+            exempt.discard(k.lower())
+            budget -= cost
             try:
                 value = str(_DECODE.header_fetch_parse(k, bounded))
             except Exception as e:
