@@ -490,6 +490,8 @@ def _child_main(conn: Connection, settings: Settings, model_path: str, parent_pi
             request = conn.recv()
         except (EOFError, OSError):
             break  # the parent is gone
+        except MemoryError:  # a batch too big to receive under the limit
+            _exit_out_of_memory()
         if request[0] == "stop":
             break
         conn.send(child.handle(request))

@@ -34,6 +34,8 @@ from triage.sender import read_from
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 1_000_000  # characters of body text kept; the raw bytes keep the rest
+# A MemoryError (the ingest worker's address-space limit) always propagates: a part or
+# header dropped for it would store an incomplete message as if it were whole.
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CRLF = re.compile(r"[\r\n\x00]+")
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
@@ -69,6 +71,8 @@ class _Policy(email.policy.Compat32):
                 if len(value) > 500:  # not worth keeping (and a hostile one may be huge)
                     return str(_DECODE.header_fetch_parse(name, bounded_value(name, value)[0]))
                 return _mime_value(name.lower(), value)
+            except MemoryError:  # propagates: see the note by MAX_TEXT
+                raise
             except Exception:  # as compat32 would: the raw value
                 pass
         return super().header_fetch_parse(name, value)
@@ -103,6 +107,8 @@ def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...
             budget -= cost
             try:
                 value = str(_DECODE.header_fetch_parse(k, bounded))
+            except MemoryError:  # propagates: see the note by MAX_TEXT
+                raise
             except Exception as e:
                 defects.append(f"header {clean_header(k, 64)}: {type(e).__name__}")
                 value = str(raw)
@@ -134,6 +140,8 @@ def _decode_bytes(data: bytes, declared: str | None, defects: list[str]) -> str:
 def _part_text(part: Message, defects: list[str]) -> str:
     try:
         payload = part.get_payload(decode=True)
+    except MemoryError:  # propagates: see the note by MAX_TEXT
+        raise
     except Exception as e:
         defects.append(f"payload: {type(e).__name__}")
         payload = None
@@ -297,6 +305,8 @@ def parse(raw: bytes) -> ParsedEmail:
                 continue
             try:
                 payload = part.get_payload(decode=True)
+            except MemoryError:  # propagates: see the note by MAX_TEXT
+                raise
             except Exception as e:
                 defects.append(f"attachment payload: {type(e).__name__}")
                 payload = None

@@ -103,6 +103,8 @@ def _decode(text: str) -> str:
         return text
     try:
         parts = decode_header(text)
+    except MemoryError:
+        raise
     except Exception:
         return text
     out = []
