@@ -60,6 +60,13 @@ def _mime_value(name: str, value: str) -> str:
     return str(_DECODE.header_fetch_parse(name, value))
 
 
+@functools.lru_cache(maxsize=8)
+def _long_mime_value(name: str, value: str) -> str:
+    """A long value, bounded (triage.headers): few are kept, but compat32 reads the same
+    Content-Type once for each parameter it looks up."""
+    return str(_DECODE.header_fetch_parse(name, bounded_value(name, value)[0]))
+
+
 class _Policy(email.policy.Compat32):
     """compat32, except that the headers the MIME structure depends on read as under
     ``policy.default`` (decoded, unfolded), so parts, charsets and file names come out the
@@ -68,8 +75,8 @@ class _Policy(email.policy.Compat32):
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if name.lower() in _MIME_HEADERS and isinstance(value, str):
             try:
-                if len(value) > 500:  # not worth keeping (and a hostile one may be huge)
-                    return str(_DECODE.header_fetch_parse(name, bounded_value(name, value)[0]))
+                if len(value) > 500:  # rare, and a hostile one may be huge
+                    return _long_mime_value(name.lower(), value)
                 return _mime_value(name.lower(), value)
             except MemoryError:  # propagates: see the note by MAX_TEXT
                 raise
