@@ -297,6 +297,99 @@ def bad_structure(n: int, rnd: random.Random) -> tuple[bytes, str | None]:
     return (head + "\r\n" + _body(n, rnd) + "\r\n").encode(), mid
 
 
+# ---- issue 14: odd real-world mail (items 2, 3 and 6) ----------------------------------------
+def encoded_word(i: int) -> str:
+    return "=?utf-8?b?" + base64.b64encode(f"Jürgen Müller {i}".encode()).decode() + "?="
+
+
+def address_header(count: int, name: str = "To") -> str:
+    """An address list of ``count`` encoded-word names: 2,850 make about 180 KB, the size
+    that took the stdlib header parser quadratic time and memory (issue 14 item 2)."""
+    return f"{name}: " + ",\r\n ".join(f"{encoded_word(i)} <u{i}@list.test>"
+                                        for i in range(count)) + "\r\n"
+
+
+def huge_headers(n: int, rnd: random.Random) -> tuple[bytes, str | None]:
+    which = rnd.choice(["to-2850", "to-6000", "cc-many-fields", "from-name", "many-fields",
+                        "subject-words"])
+    head, mid = _head(n)
+    if which.startswith("to-"):
+        head = head.replace("To: helpdesk@itx.net\r\n", address_header(int(which[3:])))
+    elif which == "cc-many-fields":
+        head += address_header(300, "Cc") * 20
+    elif which == "from-name":  # one address whose display name is 3,000 encoded words
+        name = " ".join(encoded_word(i) for i in range(3000))
+        head = head.replace(f"From: Client {n} <c{n}@client{n % 17}.test>",
+                            f"From: {name} <c{n}@client{n % 17}.test>")
+    elif which == "many-fields":  # 20,000 fields before the ones that matter
+        head = "".join(f"X-Junk-{i}: {encoded_word(i)}\r\n" for i in range(20_000)) + head
+    else:
+        head += "X-Words: " + " ".join(encoded_word(i) for i in range(8000)) + "\r\n"
+    return (head + "\r\n" + _body(n, rnd) + "\r\n").encode(), mid
+
+
+FRONT_DOOR = ("bom", "mbox", "obsolete-colon", "bom-mbox-obsolete", "lf-mbox")
+
+
+def front_door(n: int, rnd: random.Random) -> tuple[bytes, str | None]:
+    """Readable mail the stdlib parser misreads at the first line (issue 14 item 3)."""
+    which = rnd.choice(FRONT_DOOR)
+    head, mid = _head(n)
+    if "obsolete" in which:
+        head = head.replace("Subject:", "Subject :").replace("Message-ID:", "Message-ID\t:")
+    raw = head + "\r\n" + _body(n, rnd) + "\r\n"
+    if "mbox" in which:
+        raw = f"From c{n}@client{n % 17}.test Wed Nov 25 19:00:00 2026\r\n" + raw
+    if which == "lf-mbox":
+        raw = raw.replace("\r\n", "\n")
+    data = raw.encode()
+    return (b"\xef\xbb\xbf" + data if "bom" in which else data), mid
+
+
+OLE2_MSG = (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 16 + b"\x3e\x00\x03\x00\xfe\xff"
+            + b"\x09\x00\x06\x00" + b"\x00" * 10 + b"\x01\x00\x00\x00" + bytes(range(256)) * 8)
+
+
+def headerless(n: int, rnd: random.Random) -> tuple[bytes, str | None]:
+    """What truly has no header, and stays quarantined."""
+    which = rnd.choice(["empty", "outlook-msg", "plain-text", "text-with-colon"])
+    if which == "empty":
+        return b"", None
+    if which == "outlook-msg":
+        return OLE2_MSG + f"Subject: {n}".encode(), None
+    if which == "plain-text":
+        return f"Hello, {_body(n, rnd)}\r\nThanks, Dana\r\n".encode(), None
+    return f"Note to self : {_body(n, rnd)}\r\n".encode(), None
+
+
+# (From value, whether it names one sender unambiguously). The first is issue 14's case.
+AMBIGUOUS_FROM = [
+    f"dana@{ANCHOR_DOMAIN} <attacker@evil.test>",
+    f"Dana <dana@{ANCHOR_DOMAIN}>, <attacker@evil.test>",
+    f"dana@{ANCHOR_DOMAIN}, attacker@evil.test",
+    f'"dana@{ANCHOR_DOMAIN}" <attacker@evil.test>',
+    f"=?utf-8?q?dana=40{ANCHOR_DOMAIN}?= <attacker@evil.test>",
+    f"attacker@evil.test (dana@{ANCHOR_DOMAIN})",
+    '"v1@a.test,v2@b.test"',
+    '"v1@a.test,v2@b.test"@evil.test',
+    f"Dana <dana@{ANCHOR_DOMAIN}> <attacker@evil.test>",
+    f"<@{ANCHOR_DOMAIN}:attacker@evil.test>",
+    f'"Dana <dana@{ANCHOR_DOMAIN}>',
+    f"Dana <dana@{ANCHOR_DOMAIN}",
+    "undisclosed-recipients:;",
+]
+
+
+def ambiguous_from(n: int, rnd: random.Random) -> tuple[bytes, str | None]:
+    """A From that does not name one sender unambiguously (issue 14 item 6), half of them
+    answering the anchor's work order as if they were its requester."""
+    frm = rnd.choice(AMBIGUOUS_FROM)
+    extra = f"In-Reply-To: <{ANCHOR_MID}>\r\n" if rnd.random() < 0.5 else ""
+    subject = f"Re: Locked out of my email {ANCHOR_TAG}" if extra else None
+    head, mid = _head(n, frm=frm, subject=subject, extra=extra)
+    return (head + "\r\n" + _body(n, rnd) + "\r\n").encode(), mid
+
+
 KINDS: dict[str, Maker] = {
     "broken_base64": broken_base64,
     "broken_qp": broken_qp,
@@ -316,6 +409,10 @@ KINDS: dict[str, Maker] = {
     "garbage": garbage,
     "bad_attachments": bad_attachments,
     "bad_structure": bad_structure,
+    "huge_headers": huge_headers,
+    "front_door": front_door,
+    "headerless": headerless,
+    "ambiguous_from": ambiguous_from,
 }
 
 
@@ -343,7 +440,7 @@ def big_attachment(n: int) -> Hostile:
 
 def corpus(seed: int = 7, *, per_kind: int = 12, big: int = 1) -> list[Hostile]:
     """The anchor, then ``per_kind`` messages of each kind (interleaved), then ``big`` 30 MB
-    attachments. Default: 1 + 18 * 12 + 1 = 218 messages."""
+    attachments. Default: 1 + 22 * 12 + 1 = 266 messages."""
     rnd = random.Random(seed)
     out = [anchor()]
     n = 1

@@ -9,6 +9,7 @@ import email
 import email.policy
 import hashlib
 import os
+import random
 import re
 import subprocess
 import sys
@@ -25,9 +26,12 @@ from tests.hostile_corpus import (
     ANCHOR_TAG,
     BIG_ATTACHMENT,
     BODY_MARKER,
+    FRONT_DOOR,
     NAME_MARKER,
+    OLE2_MSG,
     Hostile,
     corpus,
+    front_door,
 )
 from triage.storage.models import AttachmentRow, Fetch, Message, Outbox, WorkOrder
 
@@ -178,6 +182,20 @@ def run_hostile(msgs: list[Hostile], dovecot, sink, db_url: str, tmp_path: Path,
                 assert hashlib.sha256(path.read_bytes()).hexdigest() == stored[0].sha256
             else:
                 assert stored[0].size >= BIG_ATTACHMENT
+        # Issue 14: readable odd mail is read, header-less data is not, an ambiguous From
+        # is neither acknowledged nor threaded.
+        if h.kind in ("front_door", "huge_headers"):
+            assert m.disposition != "quarantined", (uid, m.reason)
+        if h.kind == "headerless":
+            assert m.disposition == "quarantined", (uid, m.disposition)
+            assert (m.reason or "").startswith("unparseable: "), (uid, m.reason)
+        if h.kind == "ambiguous_from":
+            assert m.work_order_id != anchor_wo.id, uid
+            if m.disposition == "work_order":
+                wo = wos[m.work_order_id]
+                assert wo.needs_review and re.search(
+                    "untrusted|no usable sender", wo.review_reason or ""), (uid, wo.review_reason)
+                assert not [o for o in outbox if o.work_order_id == wo.id and o.kind == "ack"]
 
     # Acknowledgments: one per queued row, each clean.
     sent = [o for o in outbox if o.status == "sent"]
@@ -195,9 +213,9 @@ def run_hostile(msgs: list[Hostile], dovecot, sink, db_url: str, tmp_path: Path,
 
 
 def test_hostile_corpus_sqlite(dovecot, smtp_sink, tmp_path: Path) -> None:
-    """218 messages incl. one 30 MB attachment; the size limit is raised so it is parsed."""
+    """266 messages incl. one 30 MB attachment; the size limit is raised so it is parsed."""
     msgs = corpus()
-    assert len(msgs) >= 200 and len({h.kind for h in msgs}) >= 18
+    assert len(msgs) >= 260 and len({h.kind for h in msgs}) >= 22
     _, stats = run_hostile(msgs, dovecot, smtp_sink, f"sqlite:///{tmp_path / 'h.db'}",
                            tmp_path, TRIAGE_MAX_MESSAGE_SIZE=str(64 * 1024 * 1024))
     print("hostile sqlite:", stats)  # shown with -s; the report quotes it
@@ -248,3 +266,64 @@ def test_nul_in_html_part_maildir(db_url: str, smtp_sink, tmp_path: Path) -> Non
     assert (disposition, reason) == ("work_order", None)
     assert BODY_MARKER not in r.stdout + r.stderr
     assert len(smtp_sink.received) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_front_door_mail_via_maildir_becomes_work_orders(db_url: str, smtp_sink,
+                                                         tmp_path: Path) -> None:
+    """A BOM, an mbox From line, white space before a colon (and all three): read from a
+    Maildir, byte for byte as written, each becomes an acknowledged work order; data with no
+    header stays quarantined. (Through Dovecot: test_hostile_corpus_sqlite.)"""
+    inbox = tmp_path / "inbox"
+    for sub in ("new", "cur", "tmp"):
+        (inbox / sub).mkdir(parents=True)
+    rnd = random.Random(3)
+    odd = []
+    for n, which in enumerate(FRONT_DOOR, start=1):
+        while True:  # front_door picks its variant at random: draw until it is this one
+            raw, _ = front_door(n, rnd)
+            if _variant(raw) == which:
+                break
+        odd.append(raw)
+    for i, data in enumerate([*odd, OLE2_MSG, b"Hello, the printer is broken.\r\n"], start=1):
+        (inbox / "new" / f"{i:02d}.odd.test").write_bytes(data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | {
+        "TRIAGE_MAILBOX_URL": f"maildir://{inbox}",
+        "TRIAGE_SMTP_URL": smtp_sink.url,
+        "TRIAGE_DATABASE_URL": db_url,
+        "TRIAGE_ATTACHMENTS_DIR": str(tmp_path / "att"),
+    }
+    r = subprocess.run([sys.executable, "-m", "triage", "run", "--once"], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    engine = create_engine(db_url)
+    try:
+        with Session(engine) as s:
+            rows = list(s.scalars(select(Message).where(Message.direction == "in")))
+            got = [(m.subject or "", m.disposition, m.reason, list(m.defects or []))
+                   for m in rows]
+    finally:
+        engine.dispose()
+    assert len(rows) == len(odd) + 2
+    quarantined = sorted(r or "" for _, d, r, _ in got if d == "quarantined")
+    assert quarantined == ["unparseable: an Outlook .msg file (OLE2 compound document), not a "
+                           "mail message", "unparseable: no header could be read"]
+    read = [g for g in got if g[1] != "quarantined"]
+    assert len(read) == len(odd) and all(d == "work_order" for _, d, _, _ in read), read
+    assert all(subject.startswith("help needed ") for subject, *_ in read)  # Subject : read
+    defects = [d for *_, ds in read for d in ds]
+    assert defects.count("byte-order mark before the headers") == 2
+    assert defects.count("mbox From line before the headers") == 3
+    assert defects.count("white space before the colon of Subject (obsolete syntax)") == 2
+    assert len(smtp_sink.received) == len(odd)
+
+
+def _variant(raw: bytes) -> str:
+    bom, text = raw.startswith(b"\xef\xbb\xbf"), raw.decode("utf-8-sig")
+    mbox, obsolete = text.startswith("From "), "Subject :" in text
+    if bom and mbox and obsolete:
+        return "bom-mbox-obsolete"
+    if mbox:
+        return "mbox" if "\r\n" in text else "lf-mbox"
+    return "bom" if bom else "obsolete-colon"

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # Parse, classify and store in a child process (triage.ingest), so acknowledgments
     # go out on the other core meanwhile; False keeps everything in one process.
     ingest_process: bool = True
+    # Hard limits on that child, so one pathological message ends only the child (and is
+    # quarantined after a second try): its address space in bytes (RLIMIT_AS; 0 = none),
+    # and the CPU seconds it may spend on one message (0 = no limit).
+    ingest_memory_limit: int = Field(default=1024 * 1024 * 1024, ge=0)
+    ingest_cpu_budget: float = Field(default=10.0, ge=0)
     poll_interval: float = Field(default=60.0, gt=0)
     use_idle: bool = True
     ack_rate_per_hour: int = Field(default=5, ge=0)

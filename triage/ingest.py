@@ -26,13 +26,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -76,7 +78,17 @@ def to_input(p: ParsedEmail) -> EmailInput:
                       headers=p.header_map(), html=p.html)
 
 
-def prepare_batch(raws: Sequence[RawMessage], classifier: ClassifierLike) -> list[Ingest]:
+# Wraps each step of ingestion with the number of messages it covers; the ingest worker's
+# enforces its CPU budget per message (see _CpuBudget), elsewhere it does nothing.
+Guard = Callable[[int], AbstractContextManager[None]]
+
+
+def _unguarded(messages: int) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def prepare_batch(raws: Sequence[RawMessage], classifier: ClassifierLike,
+                  guard: Guard = _unguarded) -> list[Ingest]:
     """Parse and classify; every failure becomes an ``Ingest`` with ``error`` set."""
     items: list[Ingest | None] = []
     parsed_at: list[tuple[int, ParsedEmail]] = []
@@ -86,7 +98,8 @@ def prepare_batch(raws: Sequence[RawMessage], classifier: ClassifierLike) -> lis
             items.append(Ingest(raw=raw, error=f"oversize: {raw.size} bytes; left on the server"))
             continue
         try:
-            p = parse(raw.data)
+            with guard(1):
+                p = parse(raw.data)
         except ParseError as e:
             items.append(Ingest(raw=raw, error=f"unparseable: {e}"))
             continue
@@ -101,7 +114,8 @@ def prepare_batch(raws: Sequence[RawMessage], classifier: ClassifierLike) -> lis
         items.append(None)
     decisions: list[Decision | None]
     try:
-        decisions = list(classifier.classify_many([to_input(p) for _, p in parsed_at]))
+        with guard(len(parsed_at)):
+            decisions = list(classifier.classify_many([to_input(p) for _, p in parsed_at]))
     except Exception:
         log.exception("batch classification failed; classifying one by one")
         decisions = []
@@ -122,7 +136,7 @@ def prepare_batch(raws: Sequence[RawMessage], classifier: ClassifierLike) -> lis
 
 
 def ingest_batch(store: WorkOrderStore, classifier: ClassifierLike,
-                 batch: Sequence[RawMessage]) -> list[Outcome]:
+                 batch: Sequence[RawMessage], guard: Guard = _unguarded) -> list[Outcome]:
     """Parse, classify and store what is not stored yet; committed when this returns."""
     if not batch:
         return []
@@ -131,7 +145,9 @@ def ingest_batch(store: WorkOrderStore, classifier: ClassifierLike,
     fresh = [r for r in batch if r.uid not in stored]
     outcomes = [Outcome(r.uid, "already") for r in batch if r.uid in stored]
     if fresh:
-        outcomes += store.store_batch(prepare_batch(fresh, classifier))
+        items = prepare_batch(fresh, classifier, guard)
+        with guard(len(items)):
+            outcomes += store.store_batch(items)
     return outcomes
 
 
@@ -177,14 +193,15 @@ class LocalIngest:
     """Ingestion in the calling thread."""
 
     def __init__(self, store: WorkOrderStore, classifier: ClassifierLike,
-                 model_path: Path | None = None) -> None:
+                 model_path: Path | None = None, guard: Guard = _unguarded) -> None:
         self.work_orders = store
         self.classifier = classifier
         self.model_path = model_path
         self.model_version: str | None = getattr(classifier, "version", None)
+        self.guard = guard
 
     def store(self, batch: list[RawMessage]) -> list[Outcome]:
-        return ingest_batch(self.work_orders, self.classifier, batch)
+        return ingest_batch(self.work_orders, self.classifier, batch, self.guard)
 
     def load_model(self, path: Path) -> str:
         classifier = load_classifier(path)  # loaded first: a bad file keeps the old one
@@ -322,8 +339,9 @@ class IngestWorker:
                 kind, *rest = self._conn.recv()
             except (EOFError, OSError) as e:
                 code = self._exitcode()
-                self._respawn(f"exited with code {code} during {request[0]!r}")
-                raise WorkerDied(f"the ingest worker exited (code {code})") from e
+                why = _death(code)
+                self._respawn(f"{why} during {request[0]!r}")
+                raise WorkerDied(f"the ingest worker {why}") from e
         if kind == "ok":
             return rest[0]
         if kind == "retry":
@@ -363,7 +381,66 @@ class IngestWorker:
         return version
 
 
+def _death(code: int | None) -> str:
+    """What an exit code of the child says, in words an operator can act on."""
+    known = {
+        _EXIT_MEMORY: "reached its memory limit (TRIAGE_INGEST_MEMORY_LIMIT)",
+        -signal.SIGPROF: "exceeded its CPU budget per message (TRIAGE_INGEST_CPU_BUDGET)",
+        -signal.SIGKILL: "was killed (SIGKILL: the kernel's out-of-memory killer, or an "
+                         "operator)",
+    }
+    return f"exited with code {code}" + (f": {known[code]}" if code in known else "")
+
+
 # ---- the child ----------------------------------------------------------------------------------
+_EXIT_MEMORY = 86  # the child's exit code after a MemoryError (its address-space limit)
+
+
+def _limit_memory(limit: int) -> None:
+    """Cap the child's address space: past it, an allocation fails with MemoryError (and the
+    child exits, see _CpuBudget) instead of the host swapping or its out-of-memory killer
+    picking a victim, which may be PostgreSQL or Dovecot. Address space, not resident
+    memory: the only limit the kernel enforces per process; the loaded child maps about
+    210 MB (bench/results.md)."""
+    if limit <= 0:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+class _CpuBudget:
+    """The guard of each ingestion step in the child: ``seconds`` of CPU per message it
+    covers, counted by the kernel (ITIMER_PROF: user and system time, so waiting for a
+    database lock costs nothing). SIGPROF is left at its default action, which ends the
+    process: that works even inside C code, where a Python exception could not be raised.
+    The parent then retries the batch one message at a time and quarantines the message
+    the child dies on twice. A MemoryError (the address-space limit) ends the child too,
+    with its own exit code: after one, no state in this process can be trusted."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    @contextlib.contextmanager
+    def __call__(self, messages: int) -> Iterator[None]:
+        if self.seconds > 0:
+            signal.setitimer(signal.ITIMER_PROF, self.seconds * max(1, messages))
+        try:
+            yield
+        except MemoryError:
+            _exit_out_of_memory()
+        finally:
+            if self.seconds > 0:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+
+
+def _exit_out_of_memory() -> None:
+    with contextlib.suppress(BaseException):  # logging itself may need memory
+        log.error("ingest worker: memory limit reached; exiting")
+    os._exit(_EXIT_MEMORY)
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """SIGKILL us when the parent goes, even in the middle of a batch (Linux; elsewhere the
     pipe's end-of-file between batches does it)."""
@@ -398,7 +475,9 @@ def _child_main(conn: Connection, settings: Settings, model_path: str, parent_pi
     from triage.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
     try:
+        _limit_memory(settings.ingest_memory_limit)
         child = _Child(settings, Path(model_path))
     except Exception as e:
         log.exception("ingest worker could not start")
@@ -411,6 +490,8 @@ def _child_main(conn: Connection, settings: Settings, model_path: str, parent_pi
             request = conn.recv()
         except (EOFError, OSError):
             break  # the parent is gone
+        except MemoryError:  # a batch too big to receive under the limit
+            _exit_out_of_memory()
         if request[0] == "stop":
             break
         conn.send(child.handle(request))
@@ -426,7 +507,8 @@ class _Child:
         policy = load_policy(settings.sla_policy_path)
         store = make_store(settings, make_sessionmaker(self.engine), policy,
                            lambda: datetime.now(UTC), make_read_sessionmaker(self.engine))
-        self.ingest = LocalIngest(store, load_classifier(model_path), model_path)
+        self.ingest = LocalIngest(store, load_classifier(model_path), model_path,
+                                  _CpuBudget(settings.ingest_cpu_budget))
 
     def handle(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
         kind = request[0]
@@ -443,6 +525,9 @@ class _Child:
             return ("error", f"unknown request {kind!r}")
         except RetryBatch as e:
             return ("retry", str(e), str(e.__cause__ or "no detail"))
+        except MemoryError:
+            _exit_out_of_memory()
+            raise  # not reached
         except Exception as e:
             log.exception("ingest worker: %s failed", kind)
             return ("error", "".join(traceback.format_exception_only(e)).strip())

@@ -56,6 +56,13 @@ class ParsedEmail:
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]  # parser defects, charset fallbacks, truncations
     content_hash: str  # SHA-256 of the raw bytes; idempotency key when Message-ID is missing
+    # Why From does not name one sender unambiguously (triage.sender); None when it does.
+    # Such a sender is never acknowledged nor trusted as a work order's requester.
+    from_problem: str | None = None
+
+    @property
+    def from_trusted(self) -> bool:
+        return self.from_problem is None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()

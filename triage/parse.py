@@ -27,11 +27,15 @@ from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 from typing import Any
 
 from classifiers.htmltext import html_to_text
+from triage.headers import DECODE_BUDGET, OLE2_MAGIC, bounded_value, decode_cost, front_door
 from triage.messages import Attachment, ParsedEmail
+from triage.sender import read_from
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 1_000_000  # characters of body text kept; the raw bytes keep the rest
+# A MemoryError (the ingest worker's address-space limit) always propagates: a part or
+# header dropped for it would store an incomplete message as if it were whole.
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CRLF = re.compile(r"[\r\n\x00]+")
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
@@ -56,6 +60,13 @@ def _mime_value(name: str, value: str) -> str:
     return str(_DECODE.header_fetch_parse(name, value))
 
 
+@functools.lru_cache(maxsize=8)
+def _long_mime_value(name: str, value: str) -> str:
+    """A long value, bounded (triage.headers): few are kept, but compat32 reads the same
+    Content-Type once for each parameter it looks up."""
+    return str(_DECODE.header_fetch_parse(name, bounded_value(name, value)[0]))
+
+
 class _Policy(email.policy.Compat32):
     """compat32, except that the headers the MIME structure depends on read as under
     ``policy.default`` (decoded, unfolded), so parts, charsets and file names come out the
@@ -64,9 +75,11 @@ class _Policy(email.policy.Compat32):
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if name.lower() in _MIME_HEADERS and isinstance(value, str):
             try:
-                if len(value) > 500:  # not worth keeping (and a hostile one may be huge)
-                    return str(_DECODE.header_fetch_parse(name, value))
+                if len(value) > 500:  # rare, and a hostile one may be huge
+                    return _long_mime_value(name.lower(), value)
                 return _mime_value(name.lower(), value)
+            except MemoryError:  # propagates: see the note by MAX_TEXT
+                raise
             except Exception:  # as compat32 would: the raw value
                 pass
         return super().header_fetch_parse(name, value)
@@ -81,12 +94,28 @@ def _all_headers(msg: Message, defects: list[str]) -> tuple[tuple[str, str], ...
     and the policy's parse of each is the largest single cost of ingestion (bench/results.md).
     """
     out: list[tuple[str, str]] = []
+    budget = DECODE_BUDGET
+    exempt = {"from", "subject"}  # the first of each is decoded whatever came before it
     for k, raw in msg.raw_items():
         if isinstance(raw, str) and raw.isascii() and "=?" not in raw:
             value = "".join(raw.splitlines())
+            out.append((clean_header(k, 128), clean_header(value, 8000)))
+            continue
+        bounded, cut = bounded_value(k, raw) if isinstance(raw, str) else (raw, None)
+        if cut:
+            defects.append(clean_header(cut, 200))
+        cost = decode_cost(k, str(bounded))
+        if cost > budget and k.lower() not in exempt:
+            defects.append(f"header {clean_header(k, 64)}: not decoded (the message's "
+                           "header decoding budget is spent)")
+            value = str(raw)[:8000].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         else:
+            exempt.discard(k.lower())
+            budget -= cost
             try:
-                value = str(_DECODE.header_fetch_parse(k, raw))
+                value = str(_DECODE.header_fetch_parse(k, bounded))
+            except MemoryError:  # propagates: see the note by MAX_TEXT
+                raise
             except Exception as e:
                 defects.append(f"header {clean_header(k, 64)}: {type(e).__name__}")
                 value = str(raw)
@@ -118,6 +147,8 @@ def _decode_bytes(data: bytes, declared: str | None, defects: list[str]) -> str:
 def _part_text(part: Message, defects: list[str]) -> str:
     try:
         payload = part.get_payload(decode=True)
+    except MemoryError:  # propagates: see the note by MAX_TEXT
+        raise
     except Exception as e:
         defects.append(f"payload: {type(e).__name__}")
         payload = None
@@ -225,8 +256,10 @@ def parse(raw: bytes) -> ParsedEmail:
     # Line ends normalised: Dovecot stores LF and serves CRLF, so the same message read two
     # ways must hash the same (the hash is the dedupe key when Message-ID is missing).
     content_hash = hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
-    defects: list[str] = []
-    lifted = _Lifted(raw)
+    if raw.startswith(OLE2_MAGIC):
+        raise ParseError("an Outlook .msg file (OLE2 compound document), not a mail message")
+    data, defects = front_door(raw)
+    lifted = _Lifted(data)
     msg = email.message_from_bytes(lifted.skeleton, policy=_PARSE)
     if not msg.keys():
         raise ParseError("no header could be read")
@@ -236,8 +269,13 @@ def parse(raw: bytes) -> ParsedEmail:
     subject = _first(headers, "subject") or ""
     from_value = _first(headers, "from") or ""
     from_name, from_addr = parseaddr(from_value)
+    sender = read_from([v for k, v in msg.raw_items() if k.lower() == "from"
+                        and isinstance(v, str)])
+    if sender.problem:
+        defects.append(clean_header(sender.problem, 300))
+        from_addr, from_name = sender.addr or from_addr, from_name or sender.name
     from_addr = clean_header(from_addr, 320).lower()
-    if from_addr and ("@" not in from_addr or " " in from_addr):
+    if from_addr and ("@" not in from_addr or any(c in from_addr for c in " ,;<>")):
         defects.append("unusable From address")
         from_addr = ""
     to = tuple(
@@ -274,6 +312,8 @@ def parse(raw: bytes) -> ParsedEmail:
                 continue
             try:
                 payload = part.get_payload(decode=True)
+            except MemoryError:  # propagates: see the note by MAX_TEXT
+                raise
             except Exception as e:
                 defects.append(f"attachment payload: {type(e).__name__}")
                 payload = None
@@ -316,6 +356,7 @@ def parse(raw: bytes) -> ParsedEmail:
         attachments=tuple(attachments),
         defects=tuple(dict.fromkeys(defects)),
         content_hash=content_hash,
+        from_problem=clean_header(sender.problem, 300) if sender.problem else None,
     )
 
 

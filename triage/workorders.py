@@ -93,6 +93,18 @@ class StoreConfig:
     at_risk_fraction: float = 0.75  # for the queue's SLA marks (triage.slamarks)
 
 
+def thread_distrust(p: ParsedEmail, wo: WorkOrder) -> str | None:
+    """Why ``p`` may not join ``wo`` (None: it may). Headers and tags can both be forged:
+    only the requester or the same client may add to (and reopen) a work order, and only
+    when From names one sender unambiguously (triage.sender); anyone else opens their own,
+    flagged for review."""
+    if not p.from_trusted:
+        return f"refers to {wo.number} but its From is untrusted; opened separately"
+    if p.from_addr == wo.requester or client_key(p.from_addr) == wo.client.domain:
+        return None
+    return f"refers to {wo.number} of another client; opened separately"
+
+
 def format_number(pk: int) -> str:
     return f"ITX-{pk:06d}"
 
@@ -158,6 +170,8 @@ def work_order_values(p: ParsedEmail, d: Decision, priority: str, contract: str,
         reasons.append(f"low confidence {d.confidence:.2f}")
     if not p.from_addr:
         reasons.append("no usable sender address")
+    elif not p.from_trusted:
+        reasons.append(f"untrusted sender: {p.from_problem}")
     return dict(
         requester=p.from_addr, requester_name=p.from_name,
         subject=clean_header(p.subject, 500), request_type=d.label,
@@ -423,11 +437,7 @@ class WorkOrderStore:
                 wo = s.scalar(select(WorkOrder).where(WorkOrder.number == m.group(1)))
         if wo is None:
             return None, None
-        # Headers and tags can both be forged: only the requester or the same client may
-        # add to (and reopen) a work order; anyone else opens their own, flagged for review.
-        if p.from_addr == wo.requester or client_key(p.from_addr) == wo.client.domain:
-            return wo, None
-        return wo, f"refers to {wo.number} of another client; opened separately"
+        return wo, thread_distrust(p, wo)
 
     def _reply(self, s: Session, item: Ingest, key: str, wo: WorkOrder) -> Outcome:
         assert item.decision is not None
@@ -503,6 +513,8 @@ class WorkOrderStore:
     ) -> tuple[bool, str]:
         if not p.from_addr:
             return False, "no sender address"
+        if not p.from_trusted:
+            return False, f"untrusted sender: {p.from_problem}"
         recent = s.scalar(
             select(func.count(Outbox.id)).where(
                 Outbox.kind == "ack", Outbox.to_addr == p.from_addr,
@@ -719,10 +731,7 @@ class _FastBatch:
             wo = self.wo_numbers.get(m.group(1))
         if wo is None:
             return None, None
-        # Headers and tags can both be forged: see WorkOrderStore._find_thread.
-        if p.from_addr == wo.requester or client_key(p.from_addr) == wo.client.domain:
-            return wo, None
-        return wo, f"refers to {wo.number} of another client; opened separately"
+        return wo, thread_distrust(p, wo)
 
     # ---- planned rows -----------------------------------------------------------------------
     def _fetch(self, raw: RawMessage, message: _Ref | int, dup: bool = False) -> None:
@@ -813,6 +822,8 @@ class _FastBatch:
         why_not = ""
         if not p.from_addr:
             why_not = "no sender address"
+        elif not p.from_trusted:
+            why_not = f"untrusted sender: {p.from_problem}"
         else:
             recent = self.rates.get(p.from_addr, 0)
             if recent >= self.cfg.ack_rate_per_hour:
