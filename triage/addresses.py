@@ -10,6 +10,7 @@ Reasons are short fixed codes (``REASONS``), so they can be a metric label and a
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -196,28 +197,12 @@ def refusal(addr: str, own_addresses: Iterable[str] = (),
     """The ``REASONS`` code for not sending any automatic mail to ``addr``, or None.
 
     ``own_addresses`` and ``own_domains`` are ours (from_address, the lead and on-call
-    addresses, their domains): mail to them in any spelling (``helpdesk+x@itx.net``,
+    addresses, from_address's domain): mail to them in any spelling (``helpdesk+x@itx.net``,
     ``helpdesk@itx.net.``, ``"helpdesk"@itx.net``, ``HELPDESK@mail.itx.net``) would come
-    back into the helpdesk as a new request. Subdomains of our domains count as ours.
+    back into the helpdesk as a new request. The domains of ``own_addresses`` and the
+    subdomains of all of them count as ours too.
     """
-    try:
-        a = parse(addr)
-        key = normalise(addr)
-    except AddressError as e:
-        return e.reason
-    domains = {_own_domain(d) for d in own_domains}
-    own = set()
-    for o in own_addresses:
-        try:
-            own.add(normalise(o))
-            domains.add(parse(o).domain)
-        except AddressError:
-            continue
-    if key in own or any(_under(a.domain, d) for d in domains if d):
-        return "own_address"
-    if _is_role(a.local.casefold().split("+", 1)[0]):
-        return "role_address"
-    return None
+    return SendPolicy.of(own_addresses, own_domains).refusal(addr)
 
 
 def _own_domain(d: str) -> str:
@@ -225,6 +210,50 @@ def _own_domain(d: str) -> str:
         return _domain(d)
     except AddressError:
         return d.strip().rstrip(".").casefold()
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """``refusal`` with our own addresses normalised once, for the sender's every row.
+
+    ``staff`` are the own addresses that staff mail (SLA escalations, on-call pages) is
+    meant for: the own-address rule, which keeps acknowledgments from looping back into
+    the helpdesk, does not stop mail addressed to them as staff."""
+
+    own_keys: frozenset[str]
+    own_domains: frozenset[str]
+    staff_keys: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, own_addresses: Iterable[str], own_domains: Iterable[str] = (),
+           staff: Iterable[str] = ()) -> SendPolicy:
+        keys, domains = set(), {_own_domain(d) for d in own_domains}
+        for o in own_addresses:
+            try:
+                keys.add(normalise(o))
+                domains.add(parse(o).domain)
+            except AddressError:
+                continue
+        staff_keys = set()
+        for o in staff:
+            with contextlib.suppress(AddressError):
+                staff_keys.add(normalise(o))
+        return cls(frozenset(keys), frozenset(d for d in domains if d), frozenset(staff_keys))
+
+    def refusal(self, addr: str, *, to_staff: bool = False) -> str | None:
+        """As module-level ``refusal``; ``to_staff``: staff mail, allowed to ``staff``."""
+        try:
+            a = parse(addr)
+            key = normalise(addr)
+        except AddressError as e:
+            return e.reason
+        if to_staff and key in self.staff_keys:
+            return None
+        if key in self.own_keys or any(_under(a.domain, d) for d in self.own_domains):
+            return "own_address"
+        if _is_role(a.local.casefold().split("+", 1)[0]):
+            return "role_address"
+        return None
 
 
 def rate_keys(addr: str) -> tuple[str, str | None]:
