@@ -140,12 +140,13 @@ def _domain(raw: str) -> str:
     if d.startswith("[") and d.endswith("]"):
         raise AddressError("ip_literal", "domain is an address literal")
     d = d.rstrip(".").casefold()  # "example.com." is the same domain, fully qualified
-    try:
-        ipaddress.ip_address(d)
-    except ValueError:
-        pass
-    else:
-        raise AddressError("ip_literal", "domain is an IP address")
+    if d[-1:].isdigit() or ":" in d:  # no top-level domain ends in a digit
+        try:
+            ipaddress.ip_address(d)
+        except ValueError:
+            pass
+        else:
+            raise AddressError("ip_literal", "domain is an IP address")
     if not d:
         raise AddressError("unparseable", "no domain")
     if not d.isascii():
@@ -176,7 +177,10 @@ def normalise(addr: str) -> str:
 
     Raises AddressError for what ``parse`` rejects.
     """
-    a = parse(addr)
+    return _key(parse(addr))
+
+
+def _key(a: Address) -> str:
     local = a.local.casefold().split("+", 1)[0].replace(".", "")
     return f"{local}@{a.domain}"
 
@@ -244,9 +248,9 @@ class SendPolicy:
         """As module-level ``refusal``; ``to_staff``: staff mail, allowed to ``staff``."""
         try:
             a = parse(addr)
-            key = normalise(addr)
         except AddressError as e:
             return e.reason
+        key = _key(a)
         if to_staff and key in self.staff_keys:
             return None
         if key in self.own_keys or any(_under(a.domain, d) for d in self.own_domains):
