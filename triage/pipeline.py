@@ -440,6 +440,7 @@ class Runner:
         pause = self._transport_backoff.next_delay() if self._transport_backoff else 0.0
         self._paused_until = time.monotonic() + pause
         self.relay_trouble = f"SMTP relay refuses every recipient: {answer}"
+        self.send_trouble = self.relay_trouble  # /readyz says so from now, not at sweep end
         self.metrics.relay_refusing.set(1)
         log.error("%s (%d recipients in a row); outbox paused for %.0fs, the rows kept",
                   self.relay_trouble, held, pause)
