@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from triage.addresses import REASONS
 from triage.metrics import (
     OUTCOMES,
     PRIORITIES,
@@ -73,12 +74,15 @@ def test_no_label_value_outside_the_fixed_sets():
     m.observe_work_order(f"type {ADDRESS}", ADDRESS, 0.4, True)
     m.observe_work_order("printer_setup", "urgent", 0.93, False)
     m.observe_poll("support", 0.2, True)
+    m.observe_suppressed(ADDRESS)
+    m.observe_suppressed("role_address")
     body, _ = m.exposition()
     assert b"@" not in body
     allowed = {"outcome": set(OUTCOMES), "kind": {*SCREENED_KINDS, ""}, "by": set(SCREENED_BY),
                "request_type": set(TYPES),
                "priority": set(PRIORITIES), "status": {"pending", "sending", "dead"},
-               "mailbox": {"support"}, "target": set(SLA_TARGETS), "state": set(SLA_STATES)}
+               "mailbox": {"support"}, "target": set(SLA_TARGETS), "state": set(SLA_STATES),
+               "reason": {*REASONS, "other"}}
     seen = set()
     for fam in text_string_to_metric_families(body.decode()):
         for s in fam.samples:
@@ -87,7 +91,9 @@ def test_no_label_value_outside_the_fixed_sets():
                     continue
                 assert v in allowed[k], (s.name, k, v)
                 seen.add(k)
-    assert {"outcome", "kind", "by", "request_type", "priority", "mailbox", "status"} <= seen
+    assert {"outcome", "kind", "by", "request_type", "priority", "mailbox", "status",
+            "reason"} <= seen
+    assert value(m, "triage_outbox_suppressed_total", reason="other") == 1
 
 
 def test_screened_messages_are_counted_per_kind_and_decider():

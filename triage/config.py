@@ -79,11 +79,25 @@ class Settings(BaseSettings):
     ingest_cpu_budget: float = Field(default=10.0, ge=0)
     poll_interval: float = Field(default=60.0, gt=0)
     use_idle: bool = True
-    ack_rate_per_hour: int = Field(default=5, ge=0)
+    ack_rate_per_hour: int = Field(default=5, ge=0)  # per normalised address (addresses.py)
+    # Backscatter limits beside the per-address one: a domain that is not free mail, and
+    # all acknowledgments together. A client's whole office writing in one outage stays
+    # under the first; a forged-From flood across many domains hits the second.
+    ack_rate_per_domain_per_hour: int = Field(default=30, ge=0)
+    ack_rate_global_per_hour: int = Field(default=1000, ge=0)
+    # Domains that are ours besides from_address's: no automatic mail goes to any address
+    # in them or their subdomains.
+    own_domains: list[str] = Field(default_factory=list)
     outbox_interval: float = Field(default=5.0, gt=0)
     outbox_max_attempts: int = Field(default=8, ge=1)
     outbox_retry_base: float = Field(default=30.0, ge=0)
     outbox_retry_cap: float = Field(default=3600.0, gt=0)
+    # A relay that refuses this many different recipients in this many domains in a row,
+    # within the window (seconds), is taken to refuse everyone: the outbox pauses instead
+    # of dead-lettering (triage.relay says why these numbers).
+    relay_refusal_recipients: int = Field(default=3, ge=2)
+    relay_refusal_domains: int = Field(default=2, ge=1)
+    relay_refusal_window: float = Field(default=900.0, gt=0)
     review_threshold: float = Field(default=0.6, ge=0, le=1)
     model_path: Path | None = None
     sla_policy_path: Path | None = None
@@ -134,6 +148,15 @@ class Settings(BaseSettings):
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+    def own_addresses(self) -> list[str]:
+        """Our addresses that automatic mail must never reach as a client would."""
+        return [a for a in (self.from_address, self.lead_address, self.oncall_address) if a]
+
+    def own_domain_names(self) -> list[str]:
+        """``own_domains`` and from_address's domain. Not the lead's or on-call's: those may
+        be elsewhere (a pager gateway), and only the address itself is ours."""
+        return list(dict.fromkeys([*self.own_domains, self.from_address.rsplit("@", 1)[1]]))
 
     @property
     def mailbox(self) -> MailboxURL:

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import NON_REQUEST_KINDS, REQUEST_TYPES
+from triage.addresses import REASONS
 from triage.screening import SCREENED_BY, STORE
 from triage.storage.models import Outbox, SlaAlert, WorkOrder
 from triage.workorders import Outcome
@@ -44,6 +45,7 @@ SCREENED_KINDS: tuple[str, ...] = (*KINDS, "quarantined")
 PRIORITIES: tuple[str, ...] = ("urgent", "high", "normal", "other")
 TYPES: tuple[str, ...] = tuple(dict.fromkeys((*REQUEST_TYPES, "other")))
 OUTBOX_STATUSES: tuple[str, ...] = ("pending", "sending", "dead")
+SUPPRESSION_REASONS: tuple[str, ...] = (*REASONS, "other")
 # A mailbox id is a short configured token ("support", "inbox-2"), never an address.
 MAILBOX_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -104,6 +106,13 @@ class Metrics:
             "triage_outbox_oldest_pending_age_seconds",
             "Age of the oldest unsent (pending or sending) outbox row; 0 when none.",
             registry=r)
+        self.suppressed = Counter(
+            "triage_outbox_suppressed_total", "Outgoing mails not sent because the address "
+            "policy refuses the recipient, by reason (triage.addresses.REASONS).",
+            ["reason"], registry=r)
+        self.relay_refusing = Gauge(
+            "triage_smtp_relay_refusing", "1 while the SMTP relay refuses every recipient "
+            "(the outbox is paused, rows kept); 0 once it accepts mail again.", registry=r)
         self.outbox_refresh_errors = Counter(
             "triage_outbox_refresh_errors_total", "Failed outbox gauge refreshes.", registry=r)
         self.poll_seconds = Histogram(
@@ -139,6 +148,8 @@ class Metrics:
                 self.work_orders.labels(t, p)
         for status in OUTBOX_STATUSES:
             self.outbox_depth.labels(status)
+        for reason in SUPPRESSION_REASONS:
+            self.suppressed.labels(reason)
         for target in SLA_TARGETS:
             for state in SLA_STATES:
                 self.sla_open.labels(target, state)
@@ -166,6 +177,9 @@ class Metrics:
     def observe_send(self, ok: bool) -> None:
         self.send_attempts.inc()
         (self.send_successes if ok else self.send_failures).inc()
+
+    def observe_suppressed(self, reason: str) -> None:
+        self.suppressed.labels(_fixed(reason, SUPPRESSION_REASONS)).inc()
 
     def observe_first_response(self, business_hours: float) -> None:
         self.first_response.observe(max(0.0, business_hours))

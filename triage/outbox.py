@@ -6,7 +6,11 @@ and a process killed mid-send leaves a row that is retried once the lease runs o
 one duplicate, with the same Message-ID, for a kill inside the SMTP transaction.
 Rows go out in id order. A server that cannot be reached (connect/TLS/AUTH) pauses the
 whole outbox and keeps every row due, so order survives an outage; a temporary refusal of
-one message (4xx) backs that row off and holds only later mail to the same recipient.
+one message (4xx) backs that row off and holds only later mail to the same recipient. A
+permanent refusal (5xx) is held the same way until it is known whether the recipient or
+the relay refused (triage.relay): the recipient's is dead-lettered, the relay's pauses the
+outbox like an outage. A row whose recipient the address policy refuses (triage.addresses)
+is never sent: its status is ``suppressed``, with an event giving the reason.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, or_,
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from triage.ack import AckView
+from triage.addresses import REASONS
 from triage.mailbox.backoff import Backoff
+from triage.relay import Held
 from triage.sentlog import Delivery, SentLog
 from triage.smtp import WireMessage
 from triage.storage.engine import in_chunks
@@ -32,12 +38,20 @@ from triage.storage.models import Event, Outbox, WorkOrder
 
 log = logging.getLogger(__name__)
 
+# Kinds of mail that go to clients (the others, escalations and pages, go to our staff).
+CLIENT_KINDS = frozenset({"ack", "reply"})
+
 
 class SendResultLike(Protocol):
     ok: bool
     permanent: bool
     code: int | None
     text: str
+
+    @property
+    def stage(self) -> str:
+        """Where the exchange stopped (triage.smtp.Stage)."""
+        ...
 
     @property
     def transport_failed(self) -> bool:
@@ -100,6 +114,13 @@ _MARK_LOGGED = (update(_t)
                 .values(status="sent", sent_at=bindparam("r_now"), last_error=None,
                         claimed_until=None, smtp_response=bindparam("r_answer")))
 _SENT_EVENT = insert(Event.__table__)
+
+
+def answer_of(result: SendResultLike) -> str:
+    """What the server said, for ``last_error``, logs and /readyz: ``550 5.1.1 ...``, or the
+    text alone when no SMTP reply came (``connection failed: ...``)."""
+    text = result.text if result.code is None else f"{result.code} {result.text}"
+    return text.strip()[:1000]
 
 
 def _sent_event(d: Delivery) -> dict[str, Any]:
@@ -221,8 +242,14 @@ class OutboxStore:
             fulfil_within=self._within(wo.request_type, wo.priority),
         )
 
-    def record(self, job: Job, result: SendResultLike) -> None:
+    @property
+    def max_attempts(self) -> int:
+        return self._retry.max_attempts
+
+    def record(self, job: Job, result: SendResultLike, *, hold: bool = False) -> None:
         """The server's answer for one row, committed before the next mail goes out.
+        ``hold``: a permanent refusal that may be the relay's (triage.relay): the row backs
+        off as after a temporary failure instead of being dead-lettered.
 
         A delivery, the common case, is two Core statements on one connection: the lease
         check is in the UPDATE's WHERE, so no row is read first (1.2 ms per row through the
@@ -230,10 +257,9 @@ class OutboxStore:
         now = self._clock()
         if not result.ok:
             with self._sessions.begin() as s:
-                self._record_failure(s, job, result, now)
+                self._record_failure(s, job, result, now, hold)
             return
-        delivery = Delivery(job.id, job.claimed_until, now,
-                            f"{result.code} {result.text}".strip()[:1000], job.kind,
+        delivery = Delivery(job.id, job.claimed_until, now, answer_of(result), job.kind,
                             job.work_order_id, job.attempts)
         if self.sent_log is not None:
             self.sent_log.append(delivery)
@@ -294,8 +320,8 @@ class OutboxStore:
         return True
 
     def _record_failure(self, s: Session, job: Job, result: SendResultLike,
-                        now: datetime) -> None:
-        answer = f"{result.code} {result.text}".strip()[:1000]
+                        now: datetime, hold: bool = False) -> None:
+        answer = answer_of(result)
         row = s.get(Outbox, job.id)
         if not self._mine(row, job):
             log.warning("outbox row %s: lease lost before the result was recorded", job.id)
@@ -310,7 +336,7 @@ class OutboxStore:
             row.status, row.last_error = "pending", answer
             row.attempts = max(0, row.attempts - 1)
             row.next_attempt_at = now
-        elif result.permanent or row.attempts >= self._retry.max_attempts:
+        elif (result.permanent and not hold) or row.attempts >= self._retry.max_attempts:
             row.status, row.last_error = "dead", answer
             s.add(Event(work_order_id=row.work_order_id, actor="system",
                         action=f"{row.kind}_failed",
@@ -325,6 +351,59 @@ class OutboxStore:
             row = s.get(Outbox, job.id)
             if row is not None and self._mine(row, job):
                 row.status, row.last_error, row.claimed_until = "dead", reason[:1000], None
+
+    def settle_held(self, held: Sequence[Held], *, relay: bool) -> int:
+        """Held refusals, judged (triage.relay). ``relay``: the relay refused everyone, so
+        each row is due now with its attempt given back (the outbox is paused meanwhile).
+        Otherwise the recipients refused: dead-lettered, as any 5xx was. A row claimed again
+        since it was held (its attempts moved on) is left to that claim. Returns rows settled.
+        """
+        now = self._clock()
+        settled = 0
+        with self._sessions.begin() as s:
+            for h in held:
+                row = s.get(Outbox, h.outbox_id)
+                if row is None or row.status != "pending" or row.attempts != h.attempt:
+                    continue
+                settled += 1
+                if relay:
+                    row.attempts = max(0, row.attempts - 1)
+                    row.next_attempt_at = now
+                    continue
+                row.status = "dead"
+                s.add(Event(work_order_id=row.work_order_id, actor="system",
+                            action=f"{row.kind}_failed",
+                            detail={"outbox": row.id, "answer": row.last_error}, at=now))
+        return settled
+
+    def suppress(self, refused: Sequence[tuple[Job, str]]) -> None:
+        """Rows the address policy refuses (triage.addresses): never sent, not retried; the
+        attempt the claim counted is given back, and an event holds the reason."""
+        if not refused:
+            return
+        now = self._clock()
+        with self._sessions.begin() as s:
+            for job, reason in refused:
+                row = s.get(Outbox, job.id)
+                if row is None or not self._mine(row, job):
+                    continue
+                row.status, row.claimed_until = "suppressed", None
+                row.attempts = max(0, row.attempts - 1)
+                row.last_error = f"suppressed: {REASONS.get(reason, reason)}"[:1000]
+                s.add(Event(work_order_id=row.work_order_id, actor="system",
+                            action=f"{row.kind}_suppressed",
+                            detail={"outbox": row.id, "reason": reason}, at=now))
+
+    def last_client_recipient(self) -> str | None:
+        """The recipient of the newest delivered client mail (acknowledgment or staff
+        reply): an address the relay accepted, for its probe (triage.relay)."""
+        with self._sessions() as s:
+            for kind, to_addr in s.execute(
+                    select(Outbox.kind, Outbox.to_addr).where(Outbox.status == "sent")
+                    .order_by(Outbox.id.desc()).limit(50)):
+                if kind in CLIENT_KINDS:
+                    return str(to_addr)
+        return None
 
     def release(self, jobs: Sequence[Job]) -> None:
         """Give back claimed rows not attempted (sweep stopped early): no attempt is counted."""

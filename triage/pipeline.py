@@ -39,7 +39,8 @@ from triage.mailbox import Mailbox
 from triage.mailbox.backoff import Backoff
 from triage.messages import RawMessage
 from triage.metrics import Metrics
-from triage.outbox import Job, OutboxStore, SendResultLike, Transport
+from triage.outbox import CLIENT_KINDS, Job, OutboxStore, SendResultLike, Transport, answer_of
+from triage.relay import RELAY_STAGES, Held, RefusalStreak, recipient_key
 from triage.slawatch import render_escalation
 from triage.smtp import WireMessage
 from triage.workorders import Outcome
@@ -88,6 +89,8 @@ class Runner:
         batch_size: int = 50,
         transport_pause: float = 5.0,
         metrics: Metrics | None = None,
+        address_policy: Callable[[Job], str | None] | None = None,
+        refusals: RefusalStreak | None = None,
     ) -> None:
         self.mailbox, self.ingest = mailbox, ingest
         self.outbox, self.transport, self.env = outbox, transport, env
@@ -106,6 +109,12 @@ class Runner:
             Backoff(base=transport_pause, cap=max(300.0, transport_pause), jitter=False)
             if transport_pause > 0 else None)
         self._paused_until = 0.0
+        # Send time: the reason (triage.addresses) a row must not be sent, or None.
+        self.address_policy = address_policy
+        # Permanent refusals held until the relay or the recipients are known to blame.
+        self.refusals = refusals if refusals is not None else RefusalStreak()
+        self.relay_trouble: str | None = None  # set while the relay refuses everyone
+        self._accepted: str | None = None  # a client address the relay last accepted
         self._halt_sweep = False  # a failed ingest stops its concurrent sender (send=True)
         # Whose sweeps the sender beside ingestion runs. One outbox and one transport per
         # process: with several mailboxes every runner sends through the first one's, so
@@ -291,6 +300,8 @@ class Runner:
         costs at most one resend (tests/test_faults.py), as when each row was sent and
         recorded in turn; the pipelining took ~1.5 ms off each mail (bench/results.md)."""
         jobs = await self._outbox_db(self.outbox.claim, limit)
+        claimed = len(jobs)
+        jobs = await self._suppressed(jobs)
         sent = failed = 0
         last_failure: SendResultLike | None = None
         recording: asyncio.Future[None] | None = None  # the previous row's record
@@ -323,12 +334,28 @@ class Runner:
                     sent += 1
                     if self._transport_backoff:
                         self._transport_backoff.reset()
+                    if job.kind in CLIENT_KINDS:
+                        self._accepted = job.to_addr
+                    if self.relay_trouble:
+                        self._relay_fine()
+                    if self.refusals.held:  # the relay works: the recipients refused
+                        await self._settled(recording)
+                        await self._settle(relay=False)
                     continue
                 failed += 1
                 last_failure = result
-                log.warning("outbox row %s not delivered (%s): %s %s", job.id,
-                            "permanent" if result.permanent else "transient", result.code,
-                            result.text)
+                log.warning("outbox row %s not delivered (%s): %s", job.id,
+                            "permanent" if result.permanent else "transient",
+                            answer_of(result))
+                if self._holds(job, result):
+                    key, domain = recipient_key(job.to_addr)
+                    if self.refusals.add(Held(job.id, job.attempts, key, domain, result.stage,
+                                              answer_of(result), self.refusals.now())):
+                        await self._settled(recording)
+                        if await self._judge(threshold=True):  # the relay: paused
+                            await self._outbox_db(self.outbox.release, jobs[n + 1:])
+                            break
+                    continue
                 if result.transport_failed and self._transport_backoff:
                     # Wrong password, bad certificate, server away: stop hammering it.
                     pause = self._transport_backoff.next_delay()
@@ -339,6 +366,12 @@ class Runner:
                     await self._settled(recording)
                     await self._outbox_db(self.outbox.release, jobs[n + 1:])
                     break
+            else:
+                if jobs and self.refusals.held and self.refusals.probe_can_decide():
+                    # Every row was tried and refusals are still held: ask the relay now
+                    # rather than leave a lone bad recipient waiting for the next mail.
+                    await self._settled(recording)
+                    await self._judge(threshold=False)
         except Exception:
             # The database failed (a record, a release): row n and those after it were not
             # handed over (DATA waits for the previous record); give them back next time.
@@ -346,7 +379,7 @@ class Runner:
             raise
         finally:
             await self._settled(recording)
-            if len(jobs) < limit or sent + failed < len(jobs):
+            if claimed < limit or sent + failed < len(jobs):
                 # Drained, or stopped: what the sent log holds goes into the table now
                 # rather than at the next claim, which may be a while.
                 await self._outbox_db(self.outbox.flush)
@@ -354,12 +387,92 @@ class Runner:
         self.counters.send_failures += failed
         if sent:
             self.send_trouble = None
+        elif self.relay_trouble:
+            self.send_trouble = self.relay_trouble
         elif failed:
-            answer = (f"{last_failure.code or ''} {last_failure.text}".strip()
-                      if last_failure else "")
+            answer = answer_of(last_failure) if last_failure else ""
             self.send_trouble = (f"the last outbox sweep sent nothing ({failed} failed): "
                                  f"{answer or 'no answer'}")
         return sent, failed
+
+    async def _suppressed(self, jobs: list[Job]) -> list[Job]:
+        """Set aside the rows the address policy refuses (recorded, counted, never sent);
+        returns the others."""
+        if self.address_policy is None or not jobs:
+            return jobs
+        keep: list[Job] = []
+        refused: list[tuple[Job, str]] = []
+        for job in jobs:
+            reason = self.address_policy(job)
+            if reason is None:
+                keep.append(job)
+            else:
+                refused.append((job, reason))
+        if refused:
+            await self._outbox_db(self.outbox.suppress, refused)
+            for job, reason in refused:
+                self.metrics.observe_suppressed(reason)
+                log.info("outbox row %s suppressed: %s", job.id, reason,
+                         extra={"event": "suppressed", "outbox": job.id, "kind": job.kind,
+                                "reason": reason})
+        return keep
+
+    def _holds(self, job: Job, result: SendResultLike) -> bool:
+        """A permanent refusal that may be the relay's, on a row with tries left: held
+        (pending) until the relay or the recipient is found to blame (triage.relay)."""
+        return (not result.ok and result.permanent and not result.transport_failed
+                and result.stage in RELAY_STAGES and job.attempts < self.outbox.max_attempts)
+
+    async def _judge(self, *, threshold: bool) -> bool:
+        """Settle the held refusals: True when the relay refuses everyone (the outbox is
+        paused). The relay accepting a probe clears it; the threshold reached, or the relay
+        refusing an address it accepted before, convicts it; else the rows stay held."""
+        probe = await self._probe() if self.refusals.probe_can_decide() else None
+        if probe is not None and probe.ok:
+            await self._settle(relay=False)
+            return False
+        if not (threshold or (probe is not None and probe.permanent)):
+            return False  # no answer either way: keep holding
+        answer = (answer_of(probe) if probe is not None and not probe.transport_failed
+                  else self.refusals.held[-1].answer)
+        held = len(self.refusals.held)
+        await self._settle(relay=True)
+        pause = self._transport_backoff.next_delay() if self._transport_backoff else 0.0
+        self._paused_until = time.monotonic() + pause
+        self.relay_trouble = f"SMTP relay refuses every recipient: {answer}"
+        self.send_trouble = self.relay_trouble  # /readyz says so from now, not at sweep end
+        self.metrics.relay_refusing.set(1)
+        log.error("%s (%d recipients in a row); outbox paused for %.0fs, the rows kept",
+                  self.relay_trouble, held, pause)
+        return True
+
+    async def _probe(self) -> SendResultLike | None:
+        """MAIL and RCPT to a client address the relay accepted before, then RSET; None when
+        there is no such address or the transport cannot probe."""
+        probe = getattr(self.transport, "probe_recipient", None)
+        if probe is None:
+            return None
+        known = self._accepted or await self._outbox_db(self.outbox.last_client_recipient)
+        if not known or recipient_key(known)[0] in {h.recipient for h in self.refusals.held}:
+            return None
+        self._accepted = known
+        result: SendResultLike = await probe(sender=self.from_address, recipient=known)
+        log.info("relay probe with a recipient it accepted before: %s",
+                 "accepted" if result.ok else answer_of(result))
+        return result
+
+    async def _settle(self, *, relay: bool) -> None:
+        held = self.refusals.take()
+        await self._outbox_db(functools.partial(self.outbox.settle_held, relay=relay), held)
+        if not relay:
+            self._relay_fine()
+            for h in held:
+                log.warning("outbox row %s dead-lettered: the relay accepts other mail, so "
+                            "the recipient refused it: %s", h.outbox_id, h.answer)
+
+    def _relay_fine(self) -> None:
+        self.relay_trouble = None
+        self.metrics.relay_refusing.set(0)
 
     async def _deliver(self, job: Job, msg: EmailMessage | WireMessage,
                        ready: asyncio.Future[None] | None
@@ -376,8 +489,11 @@ class Runner:
         try:
             if self.outbox.records_in_log(result):
                 self.outbox.record(job, result)  # a line appended to a file (triage.sentlog)
-            else:
+            elif result.ok:
                 await self._outbox_db(self.outbox.record, job, result)
+            else:
+                await self._outbox_db(functools.partial(
+                    self.outbox.record, hold=self._holds(job, result)), job, result)
         except Exception:
             self._unfinished.append((job, result))  # recorded by the next sweep
             raise

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.installed import best_model_path
 from triage.ack import make_env
+from triage.addresses import SendPolicy
 from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
 from triage.desk.screened import Screening
@@ -46,8 +47,9 @@ from triage.lease import Lease, mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
-from triage.outbox import OutboxStore, RetryPolicy, Transport
+from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy, Transport
 from triage.pipeline import Runner, log_sweep_failure
+from triage.relay import RefusalStreak
 from triage.sentlog import SentLog
 from triage.sla import SlaPolicy, SlaPolicyError, load_policy
 from triage.slawatch import SlaWatch
@@ -164,6 +166,20 @@ def build(
         raise
 
 
+def send_policy(settings: Settings) -> Callable[[Job], str | None]:
+    """The address policy at send time (triage.addresses), for every outgoing row: client
+    mail must not reach our own addresses; escalations and pages may reach the lead and
+    on-call addresses they are meant for."""
+    policy = SendPolicy.of(settings.own_addresses(), settings.own_domain_names(),
+                           staff=[a for a in (settings.lead_address, settings.oncall_address)
+                                  if a])
+
+    def check(job: Job) -> str | None:
+        return policy.refusal(job.to_addr, to_staff=job.kind not in CLIENT_KINDS)
+
+    return check
+
+
 def sent_log_for(engine: Engine) -> SentLog | None:
     """The file beside a SQLite database where the outbox logs deliveries; None for
     PostgreSQL, whose row locks let the sender write beside ingestion."""
@@ -213,6 +229,10 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
             from_address=settings.from_address, from_name=settings.from_name,
             phone=settings.helpdesk_phone, batch_size=settings.batch_size,
             transport_pause=settings.outbox_retry_base, metrics=metrics,
+            address_policy=send_policy(settings),
+            refusals=RefusalStreak(settings.relay_refusal_recipients,
+                                   settings.relay_refusal_domains,
+                                   settings.relay_refusal_window),
         ))
         for cfg in configs
     ]

@@ -180,6 +180,11 @@ class SendResult:
         password, permanent): pause the outbox and keep the row instead of dead-lettering it."""
         return not self.ok and self.stage in ("connect", "tls", "auth")
 
+    @property
+    def answer(self) -> str:
+        """``550 5.1.1 ...``, or the text alone when no SMTP reply came."""
+        return self.text if self.code is None else f"{self.code} {self.text}"
+
 
 class Transport(Protocol):
     """What the outbox calls; both transports below satisfy it."""
@@ -372,15 +377,63 @@ class SmtpTransport:
         else:
             self.failed += 1
             logger.warning(
-                "smtp %s: %s failure sending %s at %s: %s %s",
+                "smtp %s: %s failure sending %s at %s: %s",
                 self.settings.name,
                 "permanent" if result.permanent else "transient",
                 mid,
                 result.stage,
-                result.code,
-                result.text,
+                result.answer,
             )
         return result
+
+    async def probe_recipient(self, *, sender: str, recipient: str) -> SendResult:
+        """MAIL from ``sender``, RCPT to ``recipient``, then RSET: would the server take mail
+        for ``recipient`` now? Nothing is handed over. The outbox asks this with an address
+        the relay accepted before, to tell a relay that refuses everyone from recipients
+        that refuse (triage.relay). ``ok`` means the RCPT was accepted."""
+        rcpts = (recipient,)
+        if any(c in a for a in (sender, recipient) for c in "\r\n\0"):
+            raise ValueError("control character in envelope address")
+        if self._state != _State.OPEN:
+            raise RuntimeError(f"SMTP transport is {self._state}; use it inside 'async with'")
+        async with self._lock:
+            for _ in range(2):
+                reused = self._smtp.is_connected
+                if not reused:
+                    failure = await self._connect()
+                    if failure is not None:
+                        return failure
+                try:
+                    return await self._probe(sender, rcpts, reused=reused)
+                except _Stale:
+                    self._drop()
+        raise AssertionError("unreachable: a fresh connection never raises _Stale")
+
+    async def _probe(self, sender: str, rcpts: tuple[str, ...], *, reused: bool) -> SendResult:
+        smtp = self._smtp
+        utf8 = _needs_utf8(sender, rcpts)
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            return _fail("mail", None, "non-ASCII address and no SMTPUTF8", permanent=False)
+        encoding = "utf-8" if utf8 else "ascii"
+        stage: Stage = "mail"
+        try:
+            await smtp.mail(sender, options=["SMTPUTF8"] if utf8 else [], encoding=encoding)
+            stage = "rcpt"
+            response = await smtp.rcpt(rcpts[0], encoding=encoding)
+        except Exception as exc:
+            if reused and stage == "mail" and (
+                    isinstance(exc, ConnectionError)
+                    or (isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == 421)):
+                raise _Stale(str(exc)) from exc
+            result = _classify(exc, stage)
+            if result is None:
+                raise
+            if smtp.is_connected:
+                await self._rset()
+            return result
+        await self._rset()
+        return SendResult(ok=True, permanent=False, code=response.code, text=response.message,
+                          stage="rcpt")
 
     async def _send_locked(
         self, msg: Mail, sender: str, rcpts: tuple[str, ...], ready: Awaitable[object] | None
