@@ -39,7 +39,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
             sys.stderr.flush()
 
     data = [Path(p) for p in ns.data] if getattr(ns, "data", None) else None
-    out = Path(ns.out) if getattr(ns, "out", None) else None
+    if getattr(ns, "out", None):
+        out = Path(ns.out)
+    else:
+        # Not the packaged model, which is part of the installation (root-owned in the
+        # image, tracked in a checkout): the retrained-model folder, which the daemon
+        # already chooses from at start (classifiers.installed.best_model_path).
+        from triage.config import load_settings
+
+        out = load_settings(getattr(ns, "config", None)).retrained_model_dir / "model.skops"
+        out.parent.mkdir(parents=True, exist_ok=True)
+    keywords = Path(ns.keywords) if getattr(ns, "keywords", None) else None
     # --corrections DIR (repeatable) adds staff corrections to named or default data.
     corrections = [Path(p) for p in ns.corrections] if getattr(ns, "corrections", None) else None
     # The held-out score goes into the metadata, where retraining compares models by it;
@@ -49,7 +59,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         heldout = [DEFAULT_HELDOUT] if data is None and DEFAULT_HELDOUT.exists() else None
     try:
-        meta = train(data, out, corrections=corrections, heldout=heldout, progress=progress)
+        meta = train(data, out, corrections=corrections, heldout=heldout, progress=progress,
+                     keywords_path=keywords)
     except (FileNotFoundError, ValueError) as exc:
         _err(str(exc))
         return 1

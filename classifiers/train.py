@@ -31,14 +31,14 @@ from classifiers.features import load_keywords, prepare
 from classifiers.pipeline import build_pipeline
 from classifiers.predict import DEFAULT_PRIORITIES, DEFAULT_REVIEW_THRESHOLD, Classifier
 from classifiers.types import LABELS, NOT_A_REQUEST
+from triage.resources import DATA_DIR
 
 log = logging.getLogger(__name__)
 
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_TRAINING = (REPO_DATA / "training",)
-DEFAULT_CORRECTIONS = REPO_DATA / "corrections"
-DEFAULT_HELDOUT = REPO_DATA / "heldout"
-SLA_POLICY = REPO_DATA / "sla_policy.toml"
+DEFAULT_TRAINING = (DATA_DIR / "training",)
+DEFAULT_CORRECTIONS = DATA_DIR / "corrections"
+DEFAULT_HELDOUT = DATA_DIR / "heldout"
+SLA_POLICY = DATA_DIR / "sla_policy.toml"
 
 
 Progress = Callable[[str], None]

@@ -19,11 +19,7 @@ from pydantic_settings import (
 )
 
 from triage.netutil import is_loopback
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT / "data"
-
-
+from triage.resources import DATA_DIR  # noqa: F401  (re-exported: the shipped data/)
 
 
 class MailboxConfig(BaseModel):
@@ -79,6 +75,8 @@ class Settings(BaseSettings):
     review_threshold: float = Field(default=0.6, ge=0, le=1)
     model_path: Path | None = None
     sla_policy_path: Path | None = None
+    # Acknowledgment and staff page templates; None: the templates/ shipped with triage.
+    templates_dir: Path | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     shutdown_timeout: float = Field(default=30.0, gt=0)

@@ -191,7 +191,7 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
     )
     transport = transport or make_transport(settings)
     metrics = Metrics()
-    env = make_env()
+    env = make_env(settings.templates_dir)
     configs = settings.mailbox_configs()
     if mailbox is not None:  # a test's own mailbox stands for the first configured one
         configs = configs[:1]
@@ -481,6 +481,8 @@ class Service:
                 desk=self.c.desk, attachments_dir=self.settings.attachments_dir,
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
+                **({"templates_dir": self.settings.templates_dir}
+                   if self.settings.templates_dir else {}),
             ), extra_routes=list(app.routes))
         log.info("%s on http://%s:%d",
                  "staff web app and ops endpoints" if self.settings.web_enabled

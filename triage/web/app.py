@@ -40,7 +40,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.routing import BaseRoute
 
-from triage.ack import TEMPLATES_DIR
 from triage.desk import users
 from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Desk, NotFound
 from triage.desk.queue import (
@@ -56,6 +55,7 @@ from triage.desk.queue import (
     staff_names,
     work_order_detail,
 )
+from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
 from triage.storage.models import WorkOrder
 
@@ -83,6 +83,7 @@ class WebDeps:
     clock: Callable[[], datetime]
     cookie_secure: bool = True
     session_ttl: timedelta = users.SESSION_TTL
+    templates_dir: Path = TEMPLATES_DIR  # the templates_dir setting, else the shipped ones
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,8 @@ def clean_html(html: str) -> tuple[str, bool]:
     return cleaned, blocked
 
 
-def make_templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+def make_templates(templates_dir: Path = TEMPLATES_DIR) -> Environment:
+    env = Environment(loader=FileSystemLoader(templates_dir), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["remaining"] = format_remaining
     env.filters["label"] = lambda v: str(v).replace("_", " ")
@@ -139,7 +140,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     app = FastAPI(title="ITX Triage staff API", version="1",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
-    templates = make_templates()
+    templates = make_templates(deps.templates_dir)
     policy = deps.policy
 
     def local(t: datetime | None, tz: str) -> str:
@@ -247,7 +248,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
     @app.get("/static/app.css", include_in_schema=False)
     def css() -> Response:
-        return FileResponse(TEMPLATES_DIR / "web" / "app.css", media_type="text/css",
+        return FileResponse(deps.templates_dir / "web" / "app.css", media_type="text/css",
                             headers={"Cache-Control": "max-age=3600"})
 
     def queue_filter(
