@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # held-out macro-F1 is not worse. retrain_hour is UTC; -1 turns the job off.
     corrections_dir: Path = Path("var/corrections")
     retrained_model_dir: Path = Path("var/model")
+    # What the retrain learns from and is judged on; None: the data/ shipped with triage.
+    training_dir: Path | None = None
+    heldout_dir: Path | None = None
+    keywords_path: Path | None = None
     retrain_hour: int = Field(default=2, ge=-1, le=23)
 
     @field_validator("from_address")

@@ -591,7 +591,8 @@ class Service:
         try:
             result = await asyncio.to_thread(
                 _in_subprocess, retrain_from_database, s.database_url, s.corrections_dir,
-                s.retrained_model_dir, self.c.model_path, s.model_path)
+                s.retrained_model_dir, self.c.model_path, s.model_path, s.training_dir,
+                s.heldout_dir, s.keywords_path)
         except Exception:
             log.exception("nightly retrain failed; the current model stays")
             return
@@ -617,14 +618,19 @@ class Service:
 
 
 def retrain_from_database(database_url: str, corrections_dir: Path, retrained_dir: Path,
-                          current: Path | None, packaged: Path | None) -> RetrainResult:
-    """``classifiers.retrain.nightly`` with a connection of its own (runs in a subprocess)."""
+                          current: Path | None, packaged: Path | None,
+                          training: Path | None = None, heldout: Path | None = None,
+                          keywords: Path | None = None) -> RetrainResult:
+    """``classifiers.retrain.nightly`` with a connection of its own (runs in a subprocess);
+    ``training``, ``heldout`` and ``keywords`` default to the shipped data/."""
     from classifiers.retrain import nightly
 
     engine = make_engine(database_url)
     try:
         return nightly(make_read_sessionmaker(engine), corrections_dir, retrained_dir, current,
-                       packaged_model_path=packaged)
+                       packaged_model_path=packaged, keywords_path=keywords,
+                       **({"heldout_dir": heldout} if heldout else {}),
+                       **({"training": [training]} if training else {}))
     finally:
         engine.dispose()
 
