@@ -22,23 +22,25 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# Bytecode is compiled here, once, for every module in the venv, and kept: the runtime user
+# cannot write it, so without it every start compiled numpy, scipy and scikit-learn again
+# (bench/results.md). unchecked-hash .pyc files do not depend on file times, which COPY
+# need not keep.
 # The dependencies first, in a layer of their own: a code change does not reinstall numpy.
 COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
-    && pip install -c constraints.txt -r /tmp/requirements.txt
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
+    && python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash /opt/venv/lib
 COPY README.md ./
 COPY triage ./triage
 COPY classifiers ./classifiers
 COPY data ./data
 COPY templates ./templates
-# Bytecode is compiled here, once, for every module in the venv, and kept: the runtime user
-# cannot write it, so without it every start compiled numpy, scipy and scikit-learn again
-# (bench/results.md). unchecked-hash .pyc files do not depend on file times, which COPY
-# need not keep.
 RUN pip wheel --no-deps -w /tmp/dist . \
     && pip install --no-deps /tmp/dist/itx_triage-*.whl \
     && test -f "$(python -c 'import classifiers.artifact as a; print(a.DEFAULT_MODEL_PATH)')" \
-    && python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash /opt/venv/lib
+    && python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
+        /opt/venv/lib/python3*/site-packages/triage /opt/venv/lib/python3*/site-packages/classifiers
 
 # ---- runtime: the venv, tini as PID 1, a non-root user -------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

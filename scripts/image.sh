@@ -47,6 +47,14 @@ mounts=()
 [ -f /etc/ssl/certs/ca-certificates.crt ] && \
     mounts+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 
+old="$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
 # --format docker keeps the HEALTHCHECK (OCI images have none); --network host: no bridge here.
-exec podman build --format docker --network host "${mounts[@]}" \
+podman build --format docker --network host "${mounts[@]}" \
     --build-arg "PYTHON_IMAGE=$BASE" -t "$TAG" -f Dockerfile .
+# The image this tag named before, if the build replaced it: otherwise every rebuild after a
+# code change leaves one more untagged image in the (shared) store. Refused, and left, when
+# something still uses it.
+new="$(podman image inspect --format '{{.Id}}' "$TAG")"
+if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+fi
