@@ -1,38 +1,56 @@
-# syntax=docker/dockerfile:1
 # ITX Triage daemon image.
 #
-# The code finds its files beside the package, not in site-packages: triage/config.py,
-# triage/ack.py and triage/sla.py look one level above triage/ for data/ and templates/,
-# and classifiers/ reads classifiers/model/ and data/keywords.toml the same way. So the
-# source tree lives at /app and is installed there in editable mode; a plain wheel install
-# would leave data/ and templates/ behind.
+# The project is installed as a wheel: data/ and templates/ travel inside it (as
+# triage/_resources/, see pyproject.toml) and the code finds them with importlib.resources.
+# Dependencies are the exact versions the tests ran with (constraints.txt).
 #
 # Build:  docker build -t itx-triage .
-# Run:    docker run --env-file triage.env -p 9108:9108 itx-triage
-#         (applies the migrations, then runs the daemon; `... itx-triage run --once` for one pass;
-#         `--entrypoint triage itx-triage sla due ...` for a command that needs no database)
+#         (no registry here: scripts/image.sh builds it with podman on a stand-in base)
+# Run:    docker run --env-file triage.env -v triage-var:/app/var -p 9108:9108 itx-triage
+#         (`triage run`: applies the migrations, then runs the daemon; `... itx-triage run
+#         --once` for one pass; `... itx-triage sla due ...`, `... itx-triage train`, any
+#         triage command, as the arguments)
+# Writable state lives in /app/var (a volume): the SQLite file, the dir:// outbox,
+# attachments, corrections, and the models `triage train` and the nightly retrain write
+# (var/model, TRIAGE_RETRAINED_MODEL_DIR), which the daemon prefers when they score no worse.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a virtualenv with the dependencies and the project installed in place ----------
+# ---- build: a virtualenv with the pinned dependencies and the project's wheel -------------
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /app
-COPY pyproject.toml README.md ./
+WORKDIR /src
+# Bytecode is compiled here, once, for every module in the venv, and kept: the runtime user
+# cannot write it, so without it every start compiled numpy, scipy and scikit-learn again
+# (bench/results.md). unchecked-hash .pyc files do not depend on file times, which COPY
+# need not keep.
+# The dependencies first, in a layer of their own: a code change does not reinstall numpy.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
+    && python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash /opt/venv/lib
+COPY README.md ./
 COPY triage ./triage
 COPY classifiers ./classifiers
-# All of data/ (about 1 MB): the policy and keyword rules, plus samples/training for
-# `triage demo`, `triage train` and `triage evaluate` inside the image.
 COPY data ./data
 COPY templates ./templates
-RUN pip install -e . \
-    && test -f classifiers/model/model.skops && test -f classifiers/model/model.scorer.npz \
-    && find /app /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+RUN pip wheel --no-deps -w /tmp/dist . \
+    && pip install --no-deps /tmp/dist/itx_triage-*.whl \
+    && test -f "$(python -c 'import classifiers.artifact as a; print(a.DEFAULT_MODEL_PATH)')" \
+    && python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
+        /opt/venv/lib/python3*/site-packages/triage /opt/venv/lib/python3*/site-packages/classifiers
 
-# ---- runtime: the same two paths, no compilers, no pip cache, a non-root user --------------
+# ---- runtime: the venv, tini as PID 1, a non-root user -------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# tini as PID 1: the kernel drops a SIGTERM sent to a PID 1 that has no handler yet, so with
+# triage as PID 1 a stop during interpreter start-up was lost and the container killed 10 s
+# later. tini forwards it; triage dies of it before its handler exists, and -e 143 makes that
+# (128 + SIGTERM) a clean exit, as it is: nothing was fetched or sent yet.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+    && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -43,19 +61,17 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 triage \
     && useradd --system --uid 10001 --gid triage --home-dir /app --shell /usr/sbin/nologin triage
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 WORKDIR /app
-# var/ holds the SQLite file, the dir:// outbox and attachments when those defaults are used.
 RUN mkdir -p /app/var && chown triage:triage /app/var
 VOLUME ["/app/var"]
 USER 10001:10001
 EXPOSE 9108
-# /healthz answers from the event loop alone; python is used because slim has no curl.
+# Asks /healthz on the port the settings give (TRIAGE_OPS_PORT, TRIAGE_CONFIG_FILE); with
+# TRIAGE_OPS_PORT=0 there is no /healthz and the check says so (triage/healthcheck.py).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('TRIAGE_OPS_PORT', '9108'), timeout=4)"]
-# Migrations first, then the triage command given as CMD (default: the daemon). `exec`
-# replaces the shell, so triage itself is PID 1, gets SIGTERM and finishes the batch in hand.
-# tests/test_deploy.py runs this exact ENTRYPOINT + CMD outside a container.
-ENTRYPOINT ["sh", "-c", "triage db upgrade && exec triage \"$@\"", "triage"]
+    CMD ["python", "-m", "triage.healthcheck"]
+# triage itself runs the command (default: the daemon, which applies the migrations at
+# start); tests/test_deploy.py runs the ENTRYPOINT after tini's "--" + CMD outside a container.
+ENTRYPOINT ["tini", "-e", "143", "--", "triage"]
 CMD ["run"]
 STOPSIGNAL SIGTERM

@@ -30,6 +30,7 @@ def _err(msg: str) -> None:
 
 def cmd_train(ns: argparse.Namespace) -> int:
     from classifiers.train import DEFAULT_HELDOUT, DEFAULT_WILD, train
+    from triage.config import load_settings
 
     quiet = bool(getattr(ns, "quiet", False))
 
@@ -38,20 +39,37 @@ def cmd_train(ns: argparse.Namespace) -> int:
             sys.stderr.write(f"[train] {msg}\n")
             sys.stderr.flush()
 
+    # Options win; then the settings (training_dir, heldout_dir, keywords_path,
+    # retrained_model_dir); then the data/ shipped with triage.
+    settings = load_settings(getattr(ns, "config", None))
     data = [Path(p) for p in ns.data] if getattr(ns, "data", None) else None
-    out = Path(ns.out) if getattr(ns, "out", None) else None
+    if data is None and settings.training_dir:
+        data = [settings.training_dir]
+    if getattr(ns, "out", None):
+        out = Path(ns.out)
+    else:
+        # Not the packaged model, which is part of the installation (root-owned in the
+        # image, tracked in a checkout): the retrained-model folder, which the daemon
+        # already chooses from at start (classifiers.installed.best_model_path).
+        out = settings.retrained_model_dir / "model.skops"
+        out.parent.mkdir(parents=True, exist_ok=True)
+    keywords = Path(ns.keywords) if getattr(ns, "keywords", None) else settings.keywords_path
     # --corrections DIR (repeatable) adds staff corrections to named or default data.
     corrections = [Path(p) for p in ns.corrections] if getattr(ns, "corrections", None) else None
     # The held-out score goes into the metadata, where retraining compares models by it;
-    # by default data/heldout whenever the default training data is used.
+    # by default the held-out set whenever the default training data is used.
     if getattr(ns, "heldout", None):
         heldout: list[Path] | None = [Path(p) for p in ns.heldout]
+    elif settings.heldout_dir:
+        heldout = [settings.heldout_dir]
+    elif not getattr(ns, "data", None) and DEFAULT_HELDOUT.exists():
+        heldout = [DEFAULT_HELDOUT]
     else:
-        heldout = [DEFAULT_HELDOUT] if data is None and DEFAULT_HELDOUT.exists() else None
+        heldout = None
     try:
         wild = [DEFAULT_WILD] if data is None and DEFAULT_WILD.exists() else None
         meta = train(data, out, corrections=corrections, heldout=heldout, wild=wild,
-                     progress=progress)
+                     progress=progress, keywords_path=keywords)
     except (FileNotFoundError, ValueError) as exc:
         _err(str(exc))
         return 1

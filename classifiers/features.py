@@ -18,6 +18,7 @@ import numpy as np
 
 from classifiers.htmltext import MAX_RAW_CHARS, html_to_text
 from classifiers.types import LABELS, NOT_A_REQUEST, EmailInput
+from triage.resources import DATA_DIR
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_CHARS = 6000
 MAX_SUBJECT_CHARS = 300
 
-DEFAULT_KEYWORDS_PATH = Path(__file__).resolve().parent.parent / "data" / "keywords.toml"
+DEFAULT_KEYWORDS_PATH = DATA_DIR / "keywords.toml"
 
 
 # --------------------------------------------------------------------------- cleaning

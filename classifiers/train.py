@@ -32,20 +32,20 @@ from classifiers.features import load_keywords, prepare
 from classifiers.pipeline import build_pipeline
 from classifiers.predict import DEFAULT_PRIORITIES, DEFAULT_REVIEW_THRESHOLD, Classifier
 from classifiers.types import LABELS, NOT_A_REQUEST
+from triage.resources import DATA_DIR
 
 log = logging.getLogger(__name__)
 
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 # The original corpus, and one written apart from it in the registers it lacks (terse
 # ticket forms, relayed requests, non-native English, mobile one-liners, forwards, scams,
 # closing notes); see data/README.md.
-DEFAULT_TRAINING = (REPO_DATA / "training", REPO_DATA / "training-registers")
-DEFAULT_CORRECTIONS = REPO_DATA / "corrections"
-DEFAULT_HELDOUT = REPO_DATA / "heldout"
+DEFAULT_TRAINING = (DATA_DIR / "training", DATA_DIR / "training-registers")
+DEFAULT_CORRECTIONS = DATA_DIR / "corrections"
+DEFAULT_HELDOUT = DATA_DIR / "heldout"
 # Written apart from the training data by another author, in registers the training data
 # lacks; never trained on. Reported beside DEFAULT_HELDOUT (metadata, evaluate, bench).
-DEFAULT_WILD = REPO_DATA / "heldout-wild"
-SLA_POLICY = REPO_DATA / "sla_policy.toml"
+DEFAULT_WILD = DATA_DIR / "heldout-wild"
+SLA_POLICY = DATA_DIR / "sla_policy.toml"
 
 
 Progress = Callable[[str], None]

@@ -3,9 +3,9 @@
 No Docker engine, Prometheus or Grafana runs here, so these tests check what can be checked
 without them: every metric and label the alert rules and the dashboard query is one that
 ``triage.metrics.Metrics`` really exposes; the compose file's TRIAGE_* settings validate; the
-Dovecot and systemd files pass their own tools; and the image's exact ENTRYPOINT + CMD line
-works outside the container (one pass, and the daemon answering the HEALTHCHECK, then
-stopping cleanly on SIGTERM).
+Dovecot and systemd files pass their own tools; and the image's exact ENTRYPOINT (after
+its init) + CMD line works outside the container (one pass, and the daemon answering the
+HEALTHCHECK, then stopping cleanly on SIGTERM). tests/test_image.py builds and runs the image.
 """
 
 from __future__ import annotations
@@ -237,6 +237,13 @@ def _exec_form(name: str) -> list[str]:
     return value
 
 
+def _triage_entrypoint() -> list[str]:
+    """The ENTRYPOINT after its init (tini, PID 1 in the container): what it runs."""
+    init, _, command = " ".join(_exec_form("ENTRYPOINT")).partition(" -- ")
+    assert init == "tini -e 143" and command
+    return command.split()
+
+
 def test_dockerfile_shape() -> None:
     text = DOCKERFILE.read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\w+))?", text, re.MULTILINE)
@@ -245,7 +252,10 @@ def test_dockerfile_shape() -> None:
     assert _instruction("USER").split(":")[0] not in {"root", "0"}
     assert _instruction("EXPOSE") == "9108"
     assert "TRIAGE_OPS_HOST=0.0.0.0" in text
-    assert "127.0.0.1:%s/healthz" in _instruction("HEALTHCHECK")
+    assert _instruction("HEALTHCHECK").endswith('CMD ["python", "-m", "triage.healthcheck"]')
+    assert not text.startswith("# syntax=")  # BuildKit would pull it from a registry
+    assert "pip install -e" not in text  # the wheel, not an editable tree
+    assert "-c constraints.txt" in text
     # the files the code reads beside the package are copied to where it looks
     for path in ("triage", "classifiers", "data", "templates"):
         assert re.search(rf"^COPY {path} \./{path}$", text, re.MULTILINE), path
@@ -291,7 +301,7 @@ def test_entrypoint_once_outside_the_container(tmp_path: Path) -> None:
     env = _container_env(tmp_path)
     for i, sample in enumerate(samples):
         shutil.copy(sample, tmp_path / "inbox" / "new" / f"{i}.deploytest:2,")
-    argv = [*_exec_form("ENTRYPOINT"), "run", "--once"]
+    argv = [*_triage_entrypoint(), "run", "--once"]
     assert _exec_form("CMD") == ["run"]
     r = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, check=False)
@@ -313,11 +323,12 @@ def _free_port() -> int:
 
 def test_entrypoint_daemon_answers_healthcheck_and_stops_on_sigterm(tmp_path: Path) -> None:
     """The default CMD: the HEALTHCHECK command passes against it, and SIGTERM to the
-    process the entrypoint started (``exec``: triage itself) stops it with exit 0."""
+    process the entrypoint starts (triage itself; in the image tini passes it on) stops it
+    with exit 0."""
     port = _free_port()
     env = _container_env(tmp_path, TRIAGE_OPS_HOST="127.0.0.1", TRIAGE_OPS_PORT=str(port),
                          TRIAGE_POLL_INTERVAL="1")
-    argv = [*_exec_form("ENTRYPOINT"), *_exec_form("CMD")]
+    argv = [*_triage_entrypoint(), *_exec_form("CMD")]
     proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -348,3 +359,30 @@ def test_entrypoint_daemon_answers_healthcheck_and_stops_on_sigterm(tmp_path: Pa
         raise
     assert proc.returncode == 0, out[-3000:]
     assert '"stopped; counters' in out, out[-3000:]
+
+
+def _healthcheck(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    check = json.loads(_instruction("HEALTHCHECK").split(" CMD ", 1)[1])
+    return subprocess.run(check, env=_container_env(tmp_path, **extra), capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def test_healthcheck_with_the_ops_listener_off_says_why_it_fails(tmp_path: Path) -> None:
+    r = _healthcheck(tmp_path, TRIAGE_OPS_PORT="0")
+    assert r.returncode == 1
+    assert r.stdout.startswith("unhealthy: TRIAGE_OPS_PORT=0 turns off /healthz"), r.stdout
+
+
+def test_healthcheck_fails_when_nothing_answers(tmp_path: Path) -> None:
+    port = _free_port()  # bound and released: nothing listens there now
+    r = _healthcheck(tmp_path, TRIAGE_OPS_PORT=str(port))
+    assert r.returncode == 1
+    assert r.stdout.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz"), r.stdout
+
+
+def test_healthcheck_asks_a_wildcard_listener_on_loopback() -> None:
+    from triage.healthcheck import healthz_url
+
+    assert healthz_url("0.0.0.0", 9108) == "http://127.0.0.1:9108/healthz"
+    assert healthz_url("::", 8080) == "http://[::1]:8080/healthz"
+    assert healthz_url("10.1.2.3", 9108) == "http://10.1.2.3:9108/healthz"

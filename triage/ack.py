@@ -23,16 +23,22 @@ from email import quoprimime
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    select_autoescape,
+)
 
 from triage.calendar import humanize_due
 from triage.parse import clean_header
+from triage.resources import TEMPLATES_DIR
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 SUBJECT_LIMIT = 200
 
 _URL = re.compile(r"\b(?:[a-z][a-z0-9+.-]{1,15}://|www\.)\S*", re.IGNORECASE)
@@ -121,9 +127,10 @@ def fulfil_promise(v: AckView) -> str:
     return f"Our target is to have {what} {humanize_due(v.fulfil_due, v.timezone)}{within}."
 
 
-def make_env(templates: Path = TEMPLATES_DIR) -> Environment:
+def make_env(templates: Path | None = None) -> Environment:
+    """Templates from ``templates`` (the ``templates_dir`` setting), else the shipped ones."""
     return Environment(
-        loader=FileSystemLoader(str(templates)),
+        loader=FileSystemLoader(str(templates or TEMPLATES_DIR)),
         autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
@@ -155,14 +162,23 @@ def ack_subject(subject: str, number: str) -> str:
     return f"Re: {subject} {tag}" if not subject.lower().startswith("re:") else f"{subject} {tag}"
 
 
-@lru_cache(maxsize=64)
-def _template_name(request_type: str) -> str:
-    """One stat per request type and process, not one per acknowledgment."""
-    exists = (TEMPLATES_DIR / "email" / "ack" / f"{request_type}.txt.j2").exists()
-    return request_type if exists else "other"
-
-
 _TEMPLATES: dict[tuple[int, str], Template] = {}
+_ACK_NAMES: dict[tuple[int, str], str] = {}
+
+
+def _template_name(env: Environment, request_type: str) -> str:
+    """The type's own acknowledgment template, else ``other``; looked up once per
+    environment and type, not once per acknowledgment."""
+    key = (id(env), request_type)
+    name = _ACK_NAMES.get(key)
+    if name is None:
+        try:
+            _template(env, f"email/ack/{request_type}.txt.j2")
+            name = request_type
+        except TemplateNotFound:
+            name = "other"
+        _ACK_NAMES[key] = name
+    return name
 
 
 def _template(env: Environment, name: str) -> Template:
@@ -188,7 +204,7 @@ def _bodies(env: Environment, v: AckView, from_address: str, phone: str) -> tupl
         "phone": phone,
         "from_address": from_address,
     }
-    name = _template_name(v.request_type)
+    name = _template_name(env, v.request_type)
     return (_template(env, f"email/ack/{name}.txt.j2").render(ctx),
             _template(env, f"email/ack/{name}.html.j2").render(ctx))
 

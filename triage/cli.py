@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sample Maildir inbox, SQLite, acks to ./var/outbox")
     demo.add_argument("--var", default="var", help="working folder (default ./var)")
     demo.add_argument("--once", action="store_true", help="process the samples and exit")
+    demo.add_argument("--samples", help="folder of .eml files to seed the inbox with "
+                                        "(default: the samples shipped with triage)")
 
     train = sub.add_parser(
         "train", help="train the classifier",
@@ -129,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "macro-F1 is not worse than the packaged model's. The packaged model under "
                     "classifiers/model/ is replaced only when --out names it.")
     train.add_argument("--data", action="append", help="JSONL file or folder (repeatable)")
-    train.add_argument("--out", help="artifact path (default: "
-                                     "TRIAGE_RETRAINED_MODEL_DIR/model.skops)")
+    train.add_argument("--out", help="artifact path (default: model.skops in "
+                                     "TRIAGE_RETRAINED_MODEL_DIR, ./var/model, which the "
+                                     "daemon loads when it scores no worse than the packaged "
+                                     "model on the held-out set)")
+    train.add_argument("--keywords", help="keyword rules TOML (default: the shipped one)")
     train.add_argument("--quiet", action="store_true", help="no progress display")
     train.add_argument("--corrections", action="append",
                        help="corrections JSONL file or folder, always trained on (repeatable; "

@@ -22,11 +22,7 @@ from pydantic_settings import (
 
 from triage.errors import ConfigError
 from triage.netutil import is_loopback
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT / "data"
-
-
+from triage.resources import DATA_DIR  # noqa: F401  (re-exported: the shipped data/)
 
 
 class MailboxConfig(BaseModel):
@@ -101,6 +97,8 @@ class Settings(BaseSettings):
     review_threshold: float = Field(default=0.6, ge=0, le=1)
     model_path: Path | None = None
     sla_policy_path: Path | None = None
+    # Acknowledgment and staff page templates; None: the templates/ shipped with triage.
+    templates_dir: Path | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     shutdown_timeout: float = Field(default=30.0, gt=0)
@@ -124,6 +122,10 @@ class Settings(BaseSettings):
     # held-out macro-F1 is not worse. retrain_hour is UTC; -1 turns the job off.
     corrections_dir: Path = Path("var/corrections")
     retrained_model_dir: Path = Path("var/model")
+    # What the retrain learns from and is judged on; None: the data/ shipped with triage.
+    training_dir: Path | None = None
+    heldout_dir: Path | None = None
+    keywords_path: Path | None = None
     retrain_hour: int = Field(default=2, ge=-1, le=23)
 
     @field_validator("from_address")

@@ -49,7 +49,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         web_cookie_secure=False,
     )
     configure_logging(settings.log_format, settings.log_level)
-    seeded = seed_inbox(var / "inbox")
+    samples = Path(ns.samples) if getattr(ns, "samples", None) else DATA_DIR / "samples"
+    seeded = seed_inbox(var / "inbox", samples)
     print(f"demo: {seeded} sample messages seeded into {var / 'inbox'}" if seeded
           else f"demo: using the existing inbox {var / 'inbox'}")
     from triage.service import run_service

@@ -218,7 +218,7 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
     )
     transport = transport or make_transport(settings)
     metrics = Metrics()
-    env = make_env()
+    env = make_env(settings.templates_dir)
     configs = settings.mailbox_configs()
     if mailbox is not None:  # a test's own mailbox stands for the first configured one
         configs = configs[:1]
@@ -513,6 +513,8 @@ class Service:
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
                 screening=self.c.screening(),
+                **({"templates_dir": self.settings.templates_dir}
+                   if self.settings.templates_dir else {}),
             ), extra_routes=list(app.routes))
         log.info("%s on http://%s:%d",
                  "staff web app and ops endpoints" if self.settings.web_enabled
@@ -621,7 +623,8 @@ class Service:
         try:
             result = await asyncio.to_thread(
                 _in_subprocess, retrain_from_database, s.database_url, s.corrections_dir,
-                s.retrained_model_dir, self.c.model_path, s.model_path)
+                s.retrained_model_dir, self.c.model_path, s.model_path, s.training_dir,
+                s.heldout_dir, s.keywords_path)
         except Exception:
             log.exception("nightly retrain failed; the current model stays")
             return
@@ -647,14 +650,19 @@ class Service:
 
 
 def retrain_from_database(database_url: str, corrections_dir: Path, retrained_dir: Path,
-                          current: Path | None, packaged: Path | None) -> RetrainResult:
-    """``classifiers.retrain.nightly`` with a connection of its own (runs in a subprocess)."""
+                          current: Path | None, packaged: Path | None,
+                          training: Path | None = None, heldout: Path | None = None,
+                          keywords: Path | None = None) -> RetrainResult:
+    """``classifiers.retrain.nightly`` with a connection of its own (runs in a subprocess);
+    ``training``, ``heldout`` and ``keywords`` default to the shipped data/."""
     from classifiers.retrain import nightly
 
     engine = make_engine(database_url)
     try:
         return nightly(make_read_sessionmaker(engine), corrections_dir, retrained_dir, current,
-                       packaged_model_path=packaged)
+                       packaged_model_path=packaged, keywords_path=keywords,
+                       **({"heldout_dir": heldout} if heldout else {}),
+                       **({"training": [training]} if training else {}))
     finally:
         engine.dispose()
 

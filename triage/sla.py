@@ -22,10 +22,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from classifiers.types import REQUEST_TYPES
 from triage.calendar import MINUTES_PER_DAY, BusinessCalendar, Pause, check_holiday_country
 from triage.messages import DueDates
+from triage.resources import DATA_DIR
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[1] / "data" / "sla_policy.toml"
+DEFAULT_POLICY_PATH = DATA_DIR / "sla_policy.toml"
 POLICY_ENV = "TRIAGE_SLA_POLICY"
 UNITS = ("business_hours", "business_days", "hours")
 STANDARD = "standard"

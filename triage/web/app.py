@@ -40,7 +40,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.routing import BaseRoute
 
-from triage.ack import TEMPLATES_DIR
 from triage.desk import users
 from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Desk, NotFound
 from triage.desk.queue import (
@@ -57,6 +56,7 @@ from triage.desk.queue import (
     work_order_detail,
 )
 from triage.desk.screened import Screening, awaiting_count
+from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
 from triage.storage.models import WorkOrder
 from triage.web.screened import ScreenedRoutes
@@ -86,6 +86,7 @@ class WebDeps:
     cookie_secure: bool = True
     session_ttl: timedelta = users.SESSION_TTL
     screening: Screening | None = None  # the Screened view's actions (None: list only)
+    templates_dir: Path = TEMPLATES_DIR  # the templates_dir setting, else the shipped ones
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,8 @@ def clean_html(html: str) -> tuple[str, bool]:
     return cleaned, blocked
 
 
-def make_templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+def make_templates(templates_dir: Path = TEMPLATES_DIR) -> Environment:
+    env = Environment(loader=FileSystemLoader(templates_dir), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["remaining"] = format_remaining
     env.filters["label"] = lambda v: str(v).replace("_", " ")
@@ -142,7 +143,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     app = FastAPI(title="ITX Triage staff API", version="1",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
-    templates = make_templates()
+    templates = make_templates(deps.templates_dir)
     policy = deps.policy
 
     def local(t: datetime | None, tz: str) -> str:
@@ -253,7 +254,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
     @app.get("/static/app.css", include_in_schema=False)
     def css() -> Response:
-        return FileResponse(TEMPLATES_DIR / "web" / "app.css", media_type="text/css",
+        return FileResponse(deps.templates_dir / "web" / "app.css", media_type="text/css",
                             headers={"Cache-Control": "max-age=3600"})
 
     def queue_filter(
