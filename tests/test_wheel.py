@@ -80,6 +80,10 @@ def test_the_installed_package_finds_its_files_in_site_packages(installed, empty
         assert p.is_relative_to(venv) and p.exists(), p
     data, templates = paths[1], paths[2]
     assert sorted(p.name for p in (data / "samples").glob("*.eml")) == [p.name for p in SAMPLES]
+    # Every data file of the tree (training, both held-out sets, rules, policy) is shipped.
+    tracked = sorted(p.relative_to(ROOT / "data") for p in (ROOT / "data").rglob("*")
+                     if p.is_file() and p.parent.name != "corrections")
+    assert sorted(p.relative_to(data) for p in data.rglob("*") if p.is_file()) == tracked
     shipped = sorted(p.relative_to(ROOT / "templates") for p in (ROOT / "templates").rglob("*")
                      if p.is_file())
     assert sorted(p.relative_to(templates) for p in templates.rglob("*") if p.is_file()) == (
