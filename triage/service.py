@@ -505,6 +505,7 @@ class Service:
             on_scrape=lambda: self.c.metrics.refresh_from_db(self.c.reads),
         )
         if self.settings.web_enabled:
+            from triage.desk.sent import SentAcks
             from triage.web.app import WebDeps, create_web_app
 
             app = create_web_app(WebDeps(
@@ -513,6 +514,8 @@ class Service:
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
                 screening=self.c.screening(),
+                acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
+                              phone=self.settings.helpdesk_phone),
             ), extra_routes=list(app.routes))
         log.info("%s on http://%s:%d",
                  "staff web app and ops endpoints" if self.settings.web_enabled
