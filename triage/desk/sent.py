@@ -52,8 +52,9 @@ class SentAcks:
         values = _AsSent(wo.number or "", wo.request_type, wo.priority, wo.contract,
                          wo.response_due, wo.callback_due, wo.fulfil_due,
                          list(wo.milestones or []), wo.requester_name or "")
-        later = [e for e in events if e.action == "reclassified"
-                 and (row.sent_at is None or e.at > row.sent_at)]
+        sent = row.sent_at
+        later = [e for e in events if e.action == "reclassified" and sent is not None
+                 and e.at > sent]
         if not later:
             return values
         first = min(later, key=lambda e: (e.at, e.id))

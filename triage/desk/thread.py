@@ -17,6 +17,8 @@ message it answers. Equal times keep a cause before its effects, then the kind, 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,30 +80,50 @@ def in_order(entries: Sequence[Entry], number: str | None) -> list[Entry]:
             found.append(first_ours)
         return found
 
-    # (time, depth) per entry: no earlier than any cause, and deeper than each. A cycle
-    # (hostile headers naming each other) is cut where the walk meets it again.
-    placed: dict[int, tuple[datetime, int]] = {}
+    # The time per entry: no earlier than any cause's. A cycle (hostile headers naming each
+    # other) is cut where the walk meets it again; the edges walked form no cycle.
+    placed: dict[int, datetime] = {}
+    walked: dict[int, list[Entry]] = {}  # entry -> the causes it waits for
     walking: set[int] = set()
 
-    def place(e: Entry) -> tuple[datetime, int]:
+    def place(e: Entry) -> datetime:
         key = id(e)
         if key in placed:
             return placed[key]
         walking.add(key)
-        at, depth = e.at, 0
+        at, waits = e.at, []
         for c in causes(e):
             if id(c) in walking:
                 continue
-            c_at, c_depth = place(c)
-            at, depth = max(at, c_at), max(depth, c_depth + 1)
+            at = max(at, place(c))
+            waits.append(c)
         walking.discard(key)
-        placed[key] = (at, depth)
-        return at, depth
+        placed[key], walked[key] = at, waits
+        return at
 
-    stable = sorted(entries, key=lambda e: (e.at, _RANK.get(e.kind, 9), e.id))
-    for e in stable:
+    def rank(e: Entry) -> tuple[datetime, int, int]:
+        return placed[id(e)], _RANK.get(e.kind, 9), e.id
+
+    for e in sorted(entries, key=lambda e: (e.at, _RANK.get(e.kind, 9), e.id)):
         place(e)
-    return sorted(stable, key=lambda e: (*placed[id(e)], _RANK.get(e.kind, 9), e.id))
+    # Earliest first; at equal times a cause before its effects, then kind and id.
+    waiting = {id(e): len(walked[id(e)]) for e in entries}
+    effects: dict[int, list[Entry]] = {}
+    for e in entries:
+        for c in walked[id(e)]:
+            effects.setdefault(id(c), []).append(e)
+    tie = itertools.count()
+    ready = [(rank(e), next(tie), e) for e in entries if not waiting[id(e)]]
+    heapq.heapify(ready)
+    out: list[Entry] = []
+    while ready:
+        _, _, e = heapq.heappop(ready)
+        out.append(e)
+        for f in effects.get(id(e), ()):
+            waiting[id(f)] -= 1
+            if not waiting[id(f)]:
+                heapq.heappush(ready, (rank(f), next(tie), f))
+    return out
 
 
 def client_has_last_word(ordered: Sequence[Entry]) -> bool:
