@@ -69,8 +69,9 @@ def test_the_queue_fits_the_window(site: Site, signed_in: Page, width: int) -> N
         "els => els.map(e => e.getBoundingClientRect().width)")
     assert widths and min(widths) >= SUBJECT_MIN_PX, widths
     # What a narrow window folds away is still on the row, under the subject.
-    meta = page.locator("table.queue tbody tr[data-number] .row-meta").first
-    assert meta.is_visible() == (width < 1100)
+    meta = page.locator("table.queue tbody tr[data-number] td.col-subject").first.evaluate(
+        "td => getComputedStyle(td, '::after').content")
+    assert (meta not in ("none", "normal", "")) == (width < 1100), meta
     assert page.locator("table.queue th.col-type").is_visible() == (width >= 1100)
 
 
