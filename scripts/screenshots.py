@@ -4,7 +4,8 @@
 The 24 sample emails go through the real pipeline (parse, screen, classify, open work
 orders, acknowledge) into a throwaway SQLite database; a little staff activity is added with
 the real desk actions; then Debian's Chromium (headless, via Playwright) logs in and saves
-the queue, one work order and the Screened view at 1400x900. The clock is set to a Tuesday
+the queue, one work order and the Screened view at 1280x900, and the queue again at 800 px
+wide (queue-narrow.png, the layout under its breakpoint). The clock is set to a Tuesday
 afternoon in New York (and runs on from there), so the SLA column shows a working day, not
 the hour the script happens to run.
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     ap.add_argument("--at", default="2026-11-24T14:40:00-05:00",
                     help="the app's 'now' (ISO 8601 with an offset)")
-    ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--narrow-width", type=int, default=800)
     ap.add_argument("--height", type=int, default=900)
     ns = ap.parse_args(argv)
 
@@ -119,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                 page.goto(site.url("/screened"))
                 page.wait_for_load_state("networkidle")
                 page.screenshot(path=str(ns.out / "screened.png"))
+                page.set_viewport_size({"width": ns.narrow_width, "height": ns.height})
+                page.goto(site.url("/queue"))
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(ns.out / "queue-narrow.png"))
                 context.close()
             finally:
                 browser.close()
-    for name in ("queue.png", "work-order.png", "screened.png"):
+    for name in ("queue.png", "work-order.png", "screened.png", "queue-narrow.png"):
         print(ns.out / name)
     return 0
 

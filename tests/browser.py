@@ -36,6 +36,7 @@ from starlette.applications import Starlette
 
 from triage.config import DATA_DIR, Settings
 from triage.desk import users
+from triage.desk.sent import SentAcks
 from triage.service import Components, build, utcnow
 from triage.storage.models import Message, WorkOrder
 from triage.web.app import WebDeps, create_web_app
@@ -235,7 +236,9 @@ def running_site(root: Path, *, cookie_secure: bool = True, extra: Sequence[byte
     app = create_web_app(WebDeps(
         sessions=c.sessions, reads=c.reads, policy=c.policy, desk=c.desk,
         attachments_dir=settings.attachments_dir, clock=c.clock, cookie_secure=cookie_secure,
-        screening=c.screening()))
+        screening=c.screening(),
+        acks=SentAcks(c.policy, from_address=settings.from_address,
+                      phone=settings.helpdesk_phone)))
     server = ServerThread(app)
     try:
         yield Site(server.start(), settings, c, cookie_secure)

@@ -209,6 +209,11 @@ def _bodies(env: Environment, v: AckView, from_address: str, phone: str) -> tupl
             _template(env, f"email/ack/{name}.html.j2").render(ctx))
 
 
+def render_ack_text(env: Environment, v: AckView, *, from_address: str, phone: str) -> str:
+    """The plain-text part, as ``render_ack`` and ``render_ack_wire`` send it."""
+    return _bodies(env, v, from_address, phone)[0]
+
+
 def render_ack(
     env: Environment, v: AckView, *, from_address: str, from_name: str, phone: str
 ) -> EmailMessage:

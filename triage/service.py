@@ -505,6 +505,7 @@ class Service:
             on_scrape=lambda: self.c.metrics.refresh_from_db(self.c.reads),
         )
         if self.settings.web_enabled:
+            from triage.desk.sent import SentAcks
             from triage.web.app import WebDeps, create_web_app
 
             app = create_web_app(WebDeps(
@@ -515,6 +516,9 @@ class Service:
                 screening=self.c.screening(),
                 **({"templates_dir": self.settings.templates_dir}
                    if self.settings.templates_dir else {}),
+                acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
+                              phone=self.settings.helpdesk_phone,
+                              env=make_env(self.settings.templates_dir)),
             ), extra_routes=list(app.routes))
         log.info("%s on http://%s:%d",
                  "staff web app and ops endpoints" if self.settings.web_enabled

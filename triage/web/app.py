@@ -56,9 +56,10 @@ from triage.desk.queue import (
     work_order_detail,
 )
 from triage.desk.screened import Screening, awaiting_count
+from triage.desk.sent import SentAcks
 from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
-from triage.storage.models import WorkOrder
+from triage.storage.models import Outbox, WorkOrder
 from triage.web.screened import ScreenedRoutes
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class WebDeps:
     session_ttl: timedelta = users.SESSION_TTL
     screening: Screening | None = None  # the Screened view's actions (None: list only)
     templates_dir: Path = TEMPLATES_DIR  # the templates_dir setting, else the shipped ones
+    acks: SentAcks | None = None  # renders sent acknowledgments (None: shown without text)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,16 @@ def clean_html(html: str) -> tuple[str, bool]:
                         url_schemes={"http", "https", "mailto"},
                         link_rel="noopener noreferrer nofollow", strip_comments=True)
     return cleaned, blocked
+
+
+def ack_text(acks: SentAcks, row: Outbox, d: Detail) -> str:
+    """The acknowledgment's words; a row that no longer renders (a request type since
+    removed from the policy, say) says so instead of failing the page."""
+    try:
+        return acks.text(row, d.wo, d.events)
+    except Exception:
+        log.exception("rendering acknowledgment %s for the page failed", row.id)
+        return "(this acknowledgment cannot be rendered again; see the log)"
 
 
 def make_templates(templates_dir: Path = TEMPLATES_DIR) -> Environment:
@@ -303,10 +315,14 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                 return render("error", 404, who=who, title="Not found",
                               message=f"No work order {number}.")
             bodies = {}
+            ack_texts: dict[int, str] = {}
             for item in d.thread:
                 if item.message is not None and item.message.body_html:
                     bodies[item.message.id] = clean_html(item.message.body_html)
+                if item.outbox is not None and item.kind == "ack" and deps.acks is not None:
+                    ack_texts[item.outbox.id] = ack_text(deps.acks, item.outbox, d)
             return render("work_order", who=who, d=d, wo=d.wo, now=now, bodies=bodies,
+                          ack_texts=ack_texts,
                           staff=staff_names(s), types=policy.types,
                           priorities=policy.priorities, statuses=STATUSES,
                           done=done[:60], error=error[:300])
