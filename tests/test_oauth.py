@@ -7,16 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from classifiers.predict import Classifier
+from tests.dovecot import DovecotUser
 from tests.oauthserver import BAD_SECRET, TokenServer
 from tests.smtpsink import SmtpSink, XOAuth2SinkHandler
+from triage.config import Settings
 from triage.mailbox import MailboxAuthError
 from triage.mailbox.imap import ImapMailbox
 from triage.oauth import (
@@ -26,9 +38,11 @@ from triage.oauth import (
     TokenUnavailable,
     xoauth2_string,
 )
+from triage.service import Service, build
 from triage.smtp import SmtpSettings, SmtpTransport
 
 pytestmark = pytest.mark.imap
+REPO = Path(__file__).resolve().parents[1]
 
 
 def credential(tokens: TokenServer, client_id: str, secret: str, **kw: object) -> Credential:
@@ -251,3 +265,211 @@ async def test_smtp_server_refusing_every_token(
     assert not result.ok and result.permanent and result.stage == "auth"
     assert result.code == 535 and result.text.startswith("token rejected by the server")
     assert len(tokens.issued_to(cid)) == 2
+
+
+# ---- the daemon: expiry mid-sweep and mid-IDLE ------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier.load()
+
+
+def request(n: int) -> bytes:
+    return (f"From: Client {n} <pat{n}@client{n}.example.com>\r\nTo: helpdesk@itx.net\r\n"
+            f"Subject: Printer {n} jammed again\r\nMessage-ID: <r{n}@client{n}.example.com>\r\n"
+            f"Date: Tue, 01 Dec 2026 09:{n:02d}:00 -0500\r\n\r\n"
+            f"The printer on floor {n} jams on every page since this morning. Please send "
+            "someone.\r\n").encode()
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 90.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+def oauth_settings(tokens: TokenServer, dovecot_oauth, sink: SmtpSink, cid: str, secret: str,
+                   tmp_path: Path, **kw: object) -> Settings:
+    user = dovecot_oauth.user
+    return Settings(
+        mailbox_url=f"imap+plain://{user}@127.0.0.1:{dovecot_oauth.port}/INBOX",
+        mailbox_auth="xoauth2", smtp_url=sink.url, smtp_auth="xoauth2", smtp_user=user,
+        oauth_token_url=tokens.token_url, oauth_client_id=cid,
+        oauth_client_secret=SecretStr(secret), oauth_ca_file=tokens.ca.ca,
+        database_url=f"sqlite:///{tmp_path / 't.db'}", attachments_dir=tmp_path / "att",
+        poll_interval=1.0, outbox_interval=0.5, ops_port=0, ingest_process=False,
+        **kw)  # type: ignore[arg-type]
+
+
+async def test_tokens_expiring_mid_sweep_and_mid_idle_are_refreshed_and_nothing_is_lost(
+        tokens: TokenServer, dovecot_oauth, make_smtp_sink: Callable[..., SmtpSink],
+        sink_cert, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        classifier: Classifier) -> None:
+    """Tokens live 3 s. The SMTP server ends a session whose token died (421 at MAIL) and
+    takes 0.4 s per DATA, so a sweep of 12 acknowledgments outlives its token: the sender
+    reconnects with a new token and carries on. Then, the mailbox idling, its token expires
+    and the server ends the session: the poller logs in again with a new token and the next
+    mail is triaged. Every acknowledgment goes out exactly once."""
+    tokens.lifetime = 3.0
+    sink = make_smtp_sink("tls", xoauth2=tokens.introspect)
+    handler = sink.handler
+    assert isinstance(handler, XOAuth2SinkHandler)
+    handler.enforce_expiry, handler.data_delay = True, 0.4
+    monkeypatch.setenv("SSL_CERT_FILE", str(sink_cert.cert))  # trust the sink's certificate
+    cid, secret = tokens.add_client(dovecot_oauth.user)
+    settings = oauth_settings(tokens, dovecot_oauth, sink, cid, secret, tmp_path)
+    dovecot_oauth.deliver_files([request(n) for n in range(1, 13)])
+    svc = Service(settings, build(settings, classifier=classifier))
+    task = asyncio.create_task(svc.run())
+    try:
+        assert await wait_until(lambda: len(sink.received) == 12), sink.received
+        assert "expired" in handler.logins  # the token did die in the middle of the sweep
+        assert svc.c.tokens is not None
+        (source,) = list(svc.c.tokens)  # IMAP and SMTP share the app's token
+        assert await wait_until(lambda: (source.expires_at or 0) < time.time(), 10)
+        logins = dovecot_oauth.server.log_tail(500).count("method=XOAUTH2")
+        dovecot_oauth.server.kick(dovecot_oauth.user)  # the session ends with its token
+        dovecot_oauth.deliver_files([request(13)])
+        assert await wait_until(lambda: len(sink.received) == 13), handler.logins
+    finally:
+        svc.should_exit.set()
+        async with asyncio.timeout(30):
+            await task
+    assert dovecot_oauth.server.log_tail(500).count("method=XOAUTH2") > logins
+    ids = [m.data.split(b"In-Reply-To: ", 1)[1].split(b"\r\n", 1)[0] for m in sink.received]
+    assert sorted(set(ids)) == sorted(
+        f"<r{n}@client{n}.example.com>".encode() for n in range(1, 14))
+    assert len(tokens.issued_to(cid)) >= 3
+    assert svc.fatal is None and all(p.stopped is None for p in svc.pollers)
+
+
+# ---- the daemon as users run it: a revoked credential ---------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_a_revoked_credential_stops_its_mailbox_and_the_daemon_goes_on(
+        tokens: TokenServer, dovecot_oauth, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    """Two mailboxes: "oauth" logs in with the app's tokens, "plain" with a password. The
+    app's secret is revoked and the server ends its session: "oauth" stops, saying why;
+    /readyz fails naming "token rejected"; mail to "plain" is still triaged and
+    acknowledged, and the web app still answers. No token or secret in any output."""
+    other = DovecotUser(dovecot_oauth.server, dovecot_oauth.server.new_user())
+    cid, secret = tokens.add_client(dovecot_oauth.user)
+    port = _free_port()
+    mailboxes = [
+        {"id": "oauth", "auth": "xoauth2",
+         "url": f"imap+plain://{dovecot_oauth.user}@127.0.0.1:{dovecot_oauth.port}/INBOX",
+         "oauth": {"token_url": tokens.token_url, "client_id": cid, "client_secret": secret,
+                   "ca_file": str(tokens.ca.ca), "secret_expires": "2027-06-30"}},
+        {"id": "plain", "password": other.password,
+         "url": f"imap+plain://{other.user}@127.0.0.1:{dovecot_oauth.port}/INBOX"},
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | {
+        "TRIAGE_MAILBOXES": json.dumps(mailboxes), "TRIAGE_SMTP_URL": smtp_sink.url,
+        "TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'triage.db'}",
+        "TRIAGE_ATTACHMENTS_DIR": str(tmp_path / "att"), "TRIAGE_POLL_INTERVAL": "1",
+        "TRIAGE_OUTBOX_INTERVAL": "0.5", "TRIAGE_OPS_PORT": str(port),
+        "TRIAGE_LOG_LEVEL": "DEBUG"}
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "triage", "run"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        dovecot_oauth.deliver_files([request(1)])
+        deadline = time.monotonic() + 90
+        while len(smtp_sink.received) < 1 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.2)
+        assert len(smtp_sink.received) == 1
+        status, body = _get(f"{base}/metrics")
+        assert status == 200
+        assert ('triage_oauth_credential_expiry_timestamp_seconds{credential="oauth",'
+                'kind="client_secret"} 1.8143136e+09') in body  # 2027-06-30T00:00:00Z
+        assert 'triage_oauth_token_requests_total{credential="oauth",outcome="ok"} 1.0' in body
+
+        tokens.revoke_client(cid)
+        dovecot_oauth.server.kick(dovecot_oauth.user)
+        deadline = time.monotonic() + 90
+        ready = (0, "")
+        while time.monotonic() < deadline:
+            assert proc.poll() is None
+            ready = _get(f"{base}/readyz")
+            if "token rejected" in ready[1]:
+                break
+            time.sleep(0.3)
+        assert ready[0] == 503
+        mailbox_check = json.loads(ready[1])["checks"]["mailbox"]
+        assert "mailbox oauth stopped" in mailbox_check
+        assert "token rejected: invalid_client: AADSTS7000215" in mailbox_check
+
+        other.deliver_files([request(2)])  # the other mailbox is still read
+        deadline = time.monotonic() + 90
+        while len(smtp_sink.received) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.2)
+        assert len(smtp_sink.received) == 2
+        assert _get(f"{base}/healthz")[0] == 200 and _get(f"{base}/login")[0] == 200
+        status, body = _get(f"{base}/metrics")
+        assert 'triage_oauth_token_requests_total{credential="oauth",outcome="rejected"} 1.0' \
+            in body
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        shutil.rmtree(other.maildir.parent, ignore_errors=True)
+    assert proc.returncode == 0
+    assert "mailbox oauth stopped" in out
+    assert_no_leak(out + ready[1], leaks(tokens, cid, secret, dovecot_oauth.user))
+
+
+def test_triage_check_names_an_authentication_failure_as_such(
+        tokens: TokenServer, dovecot_oauth, make_smtp_sink: Callable[..., SmtpSink],
+        sink_cert, tmp_path: Path) -> None:
+    sink = make_smtp_sink("tls", xoauth2=tokens.introspect)
+    user = dovecot_oauth.user
+    cid, secret = tokens.add_client(user)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | {
+        "TRIAGE_MAILBOX_URL": f"imap+plain://{user}@127.0.0.1:{dovecot_oauth.port}/INBOX",
+        "TRIAGE_MAILBOX_AUTH": "xoauth2", "TRIAGE_SMTP_URL": sink.url,
+        "TRIAGE_SMTP_AUTH": "xoauth2", "TRIAGE_SMTP_USER": user,
+        "TRIAGE_OAUTH_TOKEN_URL": tokens.token_url, "TRIAGE_OAUTH_CLIENT_ID": cid,
+        "TRIAGE_OAUTH_CLIENT_SECRET": secret, "TRIAGE_OAUTH_CA_FILE": str(tokens.ca.ca),
+        "TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'triage.db'}",
+        "SSL_CERT_FILE": str(sink_cert.cert)}
+
+    def check() -> dict[str, str]:
+        r = subprocess.run([sys.executable, "-m", "triage", "check"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert_no_leak(r.stdout + r.stderr, leaks(tokens, cid, secret, user))
+        return {line.split(":", 1)[0].split(None, 1)[1]: line
+                for line in r.stdout.splitlines() if line[:4] in ("ok  ", "FAIL")}
+
+    good = check()
+    assert good["mailbox helpdesk"].startswith("ok ") and "XOAUTH2 login ok" in \
+        good["mailbox helpdesk"]
+    assert good["smtp"].startswith("ok ") and f"AUTH XOAUTH2 ok as {user}" in good["smtp"]
+    tokens.revoke_client(cid)
+    bad = check()
+    for what in ("mailbox helpdesk", "smtp"):
+        assert bad[what].startswith(
+            f"FAIL  {what}: TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET: "), bad[what]
+        assert "authentication failed: " in bad[what]
+        assert "token rejected: invalid_client: AADSTS7000215" in bad[what]
