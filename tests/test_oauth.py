@@ -28,7 +28,8 @@ from classifiers.predict import Classifier
 from tests.dovecot import DovecotUser
 from tests.oauthserver import BAD_SECRET, TokenServer
 from tests.smtpsink import SmtpSink, XOAuth2SinkHandler
-from triage.config import Settings
+from triage.config import Settings, load_settings
+from triage.errors import ConfigError
 from triage.mailbox import MailboxAuthError
 from triage.mailbox.imap import ImapMailbox
 from triage.oauth import (
@@ -473,3 +474,40 @@ def test_triage_check_names_an_authentication_failure_as_such(
             f"FAIL  {what}: TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET: "), bad[what]
         assert "authentication failed: " in bad[what]
         assert "token rejected: invalid_client: AADSTS7000215" in bad[what]
+
+
+# ---- settings -------------------------------------------------------------------------------
+def test_settings_name_what_an_xoauth2_login_is_missing(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    for k in [k for k in os.environ if k.startswith("TRIAGE_")]:
+        monkeypatch.delenv(k)
+    base = {"mailbox_url": "imaps://helpdesk%40itx.net@outlook.office365.com/INBOX",
+            "database_url": f"sqlite:///{tmp_path / 't.db'}"}
+    with pytest.raises(ConfigError) as e:
+        load_settings(**base, mailbox_auth="xoauth2", oauth_client_id="app",
+                      oauth_client_secret="Sec-Do-Not-Echo-1")
+    assert str(e.value).startswith("TRIAGE_OAUTH_TOKEN_URL, TRIAGE_OAUTH_CLIENT_ID, "
+                                   "TRIAGE_OAUTH_CLIENT_SECRET: xoauth2 needs token_url")
+    with pytest.raises(ConfigError, match="clear-text token endpoint") as e:
+        load_settings(**base, mailbox_auth="xoauth2", oauth_client_id="app",
+                      oauth_client_secret="Sec-Do-Not-Echo-1",
+                      oauth_token_url="http://login.example.com/token")
+    assert "Sec-Do-Not-Echo-1" not in str(e.value)
+    with pytest.raises(ConfigError, match="TRIAGE_SMTP_USER: xoauth2 logs in as a mailbox"):
+        load_settings(**base, smtp_url="smtps://smtp.office365.com", smtp_auth="xoauth2",
+                      oauth_token_url="https://login.example.com/token",
+                      oauth_client_id="app", oauth_client_secret="Sec-Do-Not-Echo-1")
+    with pytest.raises(ConfigError, match="not a Maildir"):
+        load_settings(database_url=base["database_url"], mailbox_auth="xoauth2")
+    ok = load_settings(**base, mailbox_auth="xoauth2", smtp_url="smtps://smtp.office365.com",
+                       smtp_auth="xoauth2", smtp_user="helpdesk@itx.net",
+                       oauth_token_url="https://login.example.com/t/oauth2/v2.0/token",
+                       oauth_client_id="app", oauth_client_secret="Sec-Do-Not-Echo-1",
+                       oauth_scope="https://outlook.office365.com/.default",
+                       oauth_secret_expires="2027-06-30")
+    (cfg,) = ok.mailbox_configs()
+    mailbox_app, smtp_app = ok.mailbox_credential(cfg), ok.smtp_credential()
+    assert mailbox_app is not None and mailbox_app == smtp_app  # one token for both
+    assert mailbox_app.secret_expires is not None
+    assert mailbox_app.secret_expires.isoformat() == "2027-06-30T00:00:00+00:00"
+    assert "Sec-Do-Not-Echo-1" not in repr(ok) + repr(mailbox_app)
