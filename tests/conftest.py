@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-pytest_plugins = ["tests.dovecot", "tests.smtpsink"]
+pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver"]
 
 PG_ADMIN_URL = os.environ.get(
     "TRIAGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -27,8 +27,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.oauthserver import TokenServer
 
 DOVECOT = "/usr/sbin/dovecot"
 MAIL_USER = "triage-mail"
@@ -87,6 +91,42 @@ service stats {{
 """
 
 
+def _oauth2_config(config: str, root: Path, introspection_url: str, ca_file: Path) -> str:
+    """Dovecot 2.3's oauth2 passdb beside the password one. Each passdb names its mechanisms,
+    or tokens would be checked against the password and passwords sent to the token server;
+    no auth cache and no per-IP failure penalty, so one test's refused token does not slow
+    the next login (Dovecot's penalty delays every login from 127.0.0.1 after a failure)."""
+    args = root / "dovecot-oauth2.conf.ext"
+    # Dovecot's auth process reads it as another user: a copy where it can (pytest's own
+    # temporary folders are private to root).
+    ca_copy = root / "oauth-ca.pem"
+    shutil.copyfile(ca_file, ca_copy)
+    ca_copy.chmod(0o644)
+    ca_file = ca_copy
+    args.write_text(
+        f"introspection_url = {introspection_url}\n"
+        "introspection_mode = post\n"
+        "username_attribute = username\n"
+        "active_attribute = active\n"
+        "active_value = true\n"
+        f"tls_ca_cert_file = {ca_file}\n"
+        "timeout_msecs = 5000\n")
+    args.chmod(0o644)
+    config = config.replace("auth_mechanisms = plain login\n",
+                            "auth_mechanisms = plain login xoauth2 oauthbearer\n"
+                            "auth_cache_size = 0\n")
+    config = config.replace("  driver = static\n  args = password=",
+                            "  driver = static\n  mechanisms = plain login\n  args = password=")
+    config = config.replace(
+        "service anvil {\n  chroot =\n}\n",
+        "service anvil {\n  chroot =\n  unix_listener anvil-auth-penalty {\n    mode = 0\n"
+        "  }\n}\n")
+    config += (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+               f"  args = {args}\n}}\n")
+    assert "mechanisms = plain login\n" in config and "anvil-auth-penalty" in config
+    return config
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,9 +182,11 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 class DovecotServer:
     """One running Dovecot; ``start``/``stop``/``restart`` keep the same ports and mail."""
 
-    def __init__(self, root: Path, *, tls: bool = True) -> None:
+    def __init__(self, root: Path, *, tls: bool = True,
+                 oauth2: tuple[str, Path] | None = None) -> None:
         """``tls=False``: no TLS at all, so no STARTTLS offered (a server ``imap://`` must
-        refuse)."""
+        refuse). ``oauth2=(introspection URL, CA file)``: XOAUTH2 and OAUTHBEARER logins
+        too, each token checked by that endpoint (see ``_oauth2_config``)."""
         self.root = root
         self.host = "127.0.0.1"
         self.port = _free_port()
@@ -156,7 +198,7 @@ class DovecotServer:
         _self_signed(root)
         self.cafile = root / "cert.pem"
         config = _CONFIG.format(
-            tag=f"{os.getpid()}{'' if tls else '-notls'}",
+            tag=f"{os.getpid()}{'' if tls else '-notls'}{'-oauth2' if oauth2 else ''}",
             root=root,
             uid=self.uid,
             gid=self.gid,
@@ -170,6 +212,8 @@ class DovecotServer:
                 "ssl = no\n",
             ).replace(f"port = {self.tls_port}\n    ssl = yes\n", "port = 0\n")
             assert "ssl = yes" not in config
+        if oauth2 is not None:
+            config = _oauth2_config(config, root, *oauth2)
         self.config.write_text(config)
         # Dovecot's mail processes run as MAIL_USER and must be able to reach the mail folder.
         root.chmod(0o755)
@@ -233,6 +277,11 @@ class DovecotServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kick(self, user: str) -> None:
+        """End every IMAP session of ``user``, as a server does when its token expires."""
+        subprocess.run(["doveadm", "-c", str(self.config), "kick", user], check=True,
+                       capture_output=True, timeout=30)
 
     def new_user(self) -> str:
         return f"user{next(self._users)}"
@@ -409,6 +458,36 @@ def dovecot_without_tls() -> Iterator[DovecotUser]:
         if server.running:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth_server(token_server: TokenServer) -> Iterator[DovecotServer]:
+    """A Dovecot that also takes XOAUTH2, checking tokens with the session's token server
+    (tests.oauthserver must be a plugin too)."""
+    if not os.path.exists(DOVECOT):
+        pytest.skip(f"{DOVECOT} is missing (apt-get install dovecot-imapd)")
+    root = Path(tempfile.mkdtemp(prefix="triage-dovecot-oauth2-"))
+    server = DovecotServer(root, oauth2=(token_server.introspection_url,
+                                         token_server.ca.ca))
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.running:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot_oauth(dovecot_oauth_server: DovecotServer) -> Iterator[DovecotUser]:
+    """A fresh user on the XOAUTH2 Dovecot; its password login works too (for checking)."""
+    if not dovecot_oauth_server.running:
+        dovecot_oauth_server.start()
+    user = DovecotUser(dovecot_oauth_server, dovecot_oauth_server.new_user())
+    yield user
+    if not dovecot_oauth_server.running:
+        dovecot_oauth_server.start()
+    shutil.rmtree(user.maildir.parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -15,7 +15,11 @@ for ``localhost`` and ``127.0.0.1``; ``sink.client_context`` trusts only it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime
+import json
+import secrets
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -113,6 +117,63 @@ class SinkHandler:
                 )
             )
         return "250 2.0.0 Accepted (test sink)"
+
+
+Introspect = Callable[[str], "str | None"]  # token -> the user it is good for, or None
+
+
+@dataclass
+class XOAuth2SinkHandler(SinkHandler):
+    """The sink with ``AUTH XOAUTH2``: each token is checked by ``introspect`` (the token
+    server's RFC 7662 endpoint), as Dovecot's oauth2 passdb does. A refused token gets the
+    error challenge real servers send (``334 <base64 JSON>``), then 535 once answered.
+
+    ``enforce_expiry``: MAIL is answered 421 (and the session closed) once the session's
+    token is no longer active, as servers that end sessions at token expiry do."""
+
+    introspect: Introspect | None = None
+    enforce_expiry: bool = False
+    logins: list[str] = field(default_factory=list)  # "ok USER" / "refused USER", in order
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) > 1:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                return AuthResult(success=False, handled=False)
+        else:
+            answer = await server.challenge_auth("")
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            blob = answer
+        fields = dict(part.split("=", 1) for part in blob.decode().split("\x01") if "=" in part)
+        user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+        assert self.introspect is not None
+        owner = await asyncio.to_thread(self.introspect, token)
+        if owner is None or owner.lower() != user.lower():
+            self.logins.append(f"refused {user}")
+            await server.challenge_auth(
+                json.dumps({"status": "401", "schemes": "bearer", "scope": "https://mail"}))
+            return AuthResult(success=False, handled=False)
+        self.logins.append(f"ok {user}")
+        assert server.session is not None
+        server.session.auth_data = token
+        return AuthResult(success=True, auth_data=token)
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.enforce_expiry and isinstance(session.auth_data, str):
+            assert self.introspect is not None
+            if await asyncio.to_thread(self.introspect, session.auth_data) is None:
+                self.logins.append("expired")
+                return CLOSING
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
 
 def _authenticator(user: str, password: str) -> Callable[..., AuthResult]:
@@ -249,13 +310,17 @@ class SmtpSink:
         *,
         cert: SinkCert | None = None,
         auth: tuple[str, str] | None = None,
+        xoauth2: Introspect | None = None,
     ) -> None:
+        """``xoauth2``: AUTH XOAUTH2 required, tokens checked by it (``XOAuth2SinkHandler``);
+        passwords are refused then."""
         if security != "plain" and cert is None:
             raise ValueError("a TLS sink needs a certificate")
         self.security = security
         self.cert = cert
         self.auth = auth
-        self.handler = SinkHandler()
+        self.handler: SinkHandler = (XOAuth2SinkHandler(introspect=xoauth2) if xoauth2
+                                     else SinkHandler())
         self.port = 0
         self._controller: _SinkController | None = None
 
@@ -297,6 +362,9 @@ class SmtpSink:
         kwargs: dict[str, Any] = {}
         if self.auth:
             kwargs.update(authenticator=_authenticator(*self.auth), auth_required=True)
+        elif isinstance(self.handler, XOAuth2SinkHandler):
+            kwargs.update(authenticator=_authenticator("", secrets.token_hex(16)),
+                          auth_required=True)
         if self.security == "starttls":
             assert self.cert is not None
             kwargs.update(tls_context=self.cert.server_context(), require_starttls=True)
@@ -330,11 +398,13 @@ def sink_cert(tmp_path_factory: pytest.TempPathFactory) -> SinkCert:
 def make_smtp_sink(sink_cert: SinkCert) -> Iterator[Callable[..., SmtpSink]]:
     sinks: list[SmtpSink] = []
 
-    def make(security: Security = "plain", *, auth: bool = False) -> SmtpSink:
+    def make(security: Security = "plain", *, auth: bool = False,
+             xoauth2: Introspect | None = None) -> SmtpSink:
         sink = SmtpSink(
             security,
             cert=sink_cert if security != "plain" else None,
             auth=(SINK_USER, SINK_PASSWORD) if auth else None,
+            xoauth2=xoauth2,
         )
         sinks.append(sink)
         sink.start()

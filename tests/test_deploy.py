@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import pytest
 
 from triage.config import MailboxURL, Settings
 from triage.metrics import Metrics
+from triage.oauth import Credential
 
 yaml = pytest.importorskip("yaml")
 
@@ -52,6 +54,9 @@ def _exposed() -> dict[str, list[dict[str, str]]]:
     m = Metrics()
     m.observe_poll("helpdesk", 0.2, True)
     m.observe_poll("helpdesk", 0.2, False)
+    m.observe_credential(Credential("oauth", "https://login.example.com/token", "app",
+                                    "secret", secret_expires=datetime(2027, 6, 30, tzinfo=UTC)))
+    m.observe_refresh_token("oauth", datetime(2027, 3, 1, tzinfo=UTC))
     body, _ = m.exposition()
     series: dict[str, list[dict[str, str]]] = {}
     for line in body.decode().splitlines():
@@ -125,6 +130,10 @@ def test_alert_rules_cover_down_stuck_outbox_unpolled_mailbox_and_dead_letters()
     assert "time() - triage_mailbox_last_success_timestamp_seconds >" in exprs[
         "TriageMailboxNotPolled"]
     assert 'triage_outbox_depth{status="dead"}' in exprs["TriageOutboxDeadLetters"]
+    assert ("triage_oauth_credential_expiry_timestamp_seconds - time() < 14 * 86400"
+            in exprs["TriageOAuthCredentialExpiring"])
+    assert 'triage_oauth_token_requests_total{outcome="rejected"}' in exprs[
+        "TriageOAuthTokenRejected"]
 
 
 # ---- Grafana dashboard ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from triage.config import MailboxConfig, Settings, load_settings
 from triage.errors import BAD_CONFIGURATION, ConfigError, describe
 
 NET_TIMEOUT = 30.0  # seconds for one server's whole check: login, select, search
+_OAUTH_SETTINGS = "TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET"
 
 
 class Report:
@@ -157,7 +158,7 @@ def check_database(url: str) -> str:
 async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
     """Log in and select the folder as the daemon does; count what is waiting."""
     from triage.errors import RunFailure
-    from triage.mailbox import MailboxError
+    from triage.mailbox import MailboxAuthError, MailboxError
     from triage.service import make_mailbox
 
     url = cfg.parsed
@@ -172,6 +173,11 @@ async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
             await mailbox.connect()
             caps = mailbox.capabilities  # type: ignore[attr-defined]
             waiting = await mailbox.count_waiting()  # type: ignore[attr-defined]
+    except MailboxAuthError as e:
+        # Not a network matter: the IdP or the server refuses the OAuth2 credential.
+        if cfg.oauth is None and not settings.mailboxes:
+            setting = _OAUTH_SETTINGS
+        raise RunFailure(f"{setting}: authentication failed: {e}") from e
     except MailboxError as e:
         if "login refused" in str(e) and not settings.mailboxes:
             setting = "TRIAGE_MAILBOX_PASSWORD"
@@ -184,7 +190,8 @@ async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
     have = ", ".join(f"{c} {'yes' if c in caps else 'no'}" for c in ("IDLE", "MOVE", "UIDPLUS"))
     idle = "" if "IDLE" in caps or not settings.use_idle else \
         f" (without IDLE it polls every {settings.poll_interval:g} s)"
-    return (f"{mailbox.name}: {url.security} login ok, folder {url.folder} selected, {have}"
+    login = "XOAUTH2 login" if cfg.auth == "xoauth2" else "login"
+    return (f"{mailbox.name}: {url.security} {login} ok, folder {url.folder} selected, {have}"
             f"{idle}; {_waiting(waiting)}")
 
 
@@ -218,11 +225,17 @@ async def check_smtp(settings: Settings) -> str:
         if failure is not None:
             setting = ("TRIAGE_SMTP_USER, TRIAGE_SMTP_PASSWORD" if failure.stage == "auth"
                        else "TRIAGE_SMTP_URL")
+            what = f"{failure.stage} failed"
+            if failure.stage == "auth" and transport.settings.auth == "xoauth2":
+                setting = _OAUTH_SETTINGS
+                what = "authentication failed"
             code = f"{failure.code} " if failure.code else ""
-            raise RunFailure(f"{setting}: {name}: {failure.stage} failed: {code}{failure.text}")
+            raise RunFailure(f"{setting}: {name}: {what}: {code}{failure.text}")
         security = {"tls": "TLS ok", "starttls": "STARTTLS ok",
                     "plain": "plaintext (loopback only)"}[transport.settings.security]
-        if transport.settings.user:
+        if transport.settings.auth == "xoauth2":
+            auth = f"AUTH XOAUTH2 ok as {transport.settings.user}"
+        elif transport.settings.user:
             auth = f"AUTH ok as {transport.settings.user}"
         else:
             auth = "no AUTH (no TRIAGE_SMTP_USER)" + (

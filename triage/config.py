@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Collection
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -24,6 +25,29 @@ from triage.errors import ConfigError
 from triage.netutil import is_loopback
 from triage.resources import DATA_DIR  # noqa: F401  (re-exported: the shipped data/)
 
+if TYPE_CHECKING:
+    from triage.oauth import Credential
+
+
+
+Auth = Literal["password", "xoauth2"]
+
+
+class OAuthConfig(BaseModel):
+    """An OAuth2 app for XOAUTH2 logins (``oauth = {...}`` in a ``[[mailboxes]]`` table;
+    the TRIAGE_OAUTH_* settings otherwise). ``generic`` is the client-credentials grant
+    against ``token_url``; see triage.oauth."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["generic"] = "generic"
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str = ""
+    ca_file: Path | None = None  # trust for the token endpoint; the system's CAs otherwise
+    secret_expires: date | datetime | None = None  # the client secret's end date (watched)
+
 
 class MailboxConfig(BaseModel):
     """One mailbox the daemon reads (several per process: a brand or tenant each)."""
@@ -34,6 +58,8 @@ class MailboxConfig(BaseModel):
     url: str
     password: SecretStr | None = None
     mark: str = "flag"
+    auth: Auth = "password"  # xoauth2: log in with a token from ``oauth`` (or TRIAGE_OAUTH_*)
+    oauth: OAuthConfig | None = None
 
     @field_validator("url")
     @classmethod
@@ -52,6 +78,19 @@ class Settings(BaseSettings):
     mailbox_url: str = "maildir://var/inbox"
     mailbox_password: SecretStr | None = None
     mailbox_mark: str = "flag"  # "flag" ($Triaged keyword) or "move:Folder"
+    # How the mailbox and SMTP log in: a password, or an OAuth2 token (XOAUTH2) from the
+    # TRIAGE_OAUTH_* app (client credentials against any token endpoint).
+    mailbox_auth: Auth = "password"
+    smtp_auth: Auth = "password"
+    oauth_provider: Literal["generic"] = "generic"
+    oauth_token_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_scope: str = ""
+    oauth_ca_file: Path | None = None
+    # The client secret's end date (the IdP shows it): exposed as a metric, alerted 14 days
+    # ahead, because a secret that lapses stops the mailbox.
+    oauth_secret_expires: date | datetime | None = None
     # More than one mailbox: a list of MailboxConfig (TOML [[mailboxes]] tables, or JSON in
     # TRIAGE_MAILBOXES). When set, mailbox_url/_password/_mark/mailbox_id are not used.
     mailboxes: list[MailboxConfig] = Field(default_factory=list)
@@ -178,7 +217,47 @@ class Settings(BaseSettings):
         if self.mailboxes:
             return list(self.mailboxes)
         return [MailboxConfig(id=self.mailbox_id, url=self.mailbox_url,
-                              password=self.mailbox_password, mark=self.mailbox_mark)]
+                              password=self.mailbox_password, mark=self.mailbox_mark,
+                              auth=self.mailbox_auth)]
+
+    def oauth_settings(self) -> OAuthConfig:
+        """The TRIAGE_OAUTH_* app, as a mailbox's own ``oauth`` table would give it."""
+        return OAuthConfig(
+            provider=self.oauth_provider, token_url=self.oauth_token_url,
+            client_id=self.oauth_client_id, client_secret=self.oauth_client_secret,
+            scope=self.oauth_scope, ca_file=self.oauth_ca_file,
+            secret_expires=self.oauth_secret_expires)
+
+    def mailbox_credential(self, cfg: MailboxConfig) -> Credential | None:
+        """The OAuth app a mailbox logs in with; None for a password login. Its metrics
+        label is the mailbox id for a mailbox's own ``oauth`` table, "oauth" for the shared
+        TRIAGE_OAUTH_* one."""
+        if cfg.auth != "xoauth2":
+            return None
+        if cfg.oauth is not None:
+            return credential(cfg.oauth, cfg.id)
+        return credential(self.oauth_settings(), "oauth")
+
+    def smtp_credential(self) -> Credential | None:
+        """The OAuth app SMTP logs in with (the TRIAGE_OAUTH_* one); None for a password."""
+        if self.smtp_auth != "xoauth2":
+            return None
+        return credential(self.oauth_settings(), "oauth")
+
+
+def credential(oauth: OAuthConfig, name: str) -> Credential:
+    """The settings as a ``triage.oauth.Credential``; ValueError names what is missing."""
+    from triage.oauth import Credential, secret_end
+
+    missing = [f for f in ("token_url", "client_id", "client_secret") if not getattr(oauth, f)]
+    if missing:
+        raise ValueError(f"xoauth2 needs {', '.join(missing)} of the OAuth app")
+    assert oauth.token_url and oauth.client_id and oauth.client_secret
+    return Credential(
+        name=name, token_url=oauth.token_url, client_id=oauth.client_id,
+        client_secret=oauth.client_secret.get_secret_value(), scope=oauth.scope,
+        provider=oauth.provider, ca_file=oauth.ca_file,
+        secret_expires=secret_end(oauth.secret_expires))
 
 
 class MailboxURL:
@@ -265,7 +344,7 @@ def _read_toml(path: str, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: cannot be read: {e.strerror}") from e
 
 
-_SECRET_FIELDS = ("password", "token", "database_url", "mailboxes")
+_SECRET_FIELDS = ("password", "token", "secret", "database_url", "mailboxes")
 
 
 def setting_name(field: str, toml_keys: Collection[str] = (), config_file: str | None = None,
@@ -319,6 +398,7 @@ def check_settings(settings: Settings) -> None:
         except ValueError as e:
             raise ConfigError(f"TRIAGE_MAILBOX_URL: {e}") from e
         _check_mark(settings.mailbox_mark, "TRIAGE_MAILBOX_MARK")
+    check_oauth(settings)
     check_smtp_url(settings)
     check_database_url(settings.database_url,
                        explicit="database_url" in settings.model_fields_set)
@@ -338,6 +418,37 @@ def _check_mark(mark: str, name: str) -> None:
                           "or move:FOLDER")
 
 
+_OAUTH_NAMES = "TRIAGE_OAUTH_TOKEN_URL, TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET"
+
+
+def check_oauth(settings: Settings) -> None:
+    """An xoauth2 login has a complete OAuth app behind it, over TLS, for an IMAP mailbox or
+    an SMTP server with a user to log in as."""
+    for i, cfg in enumerate(settings.mailbox_configs()):
+        if cfg.auth != "xoauth2":
+            continue
+        where = f"mailboxes[{i}]" if settings.mailboxes else "TRIAGE_MAILBOX_AUTH"
+        if MailboxURL.parse(cfg.url).scheme == "maildir":
+            raise ConfigError(f"{where}: xoauth2 is for IMAP mailboxes, not a Maildir: use "
+                              "auth = password (the default)")
+        names = f"{where}.oauth" if cfg.oauth is not None else _OAUTH_NAMES
+        try:
+            settings.mailbox_credential(cfg)
+        except ValueError as e:
+            raise ConfigError(f"{names}: {e}: set them (README, OAuth2 mailboxes)") from e
+    if settings.smtp_auth == "xoauth2":
+        if settings.smtp_url.startswith("dir://"):
+            raise ConfigError("TRIAGE_SMTP_AUTH: xoauth2 needs an SMTP server, not dir://: "
+                              "use smtps://HOST or smtp://HOST")
+        if not settings.smtp_user:
+            raise ConfigError("TRIAGE_SMTP_USER: xoauth2 logs in as a mailbox: set it to the "
+                              "address the acknowledgments are sent from")
+        try:
+            settings.smtp_credential()
+        except ValueError as e:
+            raise ConfigError(f"{_OAUTH_NAMES}: {e}: set them (README, OAuth2 mailboxes)") from e
+
+
 def check_smtp_url(settings: Settings) -> None:
     url = settings.smtp_url
     if url.startswith("dir://"):
@@ -347,8 +458,10 @@ def check_smtp_url(settings: Settings) -> None:
     from triage.smtp import SmtpSettings
 
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    if settings.smtp_auth == "xoauth2":
+        password = None  # the token stands in for it (check_oauth)
     try:
-        SmtpSettings.from_url(url, settings.smtp_user, password)
+        SmtpSettings.from_url(url, settings.smtp_user, password, auth=settings.smtp_auth)
     except ValueError as e:
         name = ("TRIAGE_SMTP_USER, TRIAGE_SMTP_PASSWORD" if "user and password" in str(e)
                 else "TRIAGE_SMTP_URL")

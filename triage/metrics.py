@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +34,9 @@ from triage.screening import SCREENED_BY, STORE
 from triage.storage.models import Outbox, SlaAlert, WorkOrder
 from triage.workorders import Outcome
 
+if TYPE_CHECKING:
+    from triage.oauth import Credential
+
 log = logging.getLogger(__name__)
 
 OUTCOMES: tuple[str, ...] = (
@@ -46,6 +50,8 @@ PRIORITIES: tuple[str, ...] = ("urgent", "high", "normal", "other")
 TYPES: tuple[str, ...] = tuple(dict.fromkeys((*REQUEST_TYPES, "other")))
 OUTBOX_STATUSES: tuple[str, ...] = ("pending", "sending", "dead")
 SUPPRESSION_REASONS: tuple[str, ...] = (*REASONS, "other")
+TOKEN_OUTCOMES: tuple[str, ...] = ("ok", "rejected", "unavailable")
+CREDENTIAL_KINDS: tuple[str, ...] = ("client_secret", "refresh_token")
 # A mailbox id is a short configured token ("support", "inbox-2"), never an address.
 MAILBOX_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -132,6 +138,17 @@ class Metrics:
             "triage_sla_open_work_orders",
             "Unresolved work orders whose target is at risk or breached (at the last refresh).",
             ["target", "state"], registry=r)
+        self.token_requests = Counter(
+            "triage_oauth_token_requests_total", "Access-token requests to the OAuth2 token "
+            "endpoint by credential (the configured name: 'oauth' or a mailbox id) and "
+            "outcome: ok, rejected (the credential is refused: a setting must change), "
+            "unavailable (the endpoint could not be asked).", ["credential", "outcome"],
+            registry=r)
+        self.credential_expiry = Gauge(
+            "triage_oauth_credential_expiry_timestamp_seconds",
+            "Unix time when an OAuth2 credential stops working: a client secret's end date "
+            "from the settings, or a refresh token's end of life. Alerted 14 days ahead.",
+            ["credential", "kind"], registry=r)
         if process:
             ProcessCollector(registry=r)
         # Every fixed series exists from the start, so rate() and absent() behave.
@@ -191,6 +208,25 @@ class Metrics:
             self.poll_last_success.labels(mailbox_id).set(time.time())
         else:
             self.poll_failures.labels(mailbox_id).inc()
+
+    def observe_token_request(self, credential: str, outcome: str) -> None:
+        self.token_requests.labels(_check_mailbox_id(credential),
+                                   _fixed(outcome, TOKEN_OUTCOMES)).inc()
+
+    def observe_credential(self, credential: Credential) -> None:
+        """A credential in use: its request counters exist from the start, and its secret's
+        end date, when the settings give one, is exposed."""
+        name = _check_mailbox_id(credential.name)
+        for outcome in TOKEN_OUTCOMES:
+            self.token_requests.labels(name, outcome)
+        if credential.secret_expires is not None:
+            self.credential_expiry.labels(name, "client_secret").set(
+                credential.secret_expires.timestamp())
+
+    def observe_refresh_token(self, credential: str, expires_at: datetime) -> None:
+        """A refresh token's end of life (issued + the IdP's maximum age)."""
+        self.credential_expiry.labels(_check_mailbox_id(credential), "refresh_token").set(
+            expires_at.timestamp())
 
     # ---- gauges from the database ---------------------------------------------------------------
     def refresh_from_db(self, sessions: sessionmaker[Session], *,

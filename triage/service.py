@@ -44,9 +44,10 @@ from triage.ingest import (
     make_store,
 )
 from triage.lease import Lease, mailbox_lease_name, make_lease
-from triage.mailbox import Mailbox, MailboxError, PermanentMailboxError
+from triage.mailbox import Mailbox, MailboxAuthError, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
+from triage.oauth import TokenSources
 from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy, Transport
 from triage.pipeline import Runner, log_sweep_failure
 from triage.relay import RefusalStreak
@@ -69,7 +70,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_mailbox(settings: Settings, mailbox: MailboxConfig | None = None) -> Mailbox:
+def make_mailbox(settings: Settings, mailbox: MailboxConfig | None = None,
+                 tokens: TokenSources | None = None) -> Mailbox:
+    """The mailbox ``mailbox`` (the first configured one by default). An xoauth2 mailbox
+    takes its token source from ``tokens``, shared with SMTP when the app is the same."""
     cfg = mailbox or settings.mailbox_configs()[0]
     url = cfg.parsed
     if url.scheme == "maildir":
@@ -80,17 +84,23 @@ def make_mailbox(settings: Settings, mailbox: MailboxConfig | None = None) -> Ma
     from triage.mailbox.imap import ImapMailbox
 
     password = cfg.password.get_secret_value() if cfg.password else ""
+    credential = settings.mailbox_credential(cfg)
+    source = None
+    if credential is not None:
+        source = (tokens or TokenSources()).get(credential)
     return ImapMailbox(
         url.host, url.port, url.user, password, folder=url.folder, security=url.security,
-        mark=cfg.mark, max_size=settings.max_message_size,
+        mark=cfg.mark, max_size=settings.max_message_size, tokens=source,
     )
 
 
-def make_transport(settings: Settings) -> Transport:
+def make_transport(settings: Settings, tokens: TokenSources | None = None) -> Transport:
     from triage.smtp import transport_from_url
 
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-    return transport_from_url(settings.smtp_url, settings.smtp_user, password)
+    credential = settings.smtp_credential()
+    source = (tokens or TokenSources()).get(credential) if credential is not None else None
+    return transport_from_url(settings.smtp_url, settings.smtp_user, password, tokens=source)
 
 
 @dataclass
@@ -109,6 +119,7 @@ class Components:
     runners: list[tuple[MailboxConfig, Runner]] = field(default_factory=list)
     ingest: Ingestor | None = None  # where batches are parsed, classified and stored
     store: WorkOrderStore | None = None  # this process's work-order store
+    tokens: TokenSources | None = None  # OAuth2 access tokens for xoauth2 logins
 
     @property
     def model_path(self) -> Path | None:
@@ -216,15 +227,16 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
         sent_log=sent_log_for(engine),
         fulfil_within=policy.fulfil_in_words,
     )
-    transport = transport or make_transport(settings)
     metrics = Metrics()
+    tokens = TokenSources(metrics.observe_token_request)
+    transport = transport or make_transport(settings, tokens)
     env = make_env(settings.templates_dir)
     configs = settings.mailbox_configs()
     if mailbox is not None:  # a test's own mailbox stands for the first configured one
         configs = configs[:1]
     runners = [
         (cfg, Runner(
-            mailbox if mailbox is not None else make_mailbox(settings, cfg), ingest,
+            mailbox if mailbox is not None else make_mailbox(settings, cfg, tokens), ingest,
             outbox, transport, env,
             from_address=settings.from_address, from_name=settings.from_name,
             phone=settings.helpdesk_phone, batch_size=settings.batch_size,
@@ -246,8 +258,10 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
     )
     desk = Desk(sessions, policy, DeskConfig(settings.from_address, settings.at_risk_fraction),
                 clock, on_first_response=metrics.observe_first_response)
+    for source in tokens:
+        metrics.observe_credential(source.credential)
     return Components(engine, policy, runner, transport, reads, metrics, watch, desk, sessions,
-                      clock, runners, ingest, store)
+                      clock, runners, ingest, store, tokens)
 
 
 class SendFailing(Exception):
@@ -262,6 +276,11 @@ class FatalMailboxError(Exception):
     """The mailbox refuses us for good (credentials, folder): stop with a non-zero code."""
 
 
+class MailboxStopped(Exception):
+    """/readyz: a mailbox stopped for good (its OAuth2 credential is refused); the rest of
+    the daemon goes on serving."""
+
+
 class Poller:
     """One mailbox: its lease, connection, IDLE or poll loop and backoff. A process runs one
     per configured mailbox; each takes its own lease, so with several processes on one
@@ -273,6 +292,8 @@ class Poller:
         self.runner = runner
         self.lock = asyncio.Lock()
         self.connected = False
+        # Why this mailbox stopped (a refused OAuth2 credential), or None while it runs.
+        self.stopped: str | None = None
         self.last_ok = time.monotonic()
         settings = service.settings
         self.backoff = Backoff(base=1.0, cap=min(300.0, max(30.0, settings.poll_interval * 5)))
@@ -288,9 +309,12 @@ class Poller:
     async def run(self) -> None:
         svc = self.service
         if await self.lease.acquire():
-            await self.connect_with_backoff()
+            try:
+                await self.connect_with_backoff()
+            except MailboxAuthError as e:
+                await self.stop_for(e)
         idle = getattr(self.mailbox, "supports_idle", True) and svc.settings.use_idle
-        while not svc.should_exit.is_set():
+        while not svc.should_exit.is_set() and self.stopped is None:
             await self.poll_job()
             if svc.should_exit.is_set():
                 break
@@ -298,6 +322,19 @@ class Poller:
                 await self._idle_wait()
             else:
                 await svc.pause(svc.settings.poll_interval)
+        if self.stopped is not None:
+            await svc.should_exit.wait()  # the others go on; /readyz names this one
+
+    async def stop_for(self, e: MailboxAuthError) -> None:
+        """Stop this mailbox for good: its credential is refused, and asking again and again
+        would only lock the app out. The daemon keeps serving (web app, outbox, the other
+        mailboxes); /readyz fails and names the reason until an operator fixes it."""
+        self.stopped = str(e)
+        log.error("mailbox %s stopped: %s; the rest of the daemon goes on (fix the OAuth app "
+                  "or its secret, then restart)", self.id, e)
+        await self.disconnect()
+        with contextlib.suppress(Exception):
+            await self.lease.release()  # another node, perhaps better configured, may poll
 
     async def connect_with_backoff(self) -> None:
         backoff = Backoff(base=1.0, cap=60.0)
@@ -318,7 +355,7 @@ class Poller:
         """One pass over the mailbox; False when it failed (the caller backs off)."""
         svc = self.service
         async with self.lock:
-            if svc.should_exit.is_set():
+            if svc.should_exit.is_set() or self.stopped is not None:
                 return True
             if not await self.hold_lease():
                 return True  # a standby: the holder polls; poll_job waits lease_retry
@@ -328,6 +365,9 @@ class Poller:
                 await self.runner.process_waiting(send=svc.c.sends_while_ingesting)
                 svc.db_trouble = None
                 ok = True
+            except MailboxAuthError as e:
+                await self.stop_for(e)
+                return False
             except PermanentMailboxError as e:
                 # After start-up this means the password was changed or the folder removed:
                 # hammering the server would lock the account. Stop and say so.
@@ -406,6 +446,8 @@ class Poller:
 
     async def check(self) -> None:
         """Readiness: connected and polled lately (a standby is ready to take over)."""
+        if self.stopped is not None:
+            raise MailboxStopped(f"mailbox {self.id} stopped: {self.stopped}")
         if not self.lease.held:
             return
         if not self.connected:
@@ -708,6 +750,9 @@ def run_service(settings: Settings, *, once: bool) -> int:
 
 
 def _mailbox_setting(settings: Settings, e: Exception) -> str:
+    if isinstance(e, MailboxAuthError) or "token rejected" in str(e):
+        return "TRIAGE_MAILBOXES" if settings.mailboxes else \
+            "TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET"
     if settings.mailboxes:
         return "TRIAGE_MAILBOXES"
     return "TRIAGE_MAILBOX_PASSWORD" if "login refused" in str(e) else "TRIAGE_MAILBOX_URL"

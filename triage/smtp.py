@@ -41,12 +41,15 @@ from email.message import EmailMessage
 from io import BytesIO
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
 import aiosmtplib
 
 from triage.netutil import is_loopback
+
+if TYPE_CHECKING:
+    from triage.oauth import TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ class SmtpSettings:
     password: str | None = field(default=None, repr=False)
     timeout: float = 30.0
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    # xoauth2: AUTH XOAUTH2 as ``user`` with a token from ``tokens`` instead of a password.
+    auth: Literal["password", "xoauth2"] = "password"
+    tokens: TokenSource | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.security not in ("tls", "starttls", "plain"):
@@ -102,7 +108,13 @@ class SmtpSettings:
             raise ValueError(f"SMTP port out of range: {self.port}")
         if not self.timeout > 0:
             raise ValueError(f"SMTP timeout must be positive, not {self.timeout}")
-        if (self.user is None) != (self.password is None):
+        if self.auth == "xoauth2":
+            if not self.user or self.password is not None:
+                raise ValueError("SMTP xoauth2 needs a user (the mailbox to send as) and no "
+                                 "password")
+        elif self.auth != "password":
+            raise ValueError(f"SMTP auth must be password or xoauth2, not {self.auth!r}")
+        elif (self.user is None) != (self.password is None):
             raise ValueError("SMTP user and password must be given together")
         if self.security == "plain" and not is_loopback(self.host):
             raise ValueError(
@@ -122,6 +134,8 @@ class SmtpSettings:
         *,
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        auth: Literal["password", "xoauth2"] = "password",
+        tokens: TokenSource | None = None,
     ) -> SmtpSettings:
         """Parse ``smtps://host[:465]``, ``smtp://host[:587]`` (STARTTLS required) or
         ``smtp+plain://host[:25]`` (loopback only). A user may be in the URL; a password may
@@ -153,6 +167,8 @@ class SmtpSettings:
             password=password,
             timeout=timeout,
             ssl_context=ssl_context,
+            auth=auth,
+            tokens=tokens,
         )
 
     @property
@@ -470,7 +486,15 @@ class SmtpTransport:
                                  "or smtp+plain:// on this machine (loopback only)",
                                  permanent=True)
                 await smtp.starttls()
-            if self.settings.user is not None and self.settings.password is not None:
+            if self.settings.auth == "xoauth2":
+                stage = "auth"
+                if smtp.is_ehlo_or_helo_needed:
+                    await smtp.ehlo()
+                refused = await self._auth_xoauth2()
+                if refused is not None:
+                    self._drop()
+                    return refused
+            elif self.settings.user is not None and self.settings.password is not None:
                 stage = "auth"
                 if smtp.is_ehlo_or_helo_needed:
                     await smtp.ehlo()
@@ -485,6 +509,39 @@ class SmtpTransport:
             if result is None:
                 raise
             return result
+
+    async def _auth_xoauth2(self) -> SendResult | None:
+        """AUTH XOAUTH2 with the cached token; a refused token is dropped and a new one tried
+        once (it may have expired or been revoked early). None when logged in."""
+        from triage.oauth import TokenRejected, TokenUnavailable
+
+        tokens, user = self.settings.tokens, self.settings.user
+        if tokens is None or user is None:
+            raise RuntimeError("SMTP xoauth2 without a token source")
+        if "xoauth2" not in self._smtp.server_auth_methods:
+            return _fail("auth", None, "server does not offer AUTH XOAUTH2", permanent=True)
+        for attempt in (1, 2):
+            try:
+                token = await tokens.token()
+            except TokenRejected as e:
+                return _fail("auth", None, str(e), permanent=True)
+            except TokenUnavailable as e:
+                return _fail("auth", None, str(e), permanent=False)
+            try:
+                await self._smtp.auth_xoauth2(user, token)
+                return None
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                tokens.invalidate(token)
+                if exc.code < 500:  # 454 and the like: the server cannot check it now
+                    return _fail("auth", exc.code, f"token not checked: {exc.message}",
+                                 permanent=False)
+                if attempt == 1:
+                    logger.info("smtp %s: XOAUTH2 token refused (%s); asking for a new one",
+                                self.settings.name, exc.code)
+                    continue
+                return _fail("auth", exc.code, f"token rejected by the server: {exc.message}",
+                             permanent=True)
+        raise AssertionError("unreachable")
 
     async def _transaction(
         self, msg: Mail, sender: str, rcpts: tuple[str, ...], ready: Awaitable[object] | None,
@@ -686,10 +743,14 @@ def transport_from_url(
     *,
     timeout: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
+    tokens: TokenSource | None = None,
 ) -> SmtpTransport | DirectoryTransport:
-    """``dir://var/outbox`` (relative) or ``dir:///abs/path`` → folder; else SMTP."""
+    """``dir://var/outbox`` (relative) or ``dir:///abs/path`` → folder; else SMTP (logging
+    in with XOAUTH2 when ``tokens`` is given)."""
     if url.startswith("dir://"):
         return DirectoryTransport(url[len("dir://") :])
     return SmtpTransport(
-        SmtpSettings.from_url(url, user, password, timeout=timeout, ssl_context=ssl_context)
+        SmtpSettings.from_url(url, user, None if tokens else password, timeout=timeout,
+                              ssl_context=ssl_context,
+                              auth="xoauth2" if tokens else "password", tokens=tokens)
     )

@@ -25,6 +25,11 @@ class PermanentMailboxError(MailboxError):
     """Bad credentials, missing folder, refused plaintext login: retrying will not help."""
 
 
+class MailboxAuthError(PermanentMailboxError):
+    """An OAuth2 login refused: the IdP refuses the credential, or the server refuses every
+    token it issues. ``str()`` says "token rejected"; this mailbox stops, the daemon goes on."""
+
+
 class Mailbox(Protocol):
     """``name`` is stable across restarts (the URL without password); it keys the checkpoint."""
 

@@ -13,6 +13,10 @@ Why it looks the way it does:
   not offer it is an error, never a reason to log in in clear text.
 * Only ``BODY.PEEK`` is used, so fetching never sets ``\\Seen`` for the people who also read
   the helpdesk mailbox.
+* ``AUTHENTICATE XOAUTH2`` is sent here, not with aioimaplib's ``xoauth2()``: a server that
+  refuses the token first sends a challenge (``+ <base64 JSON>``) that the client must answer
+  with an empty line before the tagged ``NO`` comes, and ``xoauth2()`` never answers it, so
+  it hangs until its timeout and leaves the session wedged. ``_SaslCommand`` answers it.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ import contextlib
 import logging
 import re
 import ssl
+from base64 import b64decode, b64encode
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aioimaplib import aioimaplib
 
-from triage.mailbox import PermanentMailboxError, TransientMailboxError
+from triage.mailbox import MailboxAuthError, PermanentMailboxError, TransientMailboxError
 from triage.messages import RawMessage
 from triage.netutil import is_loopback
+
+if TYPE_CHECKING:
+    from triage.oauth import TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,43 @@ _MONTHS = {
 _NETWORK_ERRORS = (OSError, EOFError, ssl.SSLError, aioimaplib.AioImapException)
 
 
+class _SaslCommand(aioimaplib.Command):
+    """An AUTHENTICATE that answers the server's continuations: with ``first`` (the initial
+    response, when the server has no SASL-IR), then with empty lines, which is how a client
+    acknowledges an error challenge (RFC 4954 style, Google's and Microsoft's XOAUTH2)."""
+
+    def __init__(self, protocol: aioimaplib.IMAP4ClientProtocol, *args: Any,
+                 first: str | None = None) -> None:
+        super().__init__("AUTHENTICATE", protocol.new_tag(), *args, loop=protocol.loop)
+        self._protocol = protocol
+        self._first = first
+        self._answered = 0
+        self.challenges: list[bytes] = []
+
+    def flush(self) -> None:
+        pending = [line for line in self._resp_lines
+                   if isinstance(line, bytes) and line.startswith(b"+")]
+        for line in pending[self._answered:]:
+            self._answered += 1
+            answer = self._first or ""
+            if self._first is not None:
+                self._first = None
+            else:
+                self.challenges.append(line[1:].strip())
+            transport = self._protocol.transport
+            if transport is not None:
+                transport.write(answer.encode("ascii") + b"\r\n")
+
+
+def _challenge_text(challenges: list[bytes]) -> str:
+    """The status a refusing server put in its XOAUTH2 challenge (base64 JSON), if any."""
+    for raw in challenges:
+        try:
+            text = b64decode(raw, validate=True).decode("utf-8", "replace")
+        except ValueError:
+            continue
+        return " ".join(text.split())[:200]
+    return ""
 
 
 def quote(text: str) -> str:
@@ -154,13 +199,17 @@ class ImapMailbox:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
         max_batch_bytes: int = 64 * 1024 * 1024,
+        tokens: TokenSource | None = None,
     ) -> None:
+        """``tokens``: log in with ``AUTHENTICATE XOAUTH2`` and a token from it instead of
+        ``password``."""
         if security not in ("tls", "starttls", "plain"):
             raise PermanentMailboxError(f"unknown security {security!r}")
         if mark != "flag" and not (mark.startswith("move:") and len(mark) > 5):
             raise PermanentMailboxError(f"mark must be 'flag' or 'move:Folder', not {mark!r}")
         self.host, self.port, self.user = host, port, user
         self._password = password
+        self._tokens = tokens
         self.folder = folder
         self.security: Security = security
         self.mark = mark
@@ -226,17 +275,61 @@ class ImapMailbox:
             await self._guard(client.wait_hello_from_server(), "connect")
             if self.security == "starttls":
                 await self._starttls(client, context)
-            response = await self._guard(client.login(quote(self.user), self._password), "login")
-            if response.result != "OK":
-                text = _text(response)
-                if "[UNAVAILABLE]" in text or "[INUSE]" in text:  # RFC 5530: try later
-                    raise TransientMailboxError(f"{self.name}: login deferred: {text}")
-                raise PermanentMailboxError(f"{self.name}: login refused: {text}")
+            if self._tokens is not None:
+                await self._login_xoauth2(client, self._tokens)
+            else:
+                response = await self._guard(client.login(quote(self.user), self._password),
+                                             "login")
+                if response.result != "OK":
+                    text = _text(response)
+                    if "[UNAVAILABLE]" in text or "[INUSE]" in text:  # RFC 5530: try later
+                        raise TransientMailboxError(f"{self.name}: login deferred: {text}")
+                    raise PermanentMailboxError(f"{self.name}: login refused: {text}")
             await self._select(client)
         except BaseException:
             self._drop()
             raise
         log.info("connected to %s (uidvalidity %d)", self.name, self._uidvalidity)
+
+    async def _login_xoauth2(self, client: aioimaplib.IMAP4, tokens: TokenSource) -> None:
+        """AUTHENTICATE XOAUTH2 with the cached token; a refused token is dropped and a new
+        one tried once on the same session (it may have expired or been revoked early)."""
+        from triage.oauth import TokenRejected, TokenUnavailable, xoauth2_string
+
+        for attempt in (1, 2):
+            try:
+                token = await tokens.token()
+            except TokenRejected as e:
+                raise MailboxAuthError(f"{self.name}: {e}") from None
+            except TokenUnavailable as e:
+                raise TransientMailboxError(f"{self.name}: {e}") from None
+            sasl = b64encode(xoauth2_string(self.user, token).encode()).decode("ascii")
+            protocol = client.protocol
+            ir = "SASL-IR" in protocol.capabilities
+            command = _SaslCommand(protocol, "XOAUTH2", *([sasl] if ir else []),
+                                   first=None if ir else sasl)
+            response = await self._guard(protocol.execute(command, scrub=sasl),
+                                         "AUTHENTICATE XOAUTH2")
+            if response.result == "OK":
+                async with protocol.state_condition:
+                    protocol.state = aioimaplib.AUTH
+                    protocol.state_condition.notify_all()
+                for line in response.lines:  # as aioimaplib's login() reads them
+                    if isinstance(line, bytes) and b"CAPABILITY" in line:
+                        protocol.capabilities |= set(
+                            line.decode().replace("CAPABILITY", "").strip(" []").split())
+                return
+            text = _text(response)
+            why = _challenge_text(command.challenges)
+            detail = f"{text} ({why})" if why else text
+            if "[UNAVAILABLE]" in text or "[INUSE]" in text:  # the token was not checked
+                raise TransientMailboxError(f"{self.name}: login deferred: {detail}")
+            tokens.invalidate(token)
+            if attempt == 1:
+                log.info("%s: XOAUTH2 token refused (%s); asking for a new one", self.name,
+                         text)
+                continue
+            raise MailboxAuthError(f"{self.name}: token rejected by the server: {detail}")
 
     async def _starttls(self, client: aioimaplib.IMAP4, context: ssl.SSLContext) -> None:
         protocol = client.protocol
