@@ -19,7 +19,8 @@ import classifiers.predict as predict  # noqa: E402
 from classifiers.evaluate import jsonl_files, load_records, score  # noqa: E402
 from classifiers.predict import Classifier  # noqa: E402
 
-SETS = {"heldout": ROOT / "data" / "heldout", "wild": ROOT / "data" / "heldout-wild"}
+SETS = {"heldout": ROOT / "data" / "heldout", "wild": ROOT / "data" / "heldout-wild",
+        "registers": ROOT / "data" / "heldout-registers"}
 
 
 def run(name: str, clf: Classifier, records: dict, closing: bool = True) -> None:

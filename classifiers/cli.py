@@ -29,7 +29,7 @@ def _err(msg: str) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from classifiers.train import DEFAULT_HELDOUT, DEFAULT_WILD, train
+    from classifiers.train import DEFAULT_HELDOUT, OTHER_HELDOUT, train
     from triage.config import load_settings
 
     quiet = bool(getattr(ns, "quiet", False))
@@ -67,8 +67,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         heldout = None
     try:
-        wild = [DEFAULT_WILD] if data is None and DEFAULT_WILD.exists() else None
-        meta = train(data, out, corrections=corrections, heldout=heldout, wild=wild,
+        others = ({n: [p] for n, p in OTHER_HELDOUT.items() if p.exists()}
+                  if data is None else None)
+        meta = train(data, out, corrections=corrections, heldout=heldout, others=others,
                      progress=progress, keywords_path=keywords)
     except (FileNotFoundError, ValueError) as exc:
         _err(str(exc))
@@ -80,10 +81,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
-    """Scores on the named data, or on each held-out set (``heldout`` and ``wild``) apart."""
+    """Scores on the named data, or on each held-out set apart (heldout, wild, registers)."""
     from classifiers.evaluate import evaluate, jsonl_files, load_records, plot_confusion
     from classifiers.predict import Classifier
-    from classifiers.train import DEFAULT_HELDOUT, DEFAULT_WILD
+    from classifiers.train import DEFAULT_HELDOUT, OTHER_HELDOUT
 
     if getattr(ns, "plot", None):  # before the evaluation, not after a minute of it
         try:
@@ -94,7 +95,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     if getattr(ns, "data", None):
         sets = {"data": [Path(p) for p in ns.data]}
     else:
-        sets = {"heldout": [DEFAULT_HELDOUT], "wild": [DEFAULT_WILD]}
+        sets = {"heldout": [DEFAULT_HELDOUT], **{n: [p] for n, p in OTHER_HELDOUT.items()}}
     try:
         clf = Classifier.load(Path(ns.model) if getattr(ns, "model", None) else None)
         loaded = {name: load_records(jsonl_files(paths)) for name, paths in sets.items()}

@@ -15,7 +15,7 @@ import platform
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,12 @@ log = logging.getLogger(__name__)
 DEFAULT_TRAINING = (DATA_DIR / "training", DATA_DIR / "training-registers")
 DEFAULT_CORRECTIONS = DATA_DIR / "corrections"
 DEFAULT_HELDOUT = DATA_DIR / "heldout"
-# Written apart from the training data by another author, in registers the training data
-# lacks; never trained on. Reported beside DEFAULT_HELDOUT (metadata, evaluate, bench).
+# Written apart from the training data, each by an author of its own, in registers the
+# training data lacks; never trained on. Reported beside DEFAULT_HELDOUT, each on its own
+# (the model's metadata, ``triage evaluate``, bench/bench_classifier.py); see data/README.md.
 DEFAULT_WILD = DATA_DIR / "heldout-wild"
+DEFAULT_REGISTERS = DATA_DIR / "heldout-registers"
+OTHER_HELDOUT = {"wild": DEFAULT_WILD, "registers": DEFAULT_REGISTERS}
 SLA_POLICY = DATA_DIR / "sla_policy.toml"
 
 
@@ -134,7 +137,7 @@ def train(
     *,
     corrections: Sequence[Path] | None = None,
     heldout: Sequence[Path] | None = None,
-    wild: Sequence[Path] | None = None,
+    others: Mapping[str, Sequence[Path]] | None = None,
     keywords_path: Path | None = None,
     test_size: float = 0.2,
     seed: int = 13,
@@ -145,7 +148,8 @@ def train(
 
     ``corrections`` (files or folders) are always fitted on, never split off for testing.
     ``heldout`` (files or folders) is scored after fitting and kept in the metadata as
-    ``metrics.heldout``; retraining compares models by that number.
+    ``metrics.heldout``; retraining compares models by that number. ``others`` (name to
+    files or folders) are scored into ``metrics.<name>`` beside it.
     """
     say = progress or (lambda msg: log.info("%s", msg))
     started = time.perf_counter()
@@ -216,12 +220,12 @@ def train(
     if summary is not None:
         meta.setdefault("metrics", {})["heldout"] = summary
         say(f"held-out set: macro-F1 {summary['macro_f1']:.3f} on {summary['n']} records")
-    wild_summary = heldout_summary(clf, jsonl_files(wild)) if wild else None
-    if wild_summary is not None:
-        meta.setdefault("metrics", {})["wild"] = wild_summary
-        say(f"wild held-out set: macro-F1 {wild_summary['macro_f1']:.3f} on "
-            f"{wild_summary['n']} records, {wild_summary['requests_screened_out']} requests "
-            "screened out")
+    for name, paths in (others or {}).items():
+        other = heldout_summary(clf, jsonl_files(paths))
+        if other is not None:
+            meta.setdefault("metrics", {})[name] = other
+            say(f"held-out set {name}: macro-F1 {other['macro_f1']:.3f} on {other['n']} "
+                f"records, {other['requests_screened_out']} requests screened out")
     out = Path(out) if out is not None else artifact.DEFAULT_MODEL_PATH
     meta = artifact.save(pipe, meta, out)
     say(f"wrote {out} ({meta['model_version']}) in {time.perf_counter() - started:.1f}s")

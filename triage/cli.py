@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate the classifier on labelled JSONL")
     ev.add_argument("--data", action="append",
                     help="JSONL file or folder (repeatable; default: each held-out set, "
-                         "data/heldout and data/heldout-wild, reported apart)")
+                         "data/heldout, data/heldout-wild and data/heldout-registers, "
+                         "reported apart)")
     ev.add_argument("--model", help="artifact path (default: the packaged model)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", help="write the confusion matrix as PNG (needs matplotlib: "
