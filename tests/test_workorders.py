@@ -355,16 +355,16 @@ def test_a_failed_bulk_write_is_rolled_back_and_the_batch_stored_message_by_mess
         store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows the bulk path wrote before failing are undone (its savepoint), and the careful
     path then stores each message once."""
-    from triage import workorders
+    from triage.store import write_bulk
 
     st, sessions = store
-    real_write = workorders._FastBatch._write
+    real_write = write_bulk.write_rows
 
-    def write_then_fail(self: workorders._FastBatch) -> None:
-        real_write(self)
+    def write_then_fail(*args: object, **kwargs: object) -> None:
+        real_write(*args, **kwargs)  # type: ignore[arg-type]
         raise RuntimeError("refused after writing")
 
-    monkeypatch.setattr(workorders._FastBatch, "_write", write_then_fail)
+    monkeypatch.setattr(write_bulk, "write_rows", write_then_fail)
     outs = st.store_batch([ingest(mail(1), req()), ingest(mail(2, frm="li@x.com"), req()),
                            ingest(mail(3, extra="Auto-Submitted: auto-replied\r\n"),
                                   nonreq("auto_reply"))])

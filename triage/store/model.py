@@ -1,0 +1,126 @@
+"""The store's plain data and the small pure rules its modules share: what comes in
+(``Ingest``), what goes out (``Outcome``), its settings, and the keys it files messages by."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from classifiers.types import Decision
+from triage.messages import ParsedEmail, RawMessage
+
+TAG_RE = re.compile(r"\[(ITX-\d{6,})\]")
+HEADER_SCREENED = frozenset({"auto_reply", "bounce", "bulk", "own"})
+
+# Failures of the environment (disk, database connection), not of a message: the batch is
+# retried later, never quarantined.
+ENVIRONMENT = (OSError, OperationalError, InterfaceError)
+
+FetchKey = tuple[str, int, str]  # mailbox, UIDVALIDITY, UID
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """One fetched message and what the earlier stages made of it.
+
+    ``error`` set (parse failure, oversize) means: quarantine with this reason.
+    """
+
+    raw: RawMessage
+    parsed: ParsedEmail | None = None
+    decision: Decision | None = None
+    error: str | None = None
+
+    @property
+    def fetch_key(self) -> FetchKey:
+        return (self.raw.mailbox, self.raw.uidvalidity, self.raw.uid)
+
+    @property
+    def decidable(self) -> bool:
+        """Parsed and classified: the storing rules apply (else it is quarantined)."""
+        return self.parsed is not None and self.decision is not None and not self.error
+
+
+@dataclass(frozen=True)
+class Outcome:
+    uid: str
+    disposition: str  # work_order | reply | non_request | quarantined | duplicate | already
+    work_order: str | None = None  # number
+    acked: bool = False
+    reason: str | None = None
+    # Set for a new work order: what /metrics counts (never names or addresses).
+    request_type: str | None = None
+    priority: str | None = None
+    confidence: float | None = None
+    needs_review: bool = False
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    from_address: str
+    ack_rate_per_hour: int
+    attachments_dir: Path
+    review_threshold: float
+    mailbox_state: bool = True
+    at_risk_fraction: float = 0.75  # for the queue's SLA marks (triage.slamarks)
+
+
+class RetryBatch(Exception):
+    """A failure of the environment (disk, database connection), not of the message: the
+    whole batch is rolled back and left unmarked, so it is fetched and tried again."""
+
+
+def format_number(pk: int) -> str:
+    return f"ITX-{pk:06d}"
+
+
+def fetch_dedupe_key(raw: RawMessage) -> str:
+    """The key of a message only its fetch identifies (a quarantined one)."""
+    return f"fetch:{raw.mailbox}:{raw.uidvalidity}:{raw.uid}"[:1024]
+
+
+def dedupe_key(parsed: ParsedEmail | None, raw: RawMessage) -> str:
+    if parsed and parsed.message_id:
+        return "mid:" + parsed.message_id[:1000]
+    if parsed:
+        return "sha:" + parsed.content_hash
+    return fetch_dedupe_key(raw)
+
+
+# Mail providers whose users are not one client: on these, "same client" means same address.
+FREEMAIL = frozenset({
+    "gmail.com", "googlemail.com", "yahoo.com", "ymail.com", "outlook.com", "hotmail.com",
+    "live.com", "msn.com", "aol.com", "icloud.com", "me.com", "mac.com", "proton.me",
+    "protonmail.com", "gmx.com", "gmx.net", "mail.com", "zoho.com", "yandex.com",
+    "comcast.net", "verizon.net", "att.net", "sbcglobal.net", "cox.net", "earthlink.net",
+})
+
+
+def domain_of(addr: str) -> str:
+    return addr.rsplit("@", 1)[-1].lower() if "@" in addr else ""
+
+
+def client_key(addr: str) -> str:
+    """The ``clients.domain`` a sender belongs to: the domain, or the address on free mail."""
+    domain = domain_of(addr)
+    if not domain or len(domain) > 253:
+        return "unknown"
+    return addr.lower()[:255] if domain in FREEMAIL else domain
+
+
+def attachment_path(attachments_dir: Path, sha256: str) -> Path:
+    """Content-addressed, so a rolled-back batch leaves at most an orphan, never a clash."""
+    return attachments_dir / sha256[:2] / sha256
+
+
+def save_attachment(attachments_dir: Path, sha256: str, payload: bytes) -> Path:
+    path = attachment_path(attachments_dir, sha256)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(path)
+    return path
