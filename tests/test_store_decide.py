@@ -99,3 +99,20 @@ def test_a_type_the_policy_refuses_is_quarantined_alone(rules: Rules) -> None:
     assert plan.message is not None and plan.message.values["disposition"] == "quarantined"
     assert plan.new_work_order is None and plan.client is None
 
+
+
+def test_the_same_message_id_is_a_duplicate_only_with_the_same_fingerprint(rules: Rules) -> None:
+    first = ingest(mail(1, mid="form@web.example"), req())
+    assert first.fingerprint is not None
+    ctx = BatchContext(messages={"mid:form@web.example": (41, first.fingerprint)})
+    decider = Decider(ctx, rules)
+    trace = "Received: from relay2.example by mx.itx.net\r\n"
+    again = decider.decide(ingest(mail(2, mid="form@web.example", extra=trace), req()))
+    assert again is not None and again.outcome.disposition == "duplicate"
+    assert again.fetch is not None and again.fetch.message == 41
+    other = decider.decide(ingest(mail(3, mid="form@web.example", body="other"), req()))
+    assert other is not None and other.outcome.disposition == "work_order"
+    assert other.message is not None and other.message.values["dedupe_key"].startswith("mid+fp:")
+    reused = [e for e in other.events if e.action == "message_id_reused"]
+    assert [(e.work_order, e.detail["earlier_message"]) for e in reused] == [
+        (other.new_work_order.ref if other.new_work_order else None, 41)]

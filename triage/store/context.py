@@ -20,8 +20,16 @@ from sqlalchemy import Connection, func, select
 
 from triage.messages import ParsedEmail
 from triage.storage.engine import in_chunks
-from triage.storage.models import Client, Fetch, Message, Outbox, WorkOrder
-from triage.store.model import TAG_RE, FetchKey, Ingest, client_key, dedupe_key
+from triage.storage.models import AttachmentRow, Client, Fetch, Message, Outbox, WorkOrder
+from triage.store.model import (
+    TAG_RE,
+    FetchKey,
+    Ingest,
+    client_key,
+    dedupe_key,
+    fingerprint,
+    reuse_key,
+)
 from triage.store.plan import Ref, RowId
 
 _WO_COLUMNS = tuple(c.key for c in WorkOrder.__table__.columns)
@@ -55,7 +63,8 @@ class WorkOrderView:
 @dataclass
 class BatchContext:
     already: set[FetchKey] = field(default_factory=set)  # fetch keys stored
-    messages: dict[str, RowId] = field(default_factory=dict)  # dedupe key -> message
+    # dedupe key -> (message, its fingerprint)
+    messages: dict[str, tuple[RowId, str | None]] = field(default_factory=dict)
     own: set[str] = field(default_factory=set)  # Message-IDs of our outbox
     outbox_thread: dict[str, int] = field(default_factory=dict)  # our Message-ID -> WO id
     message_thread: dict[str, int] = field(default_factory=dict)  # their Message-ID -> WO id
@@ -99,10 +108,20 @@ def lookup(conn: Connection, items: Sequence[Ingest], now: datetime) -> BatchCon
     ctx.already = stored_fetch_keys(conn, (i.fetch_key for i in items))
     ok = [i for i in items if i.decidable]
     parsed: list[ParsedEmail] = [i.parsed for i in ok if i.parsed is not None]
-    for chunk in in_chunks({dedupe_key(i.parsed, i.raw) for i in ok}):
-        for key, message_pk in conn.execute(select(Message.dedupe_key, Message.id).where(
-                Message.dedupe_key.in_(chunk))):
-            ctx.messages[str(key)] = message_pk
+    keys = {dedupe_key(i.parsed, i.raw) for i in ok}
+    keys |= {reuse_key(i.parsed.message_id, i.fingerprint) for i in ok
+             if i.parsed is not None and i.parsed.message_id and i.fingerprint}
+    unknown: dict[int, str] = {}  # stored before fingerprints were
+    for chunk in in_chunks(keys):
+        for key, message_pk, fp in conn.execute(
+                select(Message.dedupe_key, Message.id, Message.fingerprint)
+                .where(Message.dedupe_key.in_(chunk))):
+            ctx.messages[str(key)] = (message_pk, fp)
+            if fp is None:
+                unknown[message_pk] = str(key)
+    if unknown:
+        for message_pk, fp in stored_fingerprints(conn, unknown).items():
+            ctx.messages[unknown[message_pk]] = (message_pk, fp)
     for chunk in in_chunks({p.message_id for p in parsed if p.message_id}):
         ctx.own.update(conn.scalars(select(Outbox.message_id).where(
             Outbox.message_id.in_(chunk))))
@@ -136,6 +155,22 @@ def lookup(conn: Connection, items: Sequence[Ingest], now: datetime) -> BatchCon
                 .group_by(Outbox.to_addr)):
             ctx.ack_counts[to_addr] = acks
     return ctx
+
+
+def stored_fingerprints(conn: Connection, message_pks: Iterable[int]) -> dict[int, str]:
+    """The fingerprints of stored messages, worked out from their stored columns."""
+    shas: dict[int, list[str]] = {}
+    out: dict[int, str] = {}
+    for chunk in in_chunks(message_pks):
+        for message_pk, sha in conn.execute(select(AttachmentRow.message_pk, AttachmentRow.sha256)
+                                            .where(AttachmentRow.message_pk.in_(chunk))):
+            shas.setdefault(message_pk, []).append(sha)
+        for message_pk, headers, text, html in conn.execute(
+                select(Message.id, Message.headers, Message.body_text, Message.body_html)
+                .where(Message.id.in_(chunk))):
+            out[message_pk] = fingerprint(headers or [], text or "", html,
+                                          shas.get(message_pk, []))
+    return out
 
 
 def _add_work_orders(ctx: BatchContext, rows: Iterable[Any]) -> None:

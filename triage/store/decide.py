@@ -10,8 +10,11 @@ The rules, in the order they apply:
 
 1. a fetch key stored already: nothing to do (a crash came between store and mark);
 2. no parse or no decision (``Ingest.error``): quarantined, raw bytes and reason kept;
-3. a dedupe key stored already (Message-ID, else a hash of the content): a duplicate
-   fetch, recorded against the first message;
+3. a dedupe key stored already (Message-ID, else a hash of the raw bytes): a duplicate
+   fetch, recorded against the first message, when the fingerprint agrees (From, To, Cc,
+   Subject, Date, body and attachments; not the trace headers a second delivery differs
+   in). The same Message-ID with another fingerprint is another message: filed under a key
+   of its own, decided by the rules below, and a ``message_id_reused`` event recorded;
 4. our own mail come back (our address, or a Message-ID we generated): a non-request;
 5. screened by its headers (auto-reply, bounce, list or bulk mail): a non-request;
 6. a reply to a work order (by In-Reply-To/References, else an ``[ITX-…]`` tag) from its
@@ -56,6 +59,7 @@ from triage.store.model import (
     dedupe_key,
     fetch_dedupe_key,
     format_number,
+    reuse_key,
 )
 from triage.store.plan import (
     NewClient,
@@ -102,7 +106,7 @@ def message_values(item: Ingest, key: str | None, disposition: str, reason: str 
         body_html=None if p is None else p.html,
         defects=[] if p is None else list(p.defects),
         received_at=raw.internal_date or now, disposition=disposition, reason=reason,
-        created_at=now,
+        fingerprint=item.fingerprint, created_at=now,
     )
 
 
@@ -144,11 +148,30 @@ class Decider:
         if p is None or d is None or item.error:
             return self.quarantine(item)
         key = dedupe_key(p, raw)
-        earlier = ctx.messages.get(key)
+        earlier, reused = self._earlier(item, p, key)
         if earlier is not None:
             return self._accept(item, key, Plan(
                 Outcome(raw.uid, "duplicate", reason="same Message-ID already stored"),
                 fetch=self._fetch(item, earlier, duplicate=True)))
+        if reused is None:
+            return self._dispose(item, key, p, d, fresh)
+        # Another message under a Message-ID we have: filed under its own key, decided as
+        # its content says, and the reuse recorded.
+        assert p.message_id and item.fingerprint
+        plan = self._dispose(item, reuse_key(p.message_id, item.fingerprint), p, d, fresh)
+        if plan is not None and plan.outcome.disposition != "quarantined":
+            assert plan.message is not None
+            wo = (plan.new_work_order.ref if plan.new_work_order is not None
+                  else plan.message.work_order)
+            plan.events.append(NewEvent(wo, "message_id_reused", {
+                "message_id": p.message_id, "earlier_message": reused,
+                "message": plan.message.ref}, self.rules.clock()))
+        return plan
+
+    def _dispose(self, item: Ingest, key: str, p: ParsedEmail, d: Decision,
+                 fresh: bool) -> Plan | None:
+        """Rules 4 to 8, for a message that is neither stored nor quarantined."""
+        ctx, raw = self.ctx, item.raw
         if p.from_addr == self.cfg.from_address or (p.message_id and p.message_id in ctx.own):
             return self._non_request(item, key, "own")
         if not d.is_request and d.non_request_kind in HEADER_SCREENED:
@@ -186,6 +209,25 @@ class Decider:
         return self._accept(item, key, plan)
 
     # ---- the rules ------------------------------------------------------------------------
+    def _earlier(self, item: Ingest, p: ParsedEmail, key: str
+                 ) -> tuple[RowId | None, RowId | None]:
+        """(the message this one duplicates, or None; the message whose Message-ID it
+        reuses, or None). The same Message-ID is the same message only when the fingerprint
+        agrees too: a web form, a scanner or a broken mailer may send many messages under
+        one ID, while a message delivered twice differs only in its trace headers."""
+        fp = item.fingerprint
+        if p.message_id and fp:
+            again = self.ctx.messages.get(reuse_key(p.message_id, fp))
+            if again is not None:
+                return again[0], None
+        first = self.ctx.messages.get(key)
+        if first is None:
+            return None, None
+        message, stored_fp = first
+        if p.message_id and fp and stored_fp is not None and stored_fp != fp:
+            return None, message
+        return message, None
+
     def _may_answer_this_batch(self, p: ParsedEmail) -> bool:
         ids = [i for i in (p.in_reply_to, *p.references) if i]
         m = TAG_RE.search(p.subject)
@@ -324,7 +366,7 @@ class Decider:
         if plan.fetch is not None:
             ctx.already.add(item.fetch_key)
         if plan.message is not None:
-            ctx.messages[key] = plan.message.ref
+            ctx.messages[key] = (plan.message.ref, plan.message.values["fingerprint"])
             mid = plan.message.values.get("message_id")
             if mid:
                 ctx.batch_message_ids.add(mid)

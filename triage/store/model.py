@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -37,6 +41,11 @@ class Ingest:
     @property
     def fetch_key(self) -> FetchKey:
         return (self.raw.mailbox, self.raw.uidvalidity, self.raw.uid)
+
+    @cached_property
+    def fingerprint(self) -> str | None:
+        """What makes the message itself (``fingerprint``), once parsed."""
+        return None if self.parsed is None else fingerprint_of(self.parsed)
 
     @property
     def decidable(self) -> bool:
@@ -88,6 +97,41 @@ def dedupe_key(parsed: ParsedEmail | None, raw: RawMessage) -> str:
     if parsed:
         return "sha:" + parsed.content_hash
     return fetch_dedupe_key(raw)
+
+
+def reuse_key(message_id: str, fingerprint: str) -> str:
+    """The key of a message whose Message-ID an earlier, different message carries."""
+    return f"mid+fp:{fingerprint}:{message_id[:900]}"
+
+
+# What makes a message itself. Not the trace (Received, DKIM, ARC, Return-Path, X-…),
+# which every hop adds to: the same message delivered twice differs only there.
+IDENTITY_HEADERS = ("from", "to", "cc", "subject", "date")
+
+
+def fingerprint(headers: Iterable[Sequence[str]], text: str, html: str | None,
+                attachment_sha256s: Iterable[str]) -> str:
+    """A SHA-256 over the identity headers, the body (text and HTML) and the attachments.
+
+    Worked out from what the store keeps of a message (its decoded headers, body text and
+    HTML, and attachment hashes), so a row stored without one can be given one later.
+    Line endings and trailing white space are not content: a relay may change them."""
+    wanted: dict[str, list[str]] = {name: [] for name in IDENTITY_HEADERS}
+    for name, value in headers:
+        values = wanted.get(str(name).strip().lower())
+        if values is not None:
+            values.append(" ".join(str(value).split()))
+    doc = [wanted, _body(text), _body(html or ""), sorted(attachment_sha256s)]
+    return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+
+def fingerprint_of(p: ParsedEmail) -> str:
+    return fingerprint(p.headers, p.text, p.html, (a.sha256 for a in p.attachments))
+
+
+def _body(text: str) -> str:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).strip()
 
 
 # Mail providers whose users are not one client: on these, "same client" means same address.

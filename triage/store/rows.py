@@ -24,7 +24,7 @@ from triage.storage.models import (
     WorkOrder,
 )
 from triage.store.model import format_number
-from triage.store.plan import NewClient, Plan, resolve
+from triage.store.plan import NewClient, Plan, Ref, resolve
 
 
 def _table(model: Any) -> Table:
@@ -83,7 +83,8 @@ def write_rows(conn: Connection, plans: Sequence[Plan], *, domain: str,
     if events:
         conn.execute(insert(_table(Event)), [
             {"work_order_id": resolve(e.work_order), "actor": "system", "action": e.action,
-             "detail": e.detail, "at": e.at} for e in events])
+             "detail": {k: resolve(v) if isinstance(v, Ref) else v for k, v in e.detail.items()},
+             "at": e.at} for e in events])
     changes = [c for p in plans for c in p.changes]
     if changes:
         t = _table(WorkOrder)
