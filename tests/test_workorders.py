@@ -186,6 +186,36 @@ def test_rows_stored_before_fingerprints_are_compared_by_their_stored_content(st
     assert count(sessions, Event, Event.action == "message_id_reused") == 1
 
 
+def test_staff_open_a_stored_message_as_a_work_order_by_the_same_rules(store) -> None:
+    """``open_work_order`` (the desk's "open as work order"): client, due dates from the
+    original arrival, the acknowledgment under the sender's rate limit, an audit event."""
+    st, sessions = store
+    arrived = NOW - timedelta(hours=3)
+    raws = [mail(i, frm="raj@patel.com", body=f"printer {i} broken", at=arrived)
+            for i in (1, 2, 3)]
+    st.store_batch([ingest(r, nonreq("thanks")) for r in raws])
+    opened = []
+    for r in raws:
+        assert r.data is not None
+        with sessions.begin() as s:
+            opened.append(st.open_work_order(s, parse(r.data), req("printer_setup", "normal"),
+                                             arrived, actor="ann", detail={"from_screened": 1}))
+    assert [(o.number, o.acked) for o in opened] == [
+        ("ITX-000001", True), ("ITX-000002", True), ("ITX-000003", False)]  # 2 an hour
+    with sessions() as s:
+        wo = s.get(WorkOrder, opened[0].work_order_id)
+        assert wo.received_at == arrived and wo.client.domain == "patel.com"
+        assert wo.fulfil_due == load_policy().due("printer_setup", "normal", "standard",
+                                                  arrived).fulfil_due
+        created = s.scalar(select(Event).where(Event.action == "created",
+                                               Event.work_order_id == wo.id))
+        assert created.actor == "ann" and created.detail["from_screened"] == 1
+        ob = s.scalar(select(Outbox).where(Outbox.work_order_id == wo.id))
+        assert ob.to_addr == "raj@patel.com" and ob.message_id.startswith("ITX-000001.ack.")
+    assert count(sessions, Event, Event.action == "ack_suppressed") == 1
+    assert count(sessions, Client) == 1
+
+
 def test_reply_threads_and_reopens_without_new_ack(store) -> None:
     st, sessions = store
     st.store_batch([ingest(mail(1), req())])

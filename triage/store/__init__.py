@@ -38,10 +38,11 @@ from triage.store.model import (
     dedupe_key,
     format_number,
 )
-from triage.store.store import WorkOrderStore
+from triage.store.store import Opened, WorkOrderStore
 
 __all__ = [
-    "FREEMAIL", "HEADER_SCREENED", "TAG_RE", "Ingest", "Outcome", "RetryBatch", "StoreConfig",
+    "FREEMAIL", "HEADER_SCREENED", "TAG_RE", "Ingest", "Opened", "Outcome", "RetryBatch",
+    "StoreConfig",
     "WorkOrderStore", "client_key", "dedupe_key", "due_columns", "format_number",
     "message_values", "work_order_values",
 ]

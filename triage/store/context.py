@@ -30,7 +30,7 @@ from triage.store.model import (
     fingerprint,
     reuse_key,
 )
-from triage.store.plan import Ref, RowId
+from triage.store.plan import RowId
 
 _WO_COLUMNS = tuple(c.key for c in WorkOrder.__table__.columns)
 
@@ -142,19 +142,32 @@ def lookup(conn: Connection, items: Sequence[Ingest], now: datetime) -> BatchCon
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.id.in_(ids))).mappings())
     for numbers in in_chunks(tags):
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.number.in_(numbers))).mappings())
-    for chunk in in_chunks({client_key(p.from_addr) for p in parsed}):
+    _add_senders(ctx, conn, [p.from_addr for p in parsed], now)
+    return ctx
+
+
+def lookup_sender(conn: Connection, from_addr: str, now: datetime) -> BatchContext:
+    """What opening a work order for a message stored earlier needs: its sender's client
+    and the acknowledgments sent to the sender in the last hour."""
+    ctx = BatchContext()
+    _add_senders(ctx, conn, [from_addr], now)
+    return ctx
+
+
+def _add_senders(ctx: BatchContext, conn: Connection, senders: Sequence[str],
+                 now: datetime) -> None:
+    for chunk in in_chunks({client_key(a) for a in senders}):
         for cid, key, contract in conn.execute(select(Client.id, Client.domain, Client.contract)
                                                .where(Client.domain.in_(chunk))):
             ctx.clients[key] = (cid, contract)
     hour_ago = now - timedelta(hours=1)
-    for chunk in in_chunks({p.from_addr for p in parsed if p.from_addr}):
+    for chunk in in_chunks({a for a in senders if a}):
         for to_addr, acks in conn.execute(
                 select(Outbox.to_addr, func.count(Outbox.id))
                 .where(Outbox.kind == "ack", Outbox.to_addr.in_(chunk),
                        Outbox.created_at > hour_ago)
                 .group_by(Outbox.to_addr)):
             ctx.ack_counts[to_addr] = acks
-    return ctx
 
 
 def stored_fingerprints(conn: Connection, message_pks: Iterable[int]) -> dict[int, str]:
@@ -181,4 +194,5 @@ def _add_work_orders(ctx: BatchContext, rows: Iterable[Any]) -> None:
             ctx.numbers[view.number] = view.id
 
 
-__all__ = ["BatchContext", "Ref", "WorkOrderView", "lookup", "stored_fetch_keys"]
+__all__ = ["BatchContext", "WorkOrderView", "lookup", "lookup_sender", "stored_fetch_keys",
+           "stored_fingerprints"]

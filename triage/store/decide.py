@@ -280,12 +280,28 @@ class Decider:
 
     def _open(self, item: Ingest, key: str, p: ParsedEmail, d: Decision,
               review_reason: str | None) -> Plan:
-        """Everything that can fail is worked out before anything is planned."""
-        raw, cfg = item.raw, self.cfg
+        raw = item.raw
         now = self.rules.clock()
         # The mailbox's arrival time starts the clock (mail that waited while we were down
         # is not younger than it is); a server clock ahead of ours is not trusted.
-        received = min(raw.internal_date or now, now)
+        plan = self.open_work_order(p, d, min(raw.internal_date or now, now),
+                                    review_reason=review_reason, uid=raw.uid)
+        assert plan.new_work_order is not None
+        plan.message = self._message(item, key, "work_order", None, plan.new_work_order.ref)
+        plan.fetch = self._fetch(item, plan.message.ref)
+        return self._accept(item, key, plan)
+
+    def open_work_order(self, p: ParsedEmail, d: Decision, received: datetime, *,
+                        review_reason: str | None = None, uid: str = "",
+                        actor: str = "system", detail: dict[str, Any] | None = None) -> Plan:
+        """Rule 8 without the message: a new work order for ``p`` under its sender's client
+        and contract, due dates counted from ``received``, its ``created`` event (by
+        ``actor``, with ``detail`` added) and the acknowledgment or why there is none.
+
+        The message's own rows are the caller's: ``decide`` adds them for fresh mail, and
+        staff opening a message stored earlier (``WorkOrderStore.open_work_order``) have
+        them already. Raises what the SLA policy raises, before anything is planned."""
+        now = self.rules.clock()
         ckey = client_key(p.from_addr)
         known = self.ctx.clients.get(ckey)
         client: RowId
@@ -299,23 +315,21 @@ class Decider:
         due, next_due, at_risk_at = self.rules.figures.get(d.label, priority, contract,
                                                            received)
         values = work_order_values(p, d, priority, contract, received, due, review_reason,
-                                   cfg.review_threshold, now)
+                                   self.cfg.review_threshold, now)
         # Inserted as Core rows: every column is given, the ORM's defaults are not applied.
         values.update(first_response_at=None, resolved_at=None, assignee_id=None,
                       promised_at=None, called_back_at=None, next_due=next_due,
                       at_risk_at=at_risk_at)
         why_not = self._ack_refused(p.from_addr)
         wo = NewWorkOrder(Ref(), client, values)
-        message = self._message(item, key, "work_order", None, wo.ref)
         plan = Plan(
-            Outcome(raw.uid, "work_order", acked=why_not is None, request_type=d.label,
+            Outcome(uid, "work_order", acked=why_not is None, request_type=d.label,
                     priority=priority, confidence=float(d.confidence),
                     needs_review=bool(values["needs_review"])),
-            client=new_client, new_work_order=wo, message=message,
-            fetch=self._fetch(item, message.ref),
+            client=new_client, new_work_order=wo,
             events=[NewEvent(wo.ref, "created", {
                 "type": d.label, "priority": priority,
-                "confidence": round(float(d.confidence), 4)}, now)])
+                "confidence": round(float(d.confidence), 4), **(detail or {})}, now, actor)])
         if why_not is None:
             in_reply_to, references = build_reply_headers(p)
             plan.mails.append(NewMail("ack", wo.ref, p.from_addr, f"ack/{d.label}", {
@@ -326,7 +340,7 @@ class Decider:
                 plan.logs.append((logging.INFO, "ack rate limit reached for a sender "
                                   "(work order %s)", (lambda: format_number(wo.ref.get()),)))
             plan.events.append(NewEvent(wo.ref, "ack_suppressed", {"reason": why_not}, now))
-        return self._accept(item, key, plan)
+        return plan
 
     def _ack_refused(self, to_addr: str) -> str | None:
         """Why this sender gets no acknowledgment, or None."""

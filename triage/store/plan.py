@@ -77,8 +77,9 @@ class NewFetch:
 class NewEvent:
     work_order: RowId | None
     action: str
-    detail: dict[str, Any]
+    detail: dict[str, Any]  # a ``Ref`` in it is written as its id
     at: datetime
+    actor: str = "system"
 
 
 @dataclass

@@ -82,7 +82,7 @@ def write_rows(conn: Connection, plans: Sequence[Plan], *, domain: str,
     events = [e for p in plans for e in p.events]
     if events:
         conn.execute(insert(_table(Event)), [
-            {"work_order_id": resolve(e.work_order), "actor": "system", "action": e.action,
+            {"work_order_id": resolve(e.work_order), "actor": e.actor, "action": e.action,
              "detail": {k: resolve(v) if isinstance(v, Ref) else v for k, v in e.detail.items()},
              "at": e.at} for e in events])
     changes = [c for p in plans for c in p.changes]

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifiers.types import Decision
+from triage.messages import ParsedEmail
 from triage.outbox_enqueue import sender_domain
 from triage.sla import SlaPolicy
 from triage.storage.engine import in_chunks
 from triage.storage.models import Client, Event, MailboxState
-from triage.store.context import stored_fetch_keys
-from triage.store.decide import Rules
+from triage.store.context import lookup_sender, stored_fetch_keys
+from triage.store.decide import Decider, Rules
 from triage.store.figures import SlaFigures
 from triage.store.model import (
     ENVIRONMENT,
@@ -30,13 +34,22 @@ from triage.store.model import (
     RetryBatch,
     StoreConfig,
     client_key,
+    format_number,
     save_attachment,
 )
 from triage.store.plan import Plan
+from triage.store.rows import claim_client, write_rows
 from triage.store.write_bulk import store_in_bulk
 from triage.store.write_careful import store_carefully
 
 log = logging.getLogger("triage.store")
+
+
+@dataclass(frozen=True)
+class Opened:
+    work_order_id: int
+    number: str
+    acked: bool
 
 
 class WorkOrderStore:
@@ -95,6 +108,26 @@ class WorkOrderStore:
         for plan in plans:
             plan.emit_logs()
         return [plan.result() for plan in plans]
+
+    def open_work_order(self, s: Session, p: ParsedEmail, d: Decision, received: datetime,
+                        *, actor: str, detail: dict[str, Any] | None = None) -> Opened:
+        """A work order for a message stored earlier without one (staff open a screened
+        message), by the rules fresh mail meets (``Decider.open_work_order``): its sender's
+        client and contract, due dates from ``received``, the acknowledgment under the same
+        rate limit. Written in the caller's transaction ``s``; linking the stored message
+        to the work order is the caller's. Raises what the SLA policy raises."""
+        rules = self.prepare(())
+        now = self._clock()
+        conn = s.connection()
+        plan = Decider(lookup_sender(conn, p.from_addr, now), rules).open_work_order(
+            p, d, received, actor=actor, detail=detail)
+        if plan.client is not None:
+            claim_client(s, plan.client, now)
+        write_rows(conn, [plan], domain=self._domain, now=now)
+        plan.emit_logs()
+        assert plan.new_work_order is not None
+        wo_id = plan.new_work_order.ref.get()
+        return Opened(wo_id, format_number(wo_id), plan.outcome.acked)
 
     def prepare(self, items: Sequence[Ingest]) -> Rules:
         """What can be done before the write transaction: attachment files saved
