@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from classifiers.predict import Classifier
 from triage.config import Settings
 from triage.service import Service, build
-from triage.storage.models import Message, Outbox, WorkOrder
+from triage.storage.models import Event, Fetch, Message, Outbox, RawBlob, WorkOrder
 
 pytestmark = pytest.mark.imap
 
@@ -188,6 +188,33 @@ async def test_mixed_batch_then_reply(make_service, dovecot, smtp_sink) -> None:
     assert count(svc2, WorkOrder) == 3 and len(smtp_sink.received) == 3
     (r,) = rows(svc2, Message, Message.disposition == "reply")
     assert r.work_order_id == wos[0].id
+
+
+async def test_reused_message_id_through_dovecot(make_service, dovecot, smtp_sink) -> None:
+    """A web form sends every request under one Message-ID, and a relay delivers one of
+    them twice: two work orders and two acknowledgments, the second delivery a duplicate."""
+    form = "<contact-form@patelcpa.com>"
+    first = msg(2, "raj@patelcpa.com", "WEBSITE DOWN", "Our website patelcpa.com shows a "
+                "503 error since this morning. Please fix asap.", mid=form)
+    other = msg(3, "maria@sunriseproperty.com", "new hire", "Please set up an email account "
+                "kbrandt@sunriseproperty.com for Kevin Brandt, starting Monday.", mid=form)
+    twice = b"Received: from relay2.patelcpa.com by mx.itx.net\r\n" + first
+    for raw in (first, other, twice):
+        dovecot.append(raw)
+    svc = make_service()
+    assert await svc.run_once() == 3
+    wos = rows(svc, WorkOrder)
+    assert [w.requester for w in wos] == ["raj@patelcpa.com", "maria@sunriseproperty.com"]
+    messages = rows(svc, Message)
+    assert [m.work_order_id for m in messages] == [w.id for w in wos]
+    with svc.c.sessions() as s:
+        assert s.get(RawBlob, messages[1].id).data == other  # its own raw bytes
+        fetches = s.scalars(select(Fetch).order_by(Fetch.uid)).all()
+    assert [(f.message_pk, f.duplicate) for f in fetches] == [
+        (messages[0].id, False), (messages[1].id, False), (messages[0].id, True)]
+    assert count(svc, Event, Event.action == "message_id_reused") == 1
+    assert sorted(a["To"] for a in received(smtp_sink)) == [
+        "maria@sunriseproperty.com", "raj@patelcpa.com"]
 
 
 async def test_crash_between_store_and_mark_gives_no_duplicates(

@@ -119,6 +119,103 @@ def test_same_fetch_key_and_same_message_id_are_not_processed_twice(store) -> No
     assert count(sessions, Fetch) == 2
 
 
+def test_a_reused_message_id_with_other_content_is_a_message_of_its_own(store) -> None:
+    """Web forms, scanners and broken mailers send many messages under one Message-ID: each
+    is stored, decided and acknowledged; a second delivery of any of them is a duplicate."""
+    st, sessions = store
+    st.store_batch([ingest(mail(1, mid="form@web.example"), req())])
+    other = mail(2, mid="form@web.example", subject="printer", body="the printer jams")
+    (o,) = st.store_batch([ingest(other, req("printer_setup", "normal"))])
+    assert o.disposition == "work_order" and o.work_order == "ITX-000002" and o.acked
+    with sessions() as s:
+        first, second = s.scalars(select(Message).order_by(Message.id)).all()
+        assert second.message_id == first.message_id == "form@web.example"
+        assert second.dedupe_key != first.dedupe_key and second.fingerprint != first.fingerprint
+        assert second.raw is not None and second.raw.data == other.data
+        assert second.work_order_id == 2 and s.get(WorkOrder, 2).subject == "printer"
+        (reused,) = s.scalars(select(Event).where(Event.action == "message_id_reused")).all()
+        assert reused.work_order_id == 2
+        assert reused.detail == {"message_id": "form@web.example",
+                                 "earlier_message": first.id, "message": second.id}
+    assert count(sessions, Outbox, Outbox.work_order_id == 2) == 1
+    # Each delivered again through another relay (a Received line more): duplicates of
+    # the message they repeat, nothing new.
+    trace = "Received: from relay2.example by mx.itx.net; Tue, 1 Dec 2026 10:00:00 -0500\r\n"
+    again_first = mail(3, mid="form@web.example", extra=trace)
+    again_other = mail(4, mid="form@web.example", subject="printer", body="the printer jams",
+                       extra=trace)
+    outs = st.store_batch([ingest(again_first, req()),
+                           ingest(again_other, req("printer_setup", "normal"))])
+    assert [o.disposition for o in outs] == ["duplicate", "duplicate"]
+    with sessions() as s:
+        dups = dict(s.execute(select(Fetch.uid, Fetch.message_pk).where(Fetch.duplicate)).all())
+    assert dups == {"3": first.id, "4": second.id}
+    assert count(sessions, WorkOrder) == 2 and count(sessions, Message) == 2
+    assert count(sessions, Outbox) == 2
+
+
+def test_a_reused_message_id_is_decided_by_its_own_content(store) -> None:
+    """An auto-reply under a request's Message-ID is a non-request (recorded, not acked),
+    and a third message under it is a work order again: each against the ID's first row."""
+    st, sessions = store
+    outs = st.store_batch([
+        ingest(mail(1, mid="scan@mfp.example"), req()),
+        ingest(mail(2, mid="scan@mfp.example", subject="Out of office", body="away",
+                    extra="Auto-Submitted: auto-replied\r\n"), nonreq("auto_reply")),
+        ingest(mail(3, mid="scan@mfp.example", subject="scan 3", body="page 3"), req()),
+    ])
+    assert [(o.disposition, o.reason) for o in outs] == [
+        ("work_order", None), ("non_request", "auto_reply"), ("work_order", None)]
+    assert count(sessions, Message) == 3 and count(sessions, Outbox) == 2
+    with sessions() as s:
+        events = s.execute(select(Event.work_order_id, Event.detail["message"].as_integer())
+                           .where(Event.action == "message_id_reused")
+                           .order_by(Event.id)).all()
+    assert [tuple(e) for e in events] == [(None, 2), (2, 3)]
+
+
+def test_rows_stored_before_fingerprints_are_compared_by_their_stored_content(store) -> None:
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    with sessions.begin() as s:  # as written before migration 0007
+        s.scalar(select(Message)).fingerprint = None
+    trace = "Received: from relay2.example by mx.itx.net\r\n"
+    outs = st.store_batch([ingest(mail(2, mid="m1@harborview.com", extra=trace), req()),
+                           ingest(mail(3, mid="m1@harborview.com", body="other"), req())])
+    assert [o.disposition for o in outs] == ["duplicate", "work_order"]
+    assert count(sessions, Event, Event.action == "message_id_reused") == 1
+
+
+def test_staff_open_a_stored_message_as_a_work_order_by_the_same_rules(store) -> None:
+    """``open_work_order`` (the desk's "open as work order"): client, due dates from the
+    original arrival, the acknowledgment under the sender's rate limit, an audit event."""
+    st, sessions = store
+    arrived = NOW - timedelta(hours=3)
+    raws = [mail(i, frm="raj@patel.com", body=f"printer {i} broken", at=arrived)
+            for i in (1, 2, 3)]
+    st.store_batch([ingest(r, nonreq("thanks")) for r in raws])
+    opened = []
+    for r in raws:
+        assert r.data is not None
+        with sessions.begin() as s:
+            opened.append(st.open_work_order(s, parse(r.data), req("printer_setup", "normal"),
+                                             arrived, actor="ann", detail={"from_screened": 1}))
+    assert [(o.number, o.acked) for o in opened] == [
+        ("ITX-000001", True), ("ITX-000002", True), ("ITX-000003", False)]  # 2 an hour
+    with sessions() as s:
+        wo = s.get(WorkOrder, opened[0].work_order_id)
+        assert wo.received_at == arrived and wo.client.domain == "patel.com"
+        assert wo.fulfil_due == load_policy().due("printer_setup", "normal", "standard",
+                                                  arrived).fulfil_due
+        created = s.scalar(select(Event).where(Event.action == "created",
+                                               Event.work_order_id == wo.id))
+        assert created.actor == "ann" and created.detail["from_screened"] == 1
+        ob = s.scalar(select(Outbox).where(Outbox.work_order_id == wo.id))
+        assert ob.to_addr == "raj@patel.com" and ob.message_id.startswith("ITX-000001.ack.")
+    assert count(sessions, Event, Event.action == "ack_suppressed") == 1
+    assert count(sessions, Client) == 1
+
+
 def test_reply_threads_and_reopens_without_new_ack(store) -> None:
     st, sessions = store
     st.store_batch([ingest(mail(1), req())])
@@ -314,7 +411,12 @@ def test_bulk_path_decides_as_the_careful_path(db_url: str, tmp_path: Path) -> N
         # replies to 3, in the same batch: threads onto the work order 3 opens
         ingest(mail(4, frm="raj@patel.com", subject="Re: site down",
                     extra="In-Reply-To: <m3@harborview.com>\r\n"), req()),
-        ingest(mail(5, mid="m3@harborview.com"), req()),  # same Message-ID as 3
+        # 3 delivered again: another trace, the same message
+        ingest(mail(5, frm="raj@patel.com", subject="site down", mid="m3@harborview.com",
+                    extra="Received: from relay2.patel.com by mx.itx.net\r\n"),
+               req("website_down")),
+        # another message under 3's Message-ID: its own work order, the reuse recorded
+        ingest(mail(13, mid="m3@harborview.com", body="the printer jams"), req()),
         ingest(mail(6, frm="eve@evil.example", subject="Re: [ITX-000003] reset"),
                req("password_reset")),  # a tag naming 3's work order, from a stranger
         ingest(mail(7, frm="li@harborview.com", subject="Re: [ITX-000001] news?"), req()),
@@ -346,7 +448,7 @@ def test_bulk_path_decides_as_the_careful_path(db_url: str, tmp_path: Path) -> N
     assert handed_over == 0  # the bulk path did it all itself
     assert bulk == careful
     assert [o.disposition for o in bulk[2:]] == [
-        "work_order", "reply", "duplicate", "work_order", "reply", "non_request",
+        "work_order", "reply", "duplicate", "work_order", "work_order", "reply", "non_request",
         "work_order", "work_order", "quarantined", "non_request", "already"]
     assert bulk_rows == careful_rows
 
@@ -355,16 +457,16 @@ def test_a_failed_bulk_write_is_rolled_back_and_the_batch_stored_message_by_mess
         store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows the bulk path wrote before failing are undone (its savepoint), and the careful
     path then stores each message once."""
-    from triage import workorders
+    from triage.store import write_bulk
 
     st, sessions = store
-    real_write = workorders._FastBatch._write
+    real_write = write_bulk.write_rows
 
-    def write_then_fail(self: workorders._FastBatch) -> None:
-        real_write(self)
+    def write_then_fail(*args: object, **kwargs: object) -> None:
+        real_write(*args, **kwargs)  # type: ignore[arg-type]
         raise RuntimeError("refused after writing")
 
-    monkeypatch.setattr(workorders._FastBatch, "_write", write_then_fail)
+    monkeypatch.setattr(write_bulk, "write_rows", write_then_fail)
     outs = st.store_batch([ingest(mail(1), req()), ingest(mail(2, frm="li@x.com"), req()),
                            ingest(mail(3, extra="Auto-Submitted: auto-replied\r\n"),
                                   nonreq("auto_reply"))])

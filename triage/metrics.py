@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 OUTCOMES: tuple[str, ...] = (
     "work_order", "reply", "non_request", "quarantined", "duplicate", "already", "other",
 )
-# The store files unknown non-request kinds as "other" (workorders._non_request).
+# The store files unknown non-request kinds as "other" (triage.store.decide).
 KINDS: tuple[str, ...] = (*NON_REQUEST_KINDS, "other")
 # What the Screened view lists: every non-request kind, and quarantined mail.
 SCREENED_KINDS: tuple[str, ...] = (*KINDS, "quarantined")

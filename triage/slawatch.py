@@ -15,7 +15,6 @@ Escalations carry no client-written text except the work-order number and the su
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.ack import quote_subject
 from triage.calendar import humanize_due
+from triage.outbox_enqueue import Mail, enqueue
 from triage.sla import STANDARD, SlaPolicy
 from triage.slamarks import (
     ONCALL_RETURN,
@@ -42,7 +42,7 @@ from triage.slamarks import (
     out_of_hours_urgent,
     pauses_of,
 )
-from triage.storage.models import Client, Outbox, SlaAlert, User, WorkOrder
+from triage.storage.models import Client, SlaAlert, User, WorkOrder
 
 log = logging.getLogger(__name__)
 
@@ -206,18 +206,11 @@ class SlaWatch:
                 paged = n.state == PAGED
                 kind = "page" if paged else "escalation"
                 to = self._oncall if paged and self._oncall else (assignee or self._lead)
-                row = Outbox(
-                    work_order_id=wo.id, kind=kind, to_addr=to,
-                    # Fixed when written (a resend is the same mail), not guessable.
-                    message_id=(f"{wo.number}.{kind}.{alert.id}."
-                                f"{secrets.token_hex(6)}@{self._domain}"),
-                    template=TEMPLATE,
-                    context=_context(wo, domain, n, kind, now),
-                    status="pending", next_attempt_at=now, created_at=now,
-                )
-                s.add(row)
-                s.flush()
-                alert.outbox_id = row.id
+                # Numbered by the alert, so one notice has one Message-ID.
+                (alert.outbox_id,) = enqueue(s.connection(), [Mail(
+                    kind=kind, work_order_id=wo.id, number=str(wo.number), to_addr=to,
+                    template=TEMPLATE, context=_context(wo, domain, n, kind, now),
+                    serial=alert.id)], domain=self._domain, now=now)
         except IntegrityError:
             log.debug("SLA notice %s/%s/%s already queued", wo.number, n.target, n.state)
             return False

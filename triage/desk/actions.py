@@ -10,7 +10,6 @@ dates from the original arrival time and is kept as a ``Correction`` for the nig
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,10 +18,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage.outbox_enqueue import Mail, enqueue, sender_domain
 from triage.parse import clean_header
 from triage.sla import SlaPolicy
 from triage.slamarks import apply_marks, contract_calendar, end_pause, pauses_of, start_pause
-from triage.storage.models import Correction, Event, Message, Outbox, User, WorkOrder
+from triage.storage.models import Correction, Event, Message, User, WorkOrder
 
 STATUSES = ("new", "open", "waiting_client", "resolved")
 STATUS_LABELS = {"new": "New", "open": "Open", "waiting_client": "Waiting on client",
@@ -56,7 +56,7 @@ class Desk:
         self._policy = policy
         self._cfg = config
         self._clock = clock
-        self._domain = config.from_address.rsplit("@", 1)[-1] or "itx.net"
+        self._domain = sender_domain(config.from_address)
 
     # ---- plumbing -----------------------------------------------------------------------
     def _locked(self, s: Session, number: str) -> WorkOrder:
@@ -205,27 +205,21 @@ class Desk:
             if not wo.requester:
                 raise ActionError("this work order has no sender address to reply to")
             in_reply_to, references = self._thread_ids(s, wo)
-            row = Outbox(
-                work_order_id=wo.id, kind="reply", to_addr=wo.requester,
-                message_id=f"pending-{wo.number}-reply-{secrets.token_hex(4)}",
-                template="reply",
+            (outbox_id,) = enqueue(s.connection(), [Mail(
+                kind="reply", work_order_id=wo.id, number=str(wo.number),
+                to_addr=wo.requester, template="reply",
                 context={"number": wo.number, "subject": clean_header(wo.subject, 200),
                          "in_reply_to": in_reply_to, "references": references,
                          "body": body, "agent": agent_name or actor,
-                         "at": now.astimezone(UTC).isoformat()},
-                status="pending", next_attempt_at=now, created_at=now,
-            )
-            s.add(row)
-            s.flush()
-            # Fixed now (a resend is the same mail) and unguessable, like acknowledgments.
-            row.message_id = f"{wo.number}.reply.{row.id}.{secrets.token_hex(6)}@{self._domain}"
+                         "at": now.astimezone(UTC).isoformat()})],
+                domain=self._domain, now=now)
             first = wo.first_response_at is None
             if first:
                 wo.first_response_at = now
                 waited = contract_calendar(self._policy, wo.contract).business_time_between(
                     wo.received_at, now, pauses_of(wo))
             self._event(s, wo, actor, "replied",
-                        {"outbox_id": row.id, "first_response": first}, now)
+                        {"outbox_id": outbox_id, "first_response": first}, now)
             if wo.status == "new":
                 wo.status = "open"
             if wait_for_client:

@@ -36,9 +36,8 @@ from triage.desk.actions import ActionError, NotFound
 from triage.messages import ParsedEmail, RawMessage
 from triage.screening import CLOSING, MODEL, SCREENED_BY
 from triage.sla import SlaPolicy
-from triage.slamarks import apply_marks
 from triage.storage.models import Correction, Event, Fetch, Message, WorkOrder
-from triage.workorders import Outcome, WorkOrderStore, format_number, work_order_values
+from triage.workorders import Outcome, WorkOrderStore
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ class Screening:
             if prio not in self._policy.priorities:
                 raise ActionError(f"unknown priority {prio!r}")
             was, by = kind_of(m.disposition, m.reason), m.screened_by
-            wo, acked = open_from_stored(s, self._store, self._policy, m, rtype, prio, actor,
+            wo, acked = open_from_stored(s, self._store, m, rtype, prio, actor,
                                          now)
             if m.disposition == NON_REQUEST:
                 # Training data: the text (exported with the work order's opening message)
@@ -334,33 +333,20 @@ def parsed_of(m: Message) -> ParsedEmail:
         content_hash=m.content_hash)
 
 
-def open_from_stored(s: Session, store: WorkOrderStore, policy: SlaPolicy, m: Message,
+def open_from_stored(s: Session, store: WorkOrderStore, m: Message,
                      request_type: str, priority: str, actor: str, now: datetime
                      ) -> tuple[WorkOrder, bool]:
-    """A work order for a stored message, as the store opens one for fresh mail: its client
-    and contract, due dates from the ORIGINAL arrival, the acknowledgment through the outbox
-    under the same rate limit. The one place that uses the store's internals (its client
-    lookup and acknowledgment queueing), so that they can be rewired in one place."""
+    """A work order for a stored message, by the rules the store opens one for fresh mail
+    (``WorkOrderStore.open_work_order``): its client and contract, due dates from the
+    ORIGINAL arrival, the acknowledgment through the outbox under the same limits."""
     p = parsed_of(m)
-    received = min(m.received_at, now)
-    client = store._client_for(s, p.from_addr)
-    due = policy.due(request_type, priority, client.contract, received)
     d = Decision(label=request_type, confidence=1.0, priority=priority, needs_review=False,
                  model_version=str((m.screening or {}).get("model_version") or ""))
-    wo = WorkOrder(client_id=client.id, **work_order_values(
-        p, d, priority, client.contract, received, due, None, 0.0, now))
-    apply_marks(wo, policy, store._cfg.at_risk_fraction)
-    s.add(wo)
-    s.flush()
-    wo.number = format_number(wo.id)
-    s.add(Event(work_order_id=wo.id, actor=actor, action="created",
-                detail={"type": request_type, "priority": priority, "confidence": 1.0,
-                        "from_screened": m.id}, at=now))
-    acked, why_not = store._queue_ack(s, wo, p, due, now)
-    if not acked:
-        s.add(Event(work_order_id=wo.id, actor="system", action="ack_suppressed",
-                    detail={"reason": why_not}, at=now))
-    return wo, acked
+    opened = store.open_work_order(s, p, d, min(m.received_at, now), actor=actor,
+                                   detail={"from_screened": m.id})
+    wo = s.get(WorkOrder, opened.work_order_id)
+    assert wo is not None
+    return wo, opened.acked
 
 
 def headers_of(m: Message) -> Sequence[tuple[str, str]]:

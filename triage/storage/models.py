@@ -95,6 +95,9 @@ class Message(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(1024), unique=True)
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     content_hash: Mapped[str] = mapped_column(String(64))
+    # What makes the message itself (triage.store.model.fingerprint): a Message-ID seen
+    # again with another fingerprint is another message. NULL: written before migration 0007.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     from_addr: Mapped[str] = mapped_column(String(320), default="", index=True)
     from_name: Mapped[str] = mapped_column(String(255), default="")
