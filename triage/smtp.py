@@ -34,7 +34,7 @@ import os
 import re
 import ssl
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
 from email.message import EmailMessage
@@ -413,17 +413,8 @@ class SmtpTransport:
         if self._state != _State.OPEN:
             raise RuntimeError(f"SMTP transport is {self._state}; use it inside 'async with'")
         async with self._lock:
-            for _ in range(2):
-                reused = self._smtp.is_connected
-                if not reused:
-                    failure = await self._connect()
-                    if failure is not None:
-                        return failure
-                try:
-                    return await self._probe(sender, rcpts, reused=reused)
-                except _Stale:
-                    self._drop()
-        raise AssertionError("unreachable: a fresh connection never raises _Stale")
+            return await self._on_connection(
+                lambda reused: self._probe(sender, rcpts, reused=reused))
 
     async def _probe(self, sender: str, rcpts: tuple[str, ...], *, reused: bool) -> SendResult:
         smtp = self._smtp
@@ -454,6 +445,15 @@ class SmtpTransport:
     async def _send_locked(
         self, msg: Mail, sender: str, rcpts: tuple[str, ...], ready: Awaitable[object] | None
     ) -> SendResult:
+        return await self._on_connection(
+            lambda reused: self._transaction(msg, sender, rcpts, ready, reused=reused))
+
+    async def _on_connection(
+        self, exchange: Callable[[bool], Awaitable[SendResult]]
+    ) -> SendResult:
+        """``exchange(reused)`` on the open connection, or a new one. A reused connection the
+        server has dropped since (it answers the first command with 421 or a reset) is
+        replaced once; a fresh one never raises ``_Stale``."""
         for _ in range(2):
             reused = self._smtp.is_connected
             if not reused:
@@ -461,7 +461,7 @@ class SmtpTransport:
                 if failure is not None:
                     return failure
             try:
-                return await self._transaction(msg, sender, rcpts, ready, reused=reused)
+                return await exchange(reused)
             except _Stale as exc:
                 logger.info(
                     "smtp %s: connection went stale (%s); reconnecting", self.settings.name, exc

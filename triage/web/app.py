@@ -60,6 +60,7 @@ from triage.desk.sent import SentAcks
 from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
 from triage.storage.models import Outbox, WorkOrder
+from triage.web.params import known
 from triage.web.screened import ScreenedRoutes
 
 log = logging.getLogger(__name__)
@@ -276,13 +277,6 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
         per_page: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> QueueFilter:
-        def known(v: str | None, allowed: tuple[str, ...]) -> str | None:
-            if v in (None, ""):
-                return None
-            if v not in allowed:
-                raise HTTPException(422, f"unknown value {v!r}; expected one of {allowed}")
-            return v
-
         return QueueFilter(
             request_type=known(type, policy.types), priority=known(priority, policy.priorities),
             status=known(status, STATUS_FILTERS) or ACTIVE, assignee=assignee or None,

@@ -33,6 +33,7 @@ from triage.desk.screened import (
     screened_page,
 )
 from triage.storage.models import Message, WorkOrder
+from triage.web.params import known
 
 RAW_SHOWN = 20_000  # characters of a quarantined message's raw bytes shown as text
 
@@ -65,13 +66,6 @@ class ScreenedRoutes:
             page: Annotated[int, Query(ge=1, le=100_000)] = 1,
             per_page: Annotated[int, Query(ge=1, le=200)] = 50,
         ) -> ScreenedFilter:
-            def known(v: str | None, allowed: tuple[str, ...]) -> str | None:
-                if v in (None, ""):
-                    return None
-                if v not in allowed:
-                    raise HTTPException(422, f"unknown value {v!r}; expected one of {allowed}")
-                return v
-
             return ScreenedFilter(kind=known(kind, KIND_FILTERS), by=known(by, SCREENED_BY),
                                   page=page, page_size=per_page)
 
