@@ -50,7 +50,7 @@ class SlaPolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    """One SLA target in the units of DESIGN.md: business_hours, business_days or hours."""
+    """One SLA target in the units of docs/design.md: business_hours, business_days or hours."""
 
     unit: str
     amount: float

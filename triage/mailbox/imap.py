@@ -184,7 +184,7 @@ def _criteria(mark: str) -> tuple[str, ...]:
 
 
 class ImapMailbox:
-    """One IMAP folder. Not safe for concurrent use: one poller per mailbox (see DESIGN)."""
+    """One IMAP folder. Not safe for concurrent use: one poller per mailbox (see docs/design.md)."""
 
     def __init__(
         self,
