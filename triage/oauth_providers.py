@@ -103,7 +103,7 @@ def msal_app(credential: Credential, timeout: float = HTTP_TIMEOUT,
     unless ``public`` or it has neither (a public client's device-code login). Building it
     asks the authority's OpenID discovery document; a custom authority (tests, sovereign
     clouds) is taken as given, without Microsoft's instance discovery."""
-    import msal
+    import msal  # type: ignore[import-untyped]
 
     authority = credential.authority or MICROSOFT_AUTHORITY + "/organizations"
     known = urlsplit(authority).hostname == urlsplit(MICROSOFT_AUTHORITY).hostname
@@ -178,7 +178,7 @@ class MicrosoftAppSource(TokenSource):
         return await asyncio.to_thread(self._acquire)
 
     def _acquire(self) -> tuple[str, float]:
-        import msal
+        import msal  # type: ignore[import-untyped]
 
         c = self.credential
         if self._app is None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, insert, select, update
 
 from triage.lease import lock_for_transaction
 from triage.oauth import REFRESH_MARGIN, Credential, TokenRejected
@@ -84,9 +84,9 @@ class TokenStore:
         now = self._clock()
         with self.engine.begin() as conn:
             lock_for_transaction(conn, _lock_name(credential))
-            conn.execute(OAuthToken.__table__.delete().where(
+            conn.execute(delete(OAuthToken).where(
                 OAuthToken.key == credential.store_key))
-            conn.execute(OAuthToken.__table__.insert().values(
+            conn.execute(insert(OAuthToken).values(
                 key=credential.store_key, name=credential.name,
                 refresh_token=self._seal(grant.refresh_token),
                 access_token=self._seal(grant.access_token),
@@ -131,7 +131,7 @@ class TokenStore:
             issued = row.issued_at
             if grant.refresh_token:
                 values["issued_at"] = issued = now
-            conn.execute(OAuthToken.__table__.update().where(
+            conn.execute(update(OAuthToken).where(
                 OAuthToken.key == credential.store_key).values(**values))
         if grant.refresh_token:
             log.info("oauth %s: refresh token rotated and saved", credential.name)
@@ -139,7 +139,7 @@ class TokenStore:
 
     def forget(self, credential: Credential) -> bool:
         with self.engine.begin() as conn:
-            n = conn.execute(OAuthToken.__table__.delete().where(
+            n = conn.execute(delete(OAuthToken).where(
                 OAuthToken.key == credential.store_key)).rowcount
         return bool(n)
 
