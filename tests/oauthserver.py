@@ -31,7 +31,9 @@ The certificate chain is a test CA made with ``cryptography``: clients trust it 
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import secrets
@@ -156,6 +158,9 @@ class TokenServer:
     tokens: dict[str, _Token] = field(default_factory=dict)
     refresh_tokens: dict[str, _Token] = field(default_factory=dict)  # the live ones only
     devices: dict[str, _Device] = field(default_factory=dict)  # by device_code
+    # Google's installed-app consent: who "signs in" at /authorize, and the codes it gave.
+    consenting_user: str | None = None
+    codes: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)  # every token handed out, in order
     requests: list[str] = field(default_factory=list)  # "token ok", "introspect inactive" ...
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -266,6 +271,13 @@ class TokenServer:
                 return None  # quiet: tokens travel in bodies, never in request lines
 
             def do_GET(self) -> None:
+                if self.path.startswith("/authorize?"):
+                    status, location = owner._authorize(self.path)
+                    self.send_response(status)
+                    self.send_header("Location", location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self._reply(*owner._get(self.path))
 
             def do_POST(self) -> None:
@@ -340,7 +352,7 @@ class TokenServer:
         grant = form.get("grant_type")
         if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return self._jwt_bearer(form, url)
-        if grant not in ("client_credentials", "refresh_token",
+        if grant not in ("client_credentials", "refresh_token", "authorization_code",
                          "urn:ietf:params:oauth:grant-type:device_code"):
             self.requests.append("token unsupported")
             return 400, {"error": "unsupported_grant_type",
@@ -364,6 +376,17 @@ class TokenServer:
                              "AADSTS700082: The refresh token has expired or was revoked."}
             self.requests.append("refresh ok")
             return 200, self._issue(client_id, old.username, refresh=True)
+        if grant == "authorization_code":
+            bound = self.codes.pop(form.get("code", ""), None)
+            verifier = form.get("code_verifier", "").encode()
+            challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()) \
+                .rstrip(b"=").decode()
+            if bound is None or bound[0] != client_id or bound[2] != challenge or \
+                    bound[3] != form.get("redirect_uri"):
+                self.requests.append("code refused")
+                return 400, {"error": "invalid_grant", "error_description": "Bad Request"}
+            self.requests.append("code ok")
+            return 200, self._issue(client_id, bound[1], refresh=True)
         device = self.devices.get(form.get("device_code", ""))
         if device is None or device.expires <= time.time():
             return 400, {"error": "expired_token", "error_description": "AADSTS70019: expired"}
@@ -425,6 +448,23 @@ class TokenServer:
                          "not authorized for any of the scopes requested."}
         self.requests.append("jwt ok")
         return 200, self._issue(issuer, user)
+
+    def _authorize(self, path: str) -> tuple[int, str]:
+        """The consent page, as if ``consenting_user`` signed in and allowed access: back to
+        the redirect URI (a loopback one only) with a code bound to the PKCE challenge."""
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query))
+        redirect = q.get("redirect_uri", "")
+        if not redirect.startswith("http://127.0.0.1:") or q.get("client_id") not in \
+                self.clients or q.get("code_challenge_method") != "S256":
+            return 400, "about:blank"
+        with self.lock:
+            user = self.consenting_user
+            if user is None:
+                return 302, f"{redirect}?error=access_denied&state={q.get('state', '')}"
+            code = secrets.token_urlsafe(16)
+            self.codes[code] = (q["client_id"], user, q.get("code_challenge", ""), redirect)
+        return 302, redirect + "?" + urllib.parse.urlencode(
+            {"code": code, "state": q.get("state", ""), "scope": q.get("scope", "")})
 
     def _device(self, form: dict[str, str]) -> tuple[int, dict[str, object]]:
         if form.get("client_id") not in self.clients:

@@ -10,9 +10,12 @@ import asyncio
 import datetime
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -351,3 +354,68 @@ async def test_tasks_share_one_google_grant(tokens: TokenServer, tmp_path: Path)
     got = await asyncio.gather(*(source.token() for _ in range(4)))
     assert len(set(got)) == 1 and tokens.requests.count("jwt ok") == before + 1
     assert time.time() < (source.expires_at or 0)
+
+
+# ---- google, installed app: triage oauth login with a loopback redirect ---------------------
+async def test_google_installed_app_login_then_imap(tokens: TokenServer, dovecot_oauth,
+                                                    tmp_path: Path) -> None:
+    """``triage oauth login`` prints the consent URL; the "browser" (urllib) opens it, the
+    server's consent sends it to the loopback port with a code, the command exchanges it
+    (PKCE) and stores the refresh token; the mailbox then logs in on Dovecot with a token
+    redeemed from it."""
+    user = dovecot_oauth.user
+    cid, secret = tokens.add_client("")
+    key = Fernet.generate_key().decode()
+    db = f"sqlite:///{tmp_path / 'triage.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | {
+        "TRIAGE_MAILBOX_URL": f"imap+plain://{user}@127.0.0.1:{dovecot_oauth.port}/INBOX",
+        "TRIAGE_MAILBOX_AUTH": "xoauth2", "TRIAGE_OAUTH_PROVIDER": "google",
+        "TRIAGE_OAUTH_FLOW": "delegated", "TRIAGE_OAUTH_CLIENT_ID": cid,
+        "TRIAGE_OAUTH_CLIENT_SECRET": secret, "TRIAGE_OAUTH_TOKEN_URL": tokens.token_url,
+        "TRIAGE_OAUTH_AUTH_URL": f"{tokens.url}/authorize",
+        "TRIAGE_OAUTH_CA_FILE": str(tokens.ca.ca), "TRIAGE_OAUTH_TOKEN_KEY": key,
+        "TRIAGE_DATABASE_URL": db}
+    tokens.consenting_user = user
+    lines: list[str] = []
+    ctx = ssl.create_default_context(cafile=str(tokens.ca.ca))
+    try:
+        with subprocess.Popen([sys.executable, "-m", "triage", "oauth", "login"], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as proc:
+            assert proc.stdout is not None
+            try:
+                for line in proc.stdout:
+                    lines.append(line)
+                    if line.startswith("url: "):
+                        url = line.split(None, 1)[1].strip()
+                        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+                        assert query["code_challenge_method"] == "S256"
+                        assert query["scope"] == "https://mail.google.com/"
+                        with urllib.request.urlopen(url, timeout=30, context=ctx) as r:
+                            assert b"Authorised" in r.read()
+                proc.wait(120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    finally:
+        tokens.consenting_user = None
+    out = "".join(lines)
+    assert proc.returncode == 0, out
+    assert f"authorised: {user}" in out and secret not in out
+    settings = Settings(**_settings_kw(env))
+    engine = make_engine(db)
+    try:
+        sources = TokenSources()
+        sources.store = TokenStore(engine, key)
+        credential = settings.mailbox_credential(settings.mailbox_configs()[0])
+        assert credential is not None
+        source = sources.get(credential)
+        refreshes = tokens.requests.count("refresh ok")
+        source.invalidate(await source.token())  # the login's token refused: redeem the RT
+        mailbox = ImapMailbox(dovecot_oauth.host, dovecot_oauth.port, user, "",
+                              security="plain", tokens=source)
+        await mailbox.connect()
+        await mailbox.close()
+        assert tokens.requests.count("refresh ok") == refreshes + 1
+    finally:
+        engine.dispose()
