@@ -10,6 +10,19 @@ It does what the mail servers and the daemon need from an identity provider, and
   Dovecot reads any other status as "temporarily unavailable");
 - ``POST /revoke``: RFC 7009, one token.
 
+And what the ``microsoft`` and ``google`` providers' libraries ask:
+
+- ``GET /TENANT/v2.0/.well-known/openid-configuration``: the OpenID discovery document msal
+  reads for an authority ``https://127.0.0.1:PORT/TENANT``; its token endpoint
+  ``/TENANT/oauth2/v2.0/token`` is the same grant handler as ``/token``;
+- a client assertion (a JWT signed with the app's certificate key, RS256 or PS256) in place
+  of a client secret, checked against the registered public key;
+- the device-code flow (``/TENANT/oauth2/v2.0/devicecode``; ``approve_device``) and the
+  refresh-token grant, rotating the refresh token on every use and refusing the old one at
+  once (stricter than Entra ID, so that two processes racing a rotation fail visibly);
+- Google's JWT-bearer grant (RFC 7523) from a service account, its signature checked with
+  the account's public key, ``sub`` = the user it may act for (domain-wide delegation).
+
 Tests pull its levers directly: ``lifetime`` for new tokens, ``revoke_client`` (the secret
 stops working and the client's tokens go inactive), ``revoke_token``, ``expire_tokens``.
 The certificate chain is a test CA made with ``cryptography``: clients trust it through
@@ -18,7 +31,9 @@ The certificate chain is a test CA made with ``cryptography``: clients trust it 
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import secrets
@@ -31,7 +46,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -106,9 +123,19 @@ def make_test_ca(folder: Path) -> OAuthCA:
 
 @dataclass
 class _Client:
-    secret: str
+    secret: str | None  # None: a public client (device code) or a certificate-only app
     username: str  # what introspection reports: the mailbox the app may open
     revoked: bool = False
+    public_key: Any = None  # a certificate's key: client assertions are checked with it
+    users: tuple[str, ...] = ()  # a service account: whom it may act for
+
+
+@dataclass
+class _Device:
+    client_id: str
+    user_code: str
+    expires: float
+    username: str | None = None  # set by approve_device
 
 
 @dataclass
@@ -129,6 +156,11 @@ class TokenServer:
     port: int = 0
     clients: dict[str, _Client] = field(default_factory=dict)
     tokens: dict[str, _Token] = field(default_factory=dict)
+    refresh_tokens: dict[str, _Token] = field(default_factory=dict)  # the live ones only
+    devices: dict[str, _Device] = field(default_factory=dict)  # by device_code
+    # Google's installed-app consent: who "signs in" at /authorize, and the codes it gave.
+    consenting_user: str | None = None
+    codes: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)  # every token handed out, in order
     requests: list[str] = field(default_factory=list)  # "token ok", "introspect inactive" ...
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -155,6 +187,40 @@ class TokenServer:
         with self.lock:
             self.clients[client_id] = _Client(secret, username)
         return client_id, secret
+
+    def add_cert_client(self, username: str, public_key: Any) -> str:
+        """An app that proves itself with a certificate's private key: its client_id."""
+        client_id = f"app-{secrets.token_hex(4)}"
+        with self.lock:
+            self.clients[client_id] = _Client(None, username, public_key=public_key)
+        return client_id
+
+    def add_public_client(self) -> str:
+        """A public client (no secret) for delegated logins: its client_id."""
+        client_id = f"pub-{secrets.token_hex(4)}"
+        with self.lock:
+            self.clients[client_id] = _Client(None, "")
+        return client_id
+
+    def add_service_account(self, email: str, public_key: Any, users: tuple[str, ...]) -> None:
+        """A Google service account allowed (domain-wide delegation) to act for ``users``."""
+        with self.lock:
+            self.clients[email] = _Client(None, "", public_key=public_key, users=users)
+
+    def approve_device(self, user_code: str, username: str) -> None:
+        """The user signs in at the verification page and enters ``user_code``."""
+        with self.lock:
+            for d in self.devices.values():
+                if d.username is None and d.user_code == user_code:
+                    d.username = username
+                    return
+        raise KeyError(user_code)
+
+    def revoke_refresh_tokens(self, client_id: str) -> None:
+        """The user's grant is withdrawn (a password reset, an admin's revocation)."""
+        with self.lock:
+            for rt in [k for k, t in self.refresh_tokens.items() if t.client_id == client_id]:
+                del self.refresh_tokens[rt]
 
     def revoke_client(self, client_id: str) -> None:
         """The secret stops working and every token issued to it goes inactive."""
@@ -204,10 +270,22 @@ class TokenServer:
             def log_message(self, format: str, *args: object) -> None:
                 return None  # quiet: tokens travel in bodies, never in request lines
 
+            def do_GET(self) -> None:
+                if self.path.startswith("/authorize?"):
+                    status, location = owner._authorize(self.path)
+                    self.send_response(status)
+                    self.send_header("Location", location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._reply(*owner._get(self.path))
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                status, answer = owner._answer(self.path, form)
+                self._reply(*owner._answer(self.path, form))
+
+            def _reply(self, status: int, answer: dict[str, object]) -> None:
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -233,10 +311,28 @@ class TokenServer:
             self._thread.join(10)
             self._thread = None
 
+    def _get(self, path: str) -> tuple[int, dict[str, object]]:
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if parts[1:] == ["v2.0", ".well-known", "openid-configuration"]:
+            tenant = parts[0]
+            if tenant == "no-such-tenant":
+                return 400, {"error": "invalid_tenant", "error_description":
+                             f"AADSTS90002: Tenant '{tenant}' not found."}
+            with self.lock:
+                self.requests.append("discovery")
+            base = f"{self.url}/{tenant}"
+            return 200, {"issuer": f"{base}/v2.0",
+                         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                         "token_endpoint": f"{base}/oauth2/v2.0/token",
+                         "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode"}
+        return 404, {"error": "not_found"}
+
     def _answer(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, object]]:
         with self.lock:
-            if path == "/token":
-                return self._grant(form)
+            if path == "/token" or path.endswith("/oauth2/v2.0/token"):
+                return self._grant(form, f"{self.url}{path}")
+            if path.endswith("/oauth2/v2.0/devicecode"):
+                return self._device(form)
             if path == "/introspect":
                 t = self.tokens.get(form.get("token", ""))
                 if t is None or t.revoked or t.expires <= time.time():
@@ -252,26 +348,149 @@ class TokenServer:
                 return 200, {}
         return 404, {"error": "not_found"}
 
-    def _grant(self, form: dict[str, str]) -> tuple[int, dict[str, object]]:
-        if form.get("grant_type") != "client_credentials":
+    def _grant(self, form: dict[str, str], url: str) -> tuple[int, dict[str, object]]:
+        grant = form.get("grant_type")
+        if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return self._jwt_bearer(form, url)
+        if grant not in ("client_credentials", "refresh_token", "authorization_code",
+                         "urn:ietf:params:oauth:grant-type:device_code"):
             self.requests.append("token unsupported")
             return 400, {"error": "unsupported_grant_type",
                          "error_description": "AADSTS70003: grant type not supported."}
-        client = self.clients.get(form.get("client_id", ""))
+        client_id = form.get("client_id", "")
+        client = self.clients.get(client_id)
         if client is None:
             self.requests.append("token unknown client")
             return 400, {"error": "unauthorized_client", "error_description": UNKNOWN_CLIENT}
-        if client.revoked or not secrets.compare_digest(client.secret,
-                                                        form.get("client_secret", "")):
+        refusal = self._authenticate(client, client_id, form, url)
+        if refusal is not None:
+            return refusal
+        if grant == "client_credentials":
+            self.requests.append("token ok")
+            return 200, self._issue(client_id, client.username)
+        if grant == "refresh_token":
+            old = self.refresh_tokens.pop(form.get("refresh_token", ""), None)
+            if old is None or old.client_id != client_id:
+                self.requests.append("refresh refused")
+                return 400, {"error": "invalid_grant", "error_description":
+                             "AADSTS700082: The refresh token has expired or was revoked."}
+            self.requests.append("refresh ok")
+            return 200, self._issue(client_id, old.username, refresh=True)
+        if grant == "authorization_code":
+            bound = self.codes.pop(form.get("code", ""), None)
+            verifier = form.get("code_verifier", "").encode()
+            challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()) \
+                .rstrip(b"=").decode()
+            if bound is None or bound[0] != client_id or bound[2] != challenge or \
+                    bound[3] != form.get("redirect_uri"):
+                self.requests.append("code refused")
+                return 400, {"error": "invalid_grant", "error_description": "Bad Request"}
+            self.requests.append("code ok")
+            return 200, self._issue(client_id, bound[1], refresh=True)
+        device = self.devices.get(form.get("device_code", ""))
+        if device is None or device.expires <= time.time():
+            return 400, {"error": "expired_token", "error_description": "AADSTS70019: expired"}
+        if device.username is None:
+            return 400, {"error": "authorization_pending",
+                         "error_description": "AADSTS70016: pending"}
+        del self.devices[form["device_code"]]
+        self.requests.append("device ok")
+        return 200, self._issue(client_id, device.username, refresh=True)
+
+    def _authenticate(self, client: _Client, client_id: str, form: dict[str, str],
+                      url: str) -> tuple[int, dict[str, object]] | None:
+        """A client secret, a client assertion, or nothing (a public client)."""
+        if client.revoked:
             self.requests.append("token bad secret")
             return 401, {"error": "invalid_client", "error_description": BAD_SECRET}
+        if client.public_key is not None:
+            assertion = form.get("client_assertion", "")
+            try:
+                claims = jwt.decode(assertion, client.public_key, algorithms=["RS256", "PS256"],
+                                    audience=url, issuer=client_id)
+                ok = claims.get("sub") == client_id
+            except jwt.PyJWTError:
+                ok = False
+            if not ok or form.get("client_assertion_type") != \
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+                self.requests.append("token bad assertion")
+                return 401, {"error": "invalid_client", "error_description":
+                             "AADSTS700027: Client assertion contains an invalid signature."}
+            return None
+        if client.secret is None:
+            return None
+        if not secrets.compare_digest(client.secret, form.get("client_secret", "")):
+            self.requests.append("token bad secret")
+            return 401, {"error": "invalid_client", "error_description": BAD_SECRET}
+        return None
+
+    def _jwt_bearer(self, form: dict[str, str], url: str) -> tuple[int, dict[str, object]]:
+        """Google's service-account grant: the assertion's signature, audience and subject."""
+        assertion = form.get("assertion", "")
+        try:
+            issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss", "")
+            account = self.clients.get(issuer)
+            if account is None or account.public_key is None or account.revoked:
+                raise jwt.InvalidIssuerError(issuer)
+            # google-auth always names Google's token endpoint as the audience, whatever
+            # token_uri says (Google takes that, or its own URL).
+            claims = jwt.decode(assertion, account.public_key, algorithms=["RS256"],
+                                audience=[url, "https://oauth2.googleapis.com/token"],
+                                issuer=issuer)
+        except jwt.PyJWTError:
+            self.requests.append("jwt bad")
+            return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+        user = str(claims.get("sub") or "")
+        if user not in account.users or claims.get("scope") != "https://mail.google.com/":
+            self.requests.append("jwt unauthorized")
+            return 401, {"error": "unauthorized_client", "error_description": "Client is "
+                         "unauthorized to retrieve access tokens using this method, or client "
+                         "not authorized for any of the scopes requested."}
+        self.requests.append("jwt ok")
+        return 200, self._issue(issuer, user)
+
+    def _authorize(self, path: str) -> tuple[int, str]:
+        """The consent page, as if ``consenting_user`` signed in and allowed access: back to
+        the redirect URI (a loopback one only) with a code bound to the PKCE challenge."""
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query))
+        redirect = q.get("redirect_uri", "")
+        if not redirect.startswith("http://127.0.0.1:") or q.get("client_id") not in \
+                self.clients or q.get("code_challenge_method") != "S256":
+            return 400, "about:blank"
+        with self.lock:
+            user = self.consenting_user
+            if user is None:
+                return 302, f"{redirect}?error=access_denied&state={q.get('state', '')}"
+            code = secrets.token_urlsafe(16)
+            self.codes[code] = (q["client_id"], user, q.get("code_challenge", ""), redirect)
+        return 302, redirect + "?" + urllib.parse.urlencode(
+            {"code": code, "state": q.get("state", ""), "scope": q.get("scope", "")})
+
+    def _device(self, form: dict[str, str]) -> tuple[int, dict[str, object]]:
+        if form.get("client_id") not in self.clients:
+            return 400, {"error": "unauthorized_client", "error_description": UNKNOWN_CLIENT}
+        code, user_code = secrets.token_urlsafe(24), secrets.token_hex(4).upper()
+        self.devices[code] = _Device(form["client_id"], user_code, time.time() + 900)
+        verify = f"{self.url}/devicelogin"
+        return 200, {"device_code": code, "user_code": user_code, "verification_uri": verify,
+                     "expires_in": 900, "interval": 1,
+                     "message": f"To sign in, use a web browser to open the page {verify} "
+                                f"and enter the code {user_code} to authenticate."}
+
+    def _issue(self, client_id: str, username: str, *, refresh: bool = False,
+               ) -> dict[str, object]:
         token = secrets.token_urlsafe(32)
-        self.tokens[token] = _Token(form["client_id"], client.username,
-                                    time.time() + self.lifetime)
+        self.tokens[token] = _Token(client_id, username, time.time() + self.lifetime)
         self.issued.append(token)
-        self.requests.append("token ok")
-        return 200, {"access_token": token, "token_type": "Bearer",
-                     "expires_in": self.lifetime, "ext_expires_in": self.lifetime}
+        answer: dict[str, object] = {"access_token": token, "token_type": "Bearer",
+                                     "expires_in": self.lifetime,
+                                     "ext_expires_in": self.lifetime}
+        if refresh:
+            rt = f"RT.{secrets.token_urlsafe(32)}"
+            self.refresh_tokens[rt] = _Token(client_id, username, time.time() + 90 * 86400)
+            answer["refresh_token"] = rt
+            answer["scope"] = "https://outlook.office.com/IMAP.AccessAsUser.All"
+        return answer
 
 
 @pytest.fixture(scope="session")

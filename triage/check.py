@@ -17,10 +17,13 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from triage.config import MailboxConfig, Settings, load_settings
 from triage.errors import BAD_CONFIGURATION, ConfigError, describe
+
+if TYPE_CHECKING:
+    from triage.oauth import TokenSources
 
 NET_TIMEOUT = 30.0  # seconds for one server's whole check: login, select, search
 _OAUTH_SETTINGS = "TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET"
@@ -162,7 +165,7 @@ async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
     from triage.service import make_mailbox
 
     url = cfg.parsed
-    mailbox = make_mailbox(settings, cfg)
+    mailbox = make_mailbox(settings, cfg, _tokens(settings))
     setting = "TRIAGE_MAILBOXES" if settings.mailboxes else "TRIAGE_MAILBOX_URL"
     try:
         async with asyncio.timeout(NET_TIMEOUT):
@@ -195,6 +198,15 @@ async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
             f"{idle}; {_waiting(waiting)}")
 
 
+def _tokens(settings: Settings) -> TokenSources:
+    """Token sources as the daemon has them: delegated logins read the database."""
+    from triage.service import token_sources
+    from triage.storage.engine import make_engine
+
+    engine = make_engine(settings.database_url) if settings.oauth_token_key else None
+    return token_sources(settings, engine)
+
+
 def _waiting(n: int) -> str:
     return f"{n} message{'' if n == 1 else 's'} waiting"
 
@@ -205,7 +217,7 @@ async def check_smtp(settings: Settings) -> str:
     from triage.service import make_transport
     from triage.smtp import SmtpTransport
 
-    transport = make_transport(settings)
+    transport = make_transport(settings, _tokens(settings))
     if not isinstance(transport, SmtpTransport):
         folder = Path(settings.smtp_url[len("dir://"):])
         probe = folder.absolute()

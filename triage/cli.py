@@ -25,6 +25,7 @@ HANDLERS: dict[str, str] = {
     "client set": "triage.clients:cmd_client_set",
     "user add": "triage.desk.cli:cmd_user_add",
     "user list": "triage.desk.cli:cmd_user_list",
+    "oauth login": "triage.oauth_cli:cmd_login",
 }
 
 
@@ -199,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     ua.add_argument("--api-token", action="store_true",
                     help="issue an API token for scripts (printed once; replaces the old one)")
     user_sub.add_parser("list", help="list staff users")
+
+    oauth = sub.add_parser("oauth", help="OAuth2 logins of xoauth2 mailboxes")
+    oauth_sub = oauth.add_subparsers(dest="oauth_command", required=True, parser_class=_Parser)
+    ol = oauth_sub.add_parser(
+        "login", help="authorise a delegated login once (Microsoft: device code; Google: "
+                      "installed app); stores the refresh token, encrypted",
+        description="For a mailbox whose OAuth app has flow = delegated: prints where to sign "
+                    "in as the mailbox user, waits, and stores the refresh token in the "
+                    "database, encrypted with TRIAGE_OAUTH_TOKEN_KEY.")
+    ol.add_argument("--mailbox", help="the mailbox id (default: the first mailbox)")
+    ol.add_argument("--smtp", action="store_true",
+                    help="authorise SMTP's login (TRIAGE_SMTP_USER) instead of a mailbox")
+    ol.add_argument("--port", type=int, default=0,
+                    help="Google: the loopback port the browser returns to (default: any)")
     return p
 
 
@@ -220,7 +235,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _command_key(ns: argparse.Namespace) -> str:
-    for group in ("sla_command", "db_command", "client_command", "user_command"):
+    for group in ("sla_command", "db_command", "client_command", "user_command",
+                  "oauth_command"):
         sub = getattr(ns, group, None)
         if sub:
             return f"{ns.command} {sub}"

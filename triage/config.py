@@ -33,20 +33,34 @@ if TYPE_CHECKING:
 Auth = Literal["password", "xoauth2"]
 
 
+Provider = Literal["generic", "microsoft", "google"]
+Flow = Literal["app", "delegated"]
+
+
 class OAuthConfig(BaseModel):
     """An OAuth2 app for XOAUTH2 logins (``oauth = {...}`` in a ``[[mailboxes]]`` table;
     the TRIAGE_OAUTH_* settings otherwise). ``generic`` is the client-credentials grant
-    against ``token_url``; see triage.oauth."""
+    against ``token_url``; ``microsoft`` and ``google`` are in triage.oauth_providers. The
+    provider's defaults fill what is not given (its token URL and scope)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: Literal["generic"] = "generic"
+    provider: Provider = "generic"
+    flow: Flow = "app"  # delegated: as a user, by a refresh token from `triage oauth login`
     token_url: str | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
     scope: str = ""
     ca_file: Path | None = None  # trust for the token endpoint; the system's CAs otherwise
     secret_expires: date | datetime | None = None  # the client secret's end date (watched)
+    tenant: str | None = None  # microsoft: the directory (tenant) id or domain
+    authority: str | None = None  # microsoft: https://login.microsoftonline.com/TENANT
+    certificate: Path | None = None  # microsoft app-only: PEM private key (+ certificate)
+    certificate_thumbprint: str | None = None  # its SHA-1 thumbprint (Entra ID shows it)
+    service_account: Path | None = None  # google app: the service account's JSON key file
+    subject: str | None = None  # google app: the user to act as (the login user otherwise)
+    auth_url: str | None = None  # google delegated: the authorisation endpoint
+    refresh_token_days: float = Field(default=90.0, gt=0)  # a stored refresh token's life
 
 
 class MailboxConfig(BaseModel):
@@ -82,12 +96,24 @@ class Settings(BaseSettings):
     # TRIAGE_OAUTH_* app (client credentials against any token endpoint).
     mailbox_auth: Auth = "password"
     smtp_auth: Auth = "password"
-    oauth_provider: Literal["generic"] = "generic"
+    oauth_provider: Provider = "generic"
+    oauth_flow: Flow = "app"
     oauth_token_url: str | None = None
     oauth_client_id: str | None = None
     oauth_client_secret: SecretStr | None = None
     oauth_scope: str = ""
     oauth_ca_file: Path | None = None
+    oauth_tenant: str | None = None
+    oauth_authority: str | None = None
+    oauth_certificate: Path | None = None
+    oauth_certificate_thumbprint: str | None = None
+    oauth_service_account: Path | None = None
+    oauth_subject: str | None = None
+    oauth_auth_url: str | None = None
+    oauth_refresh_token_days: float = Field(default=90.0, gt=0)
+    # Encrypts delegated logins' refresh tokens in the database (Fernet keys, comma-separated:
+    # the first encrypts, all decrypt).
+    oauth_token_key: SecretStr | None = None
     # The client secret's end date (the IdP shows it): exposed as a metric, alerted 14 days
     # ahead, because a secret that lapses stops the mailbox.
     oauth_secret_expires: date | datetime | None = None
@@ -223,10 +249,14 @@ class Settings(BaseSettings):
     def oauth_settings(self) -> OAuthConfig:
         """The TRIAGE_OAUTH_* app, as a mailbox's own ``oauth`` table would give it."""
         return OAuthConfig(
-            provider=self.oauth_provider, token_url=self.oauth_token_url,
+            provider=self.oauth_provider, flow=self.oauth_flow, token_url=self.oauth_token_url,
             client_id=self.oauth_client_id, client_secret=self.oauth_client_secret,
             scope=self.oauth_scope, ca_file=self.oauth_ca_file,
-            secret_expires=self.oauth_secret_expires)
+            secret_expires=self.oauth_secret_expires, tenant=self.oauth_tenant,
+            authority=self.oauth_authority, certificate=self.oauth_certificate,
+            certificate_thumbprint=self.oauth_certificate_thumbprint,
+            service_account=self.oauth_service_account, subject=self.oauth_subject,
+            auth_url=self.oauth_auth_url, refresh_token_days=self.oauth_refresh_token_days)
 
     def mailbox_credential(self, cfg: MailboxConfig) -> Credential | None:
         """The OAuth app a mailbox logs in with; None for a password login. Its metrics
@@ -234,30 +264,77 @@ class Settings(BaseSettings):
         TRIAGE_OAUTH_* one."""
         if cfg.auth != "xoauth2":
             return None
+        user = cfg.parsed.user
         if cfg.oauth is not None:
-            return credential(cfg.oauth, cfg.id)
-        return credential(self.oauth_settings(), "oauth")
+            return credential(cfg.oauth, cfg.id, user)
+        return credential(self.oauth_settings(), "oauth", user)
 
     def smtp_credential(self) -> Credential | None:
         """The OAuth app SMTP logs in with (the TRIAGE_OAUTH_* one); None for a password."""
         if self.smtp_auth != "xoauth2":
             return None
-        return credential(self.oauth_settings(), "oauth")
+        return credential(self.oauth_settings(), "oauth", self.smtp_user or "")
 
 
-def credential(oauth: OAuthConfig, name: str) -> Credential:
-    """The settings as a ``triage.oauth.Credential``; ValueError names what is missing."""
+def credential(oauth: OAuthConfig, name: str, user: str = "") -> Credential:
+    """The settings as a ``triage.oauth.Credential`` for logging in as ``user``, with the
+    provider's defaults; ValueError names what is missing."""
     from triage.oauth import Credential, secret_end
+    from triage.oauth_providers import (
+        GOOGLE_AUTH_URL,
+        GOOGLE_SCOPE,
+        GOOGLE_TOKEN_URL,
+        MICROSOFT_APP_SCOPE,
+        MICROSOFT_AUTHORITY,
+        MICROSOFT_USER_SCOPE,
+    )
 
-    missing = [f for f in ("token_url", "client_id", "client_secret") if not getattr(oauth, f)]
+    token_url, scope, authority = oauth.token_url, oauth.scope, oauth.authority or ""
+    if oauth.provider == "microsoft":
+        if not authority:
+            if not oauth.tenant:
+                raise ValueError("the microsoft provider needs tenant (or authority)")
+            authority = f"{MICROSOFT_AUTHORITY}/{oauth.tenant}"
+        authority = authority.rstrip("/")
+        token_url = token_url or f"{authority}/oauth2/v2.0/token"
+        scope = scope or (MICROSOFT_APP_SCOPE if oauth.flow == "app" else MICROSOFT_USER_SCOPE)
+        needed = ["client_id"]
+    elif oauth.provider == "google":
+        scope = scope or GOOGLE_SCOPE
+        if not token_url and oauth.flow == "app" and oauth.service_account is not None:
+            token_url = _key_file_token_uri(oauth.service_account)
+        token_url = token_url or GOOGLE_TOKEN_URL
+        needed = ["service_account"] if oauth.flow == "app" else ["client_id"]
+        user = oauth.subject or user
+    else:
+        needed = ["token_url", "client_id", "client_secret"]
+    missing = [f for f in needed if not getattr(oauth, f)]
     if missing:
         raise ValueError(f"xoauth2 needs {', '.join(missing)} of the OAuth app")
-    assert oauth.token_url and oauth.client_id and oauth.client_secret
+    assert token_url
     return Credential(
-        name=name, token_url=oauth.token_url, client_id=oauth.client_id,
-        client_secret=oauth.client_secret.get_secret_value(), scope=oauth.scope,
-        provider=oauth.provider, ca_file=oauth.ca_file,
-        secret_expires=secret_end(oauth.secret_expires))
+        name=name, token_url=token_url, client_id=oauth.client_id or "",
+        client_secret=oauth.client_secret.get_secret_value() if oauth.client_secret else "",
+        scope=scope, provider=oauth.provider, ca_file=oauth.ca_file,
+        secret_expires=secret_end(oauth.secret_expires), flow=oauth.flow,
+        authority=authority, certificate=oauth.certificate,
+        certificate_thumbprint=oauth.certificate_thumbprint or "",
+        service_account=oauth.service_account, user=user,
+        auth_url=oauth.auth_url or (GOOGLE_AUTH_URL if oauth.provider == "google" else ""),
+        refresh_token_days=oauth.refresh_token_days)
+
+
+def _key_file_token_uri(path: Path) -> str | None:
+    """The ``token_uri`` a Google service account key file names (None: unreadable here;
+    the token source then says why)."""
+    import json
+
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    uri = info.get("token_uri") if isinstance(info, dict) else None
+    return uri if isinstance(uri, str) else None
 
 
 class MailboxURL:
@@ -423,7 +500,9 @@ _OAUTH_NAMES = "TRIAGE_OAUTH_TOKEN_URL, TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLI
 
 def check_oauth(settings: Settings) -> None:
     """An xoauth2 login has a complete OAuth app behind it, over TLS, for an IMAP mailbox or
-    an SMTP server with a user to log in as."""
+    an SMTP server with a user to log in as; the files it names exist; a delegated login
+    has a key to encrypt its refresh token with."""
+    credentials: list[tuple[str, Credential]] = []
     for i, cfg in enumerate(settings.mailbox_configs()):
         if cfg.auth != "xoauth2":
             continue
@@ -431,11 +510,13 @@ def check_oauth(settings: Settings) -> None:
         if MailboxURL.parse(cfg.url).scheme == "maildir":
             raise ConfigError(f"{where}: xoauth2 is for IMAP mailboxes, not a Maildir: use "
                               "auth = password (the default)")
-        names = f"{where}.oauth" if cfg.oauth is not None else _OAUTH_NAMES
+        names = f"{where}.oauth" if cfg.oauth is not None else _oauth_names(settings)
         try:
-            settings.mailbox_credential(cfg)
+            found = settings.mailbox_credential(cfg)
         except ValueError as e:
             raise ConfigError(f"{names}: {e}: set them (README, OAuth2 mailboxes)") from e
+        assert found is not None
+        credentials.append((names, found))
     if settings.smtp_auth == "xoauth2":
         if settings.smtp_url.startswith("dir://"):
             raise ConfigError("TRIAGE_SMTP_AUTH: xoauth2 needs an SMTP server, not dir://: "
@@ -444,9 +525,38 @@ def check_oauth(settings: Settings) -> None:
             raise ConfigError("TRIAGE_SMTP_USER: xoauth2 logs in as a mailbox: set it to the "
                               "address the acknowledgments are sent from")
         try:
-            settings.smtp_credential()
+            found = settings.smtp_credential()
         except ValueError as e:
-            raise ConfigError(f"{_OAUTH_NAMES}: {e}: set them (README, OAuth2 mailboxes)") from e
+            raise ConfigError(f"{_oauth_names(settings)}: {e}: set them (README, OAuth2 "
+                              "mailboxes)") from e
+        assert found is not None
+        credentials.append((_oauth_names(settings), found))
+    for names, c in credentials:
+        for path in (c.certificate, c.service_account, c.ca_file):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{names}: {path} does not exist: give the path of the "
+                                  "file (README, OAuth2 mailboxes)")
+    if any(c.flow == "delegated" for _, c in credentials):
+        if settings.oauth_token_key is None:
+            raise ConfigError("TRIAGE_OAUTH_TOKEN_KEY: a delegated login keeps its refresh "
+                              "token in the database, encrypted with this key: set it (README, "
+                              "OAuth2 mailboxes)")
+        from triage.oauth_store import token_cipher
+
+        try:
+            token_cipher(settings.oauth_token_key.get_secret_value())
+        except ValueError as e:
+            raise ConfigError(f"TRIAGE_OAUTH_TOKEN_KEY: {e}") from e
+
+
+def _oauth_names(settings: Settings) -> str:
+    """The TRIAGE_OAUTH_* settings an error about the shared app points at."""
+    if settings.oauth_provider == "microsoft":
+        return "TRIAGE_OAUTH_TENANT, TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET"
+    if settings.oauth_provider == "google":
+        return ("TRIAGE_OAUTH_SERVICE_ACCOUNT" if settings.oauth_flow == "app"
+                else "TRIAGE_OAUTH_CLIENT_ID, TRIAGE_OAUTH_CLIENT_SECRET")
+    return _OAUTH_NAMES
 
 
 def check_smtp_url(settings: Settings) -> None:

@@ -164,3 +164,14 @@ def mailbox_lease_name(scheme: str, host: str, port: int, user: str, folder: str
     if scheme == "maildir":
         return f"triage-mailbox:maildir:{path}"
     return f"triage-mailbox:imap:{user}@{host.lower()}:{port}/{folder}"
+
+
+def lock_for_transaction(conn: Connection, name: str) -> None:
+    """Hold ``name`` until ``conn``'s transaction ends, waiting for another holder.
+
+    For short critical sections that several processes must not run at once (an OAuth2
+    refresh-token rotation): PostgreSQL's transaction-level advisory lock, freed by the
+    commit or rollback, or by the connection dying. On SQLite the write transaction
+    (BEGIN IMMEDIATE, triage.storage.engine) already excludes every other writer."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lease_key(name)})

@@ -2,8 +2,11 @@
 
 A ``TokenSource`` hands out an access token for one credential, fetched from the identity
 provider (IdP) when there is none, when the cached one is close to its expiry, and after a
-mail server refused it (``invalidate``). Tokens live in memory only: a client-credentials
-grant gets a new one for the asking, so there is nothing worth keeping across restarts.
+mail server refused it (``invalidate``). App-only credentials (the generic client-credentials
+grant here; Microsoft's client secret or certificate and Google's service account in
+``triage.oauth_providers``) keep their tokens in memory only: a new one is had for the
+asking. Delegated logins (a user's refresh token) keep theirs in the database, encrypted
+(``triage.oauth_store``).
 
 Failures, as the callers need to tell them apart::
 
@@ -37,6 +40,9 @@ from triage.netutil import is_loopback
 log = logging.getLogger(__name__)
 
 Provider = Literal["generic", "microsoft", "google"]
+# app: the app logs in as itself (client credentials, a certificate, a service account);
+# delegated: as a user who authorised it once (``triage oauth login``), by refresh token.
+Flow = Literal["app", "delegated"]
 Outcome = Literal["ok", "rejected", "unavailable"]
 # Refresh when less than this is left (or a quarter of the token's lifetime, if shorter):
 # a login started with the token must finish before it expires.
@@ -67,38 +73,82 @@ class Credential:
     """What to ask the IdP with; ``name`` is the metrics label (a configured token).
 
     ``secret_expires`` is the client secret's end date as the IdP shows it (Entra ID lists
-    it beside the secret): only watched (metric and alert), never enforced here."""
+    it beside the secret): only watched (metric and alert), never enforced here.
+    ``token_url`` is where tokens come from (for ``microsoft``, the authority's token
+    endpoint, which msal finds by discovery; it only names the IdP in messages).
+    ``user`` is the mailbox the token is for: a Google service account's ``subject``, and
+    whose refresh token a delegated login keeps."""
 
     name: str
     token_url: str
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: str = field(default="", repr=False)
     scope: str = ""
     provider: Provider = "generic"
     ca_file: Path | None = None
     secret_expires: datetime | None = None
+    flow: Flow = "app"
+    authority: str = ""  # microsoft: https://login.microsoftonline.com/TENANT
+    certificate: Path | None = None  # microsoft app-only: PEM private key (and certificate)
+    certificate_thumbprint: str = ""  # its SHA-1 thumbprint, as Entra ID shows it
+    service_account: Path | None = None  # google app: the service account's JSON key file
+    user: str = ""
+    auth_url: str = ""  # google delegated: the authorisation endpoint (triage oauth login)
+    refresh_token_days: float = 90.0  # delegated: how long an unused refresh token lives
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.token_url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError(f"token URL must be https://HOST/PATH, not {self.token_url!r}")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            # The client secret goes in the request body.
-            raise ValueError(f"refusing a clear-text token endpoint on {parts.hostname!r}: "
-                             "use https://")
-        if not self.client_id:
+        check_endpoint(self.token_url, "token URL")
+        if self.authority:
+            check_endpoint(self.authority, "authority")
+        if not self.client_id and not (self.provider == "google" and self.flow == "app"):
             raise ValueError("an OAuth client id is needed")
-        if not self.client_secret:
-            raise ValueError("an OAuth client secret is needed")
+        if self.flow == "app":
+            if self.provider == "generic" and not self.client_secret:
+                raise ValueError("an OAuth client secret is needed")
+            if self.provider == "microsoft" and not (self.client_secret or self.certificate):
+                raise ValueError("a client secret or a certificate is needed")
+            if self.provider == "google" and self.service_account is None:
+                raise ValueError("a service account key file is needed")
+        elif self.provider == "generic":
+            raise ValueError("the generic provider logs in as the app only: flow = app")
+        if self.provider == "google" and not self.user:
+            raise ValueError("the mailbox user is needed (the service account's subject)")
+        if self.flow == "delegated" and not self.user:
+            raise ValueError("the mailbox user is needed for a delegated login")
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        """Two settings naming the same app and scope share one cached token."""
-        return (self.provider, self.token_url, self.client_id, self.scope)
+    def key(self) -> tuple[str, ...]:
+        """Two settings naming the same app, scope and user share one cached token."""
+        user = self.user if self.provider == "google" or self.flow == "delegated" else ""
+        return (self.provider, self.flow, self.token_url, self.client_id, self.scope,
+                str(self.service_account or ""), user.lower())
+
+    @property
+    def store_key(self) -> str:
+        """The delegated refresh token's row: the same app, IdP and user in any process."""
+        return "|".join((self.provider, self.authority or self.token_url, self.client_id,
+                         self.user.lower()))
 
     def describe(self) -> str:
         """For logs and ``triage check``: who asks whom, without the secret."""
-        return f"client {self.client_id} at {urlsplit(self.token_url).netloc}"
+        who = self.client_id or "service account"
+        if self.provider == "google" and self.flow == "app":
+            who = f"service account {self.service_account} for {self.user}"
+        elif self.flow == "delegated":
+            who = f"client {self.client_id} for {self.user}"
+        else:
+            who = f"client {who}"
+        return f"{who} at {urlsplit(self.authority or self.token_url).netloc}"
+
+
+def check_endpoint(url: str, what: str) -> None:
+    """An IdP URL: https://, or http:// on loopback only (secrets travel in the body)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{what} must be https://HOST/PATH, not {url!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(f"refusing a clear-text token endpoint on {parts.hostname!r}: "
+                         "use https://")
 
 
 def secret_end(value: date | datetime | None) -> datetime | None:
@@ -255,18 +305,29 @@ class TokenSource:
             except (TypeError, ValueError):
                 lifetime = DEFAULT_LIFETIME
             return token, max(1.0, lifetime)
-        error = str(body.get("error") or f"HTTP {response.status_code}")
-        detail = str(body.get("error_description") or "").splitlines()
-        text = self._mask(f"{error}: {detail[0]}" if detail else error)[:MESSAGE_LIMIT]
-        if 400 <= response.status_code < 500 and (
-                error in _REJECTIONS or response.status_code in (400, 401, 403)):
-            raise TokenRejected(f"token rejected: {text}")
-        raise TokenUnavailable(f"token endpoint {where} answered {response.status_code}: "
-                               f"{text}")
+        raise idp_refusal(body.get("error"), body.get("error_description"),
+                          response.status_code, where, self._mask)
 
     def _mask(self, text: str) -> str:
         secret = self.credential.client_secret
         return text.replace(secret, "***") if secret else text
+
+
+def idp_refusal(error: object, description: object, status: int | None, where: str,
+                mask: Callable[[str], str] = lambda s: s) -> TokenError:
+    """The IdP's error answer as TokenRejected (4xx, or an RFC 6749 5.2 code when the
+    library hides the status) or TokenUnavailable (5xx, anything else), in the IdP's words
+    (the first line of its description: Entra ID's carries AADSTS code, trace and time)."""
+    code = str(error or (f"HTTP {status}" if status else "error"))
+    detail = str(description or "").splitlines()
+    text = mask(f"{code}: {detail[0]}" if detail else code)[:MESSAGE_LIMIT]
+    if status is None:
+        if code in _REJECTIONS:
+            return TokenRejected(f"token rejected: {text}")
+        return TokenUnavailable(f"token endpoint {where} answered: {text}")
+    if 400 <= status < 500 and (code in _REJECTIONS or status in (400, 401, 403)):
+        return TokenRejected(f"token rejected: {text}")
+    return TokenUnavailable(f"token endpoint {where} answered {status}: {text}")
 
 
 class TokenSources:
@@ -275,18 +336,26 @@ class TokenSources:
 
     def __init__(self, observe: Callable[[str, Outcome], None] | None = None,
                  *, clock: Callable[[], float] = time.time) -> None:
-        self._sources: dict[tuple[str, str, str, str], TokenSource] = {}
+        self._sources: dict[tuple[str, ...], TokenSource] = {}
         self._observe = observe
         self._clock = clock
+        # Where delegated logins keep their refresh tokens (triage.oauth_store.TokenStore);
+        # None: a delegated credential fails with a clear TokenRejected.
+        self.store: object | None = None
+        # Called with (credential name, end of life) when a refresh token is read or saved.
+        self.observe_refresh: Callable[[str, datetime], None] | None = None
 
     def get(self, credential: Credential) -> TokenSource:
         source = self._sources.get(credential.key)
         if source is None:
+            from triage.oauth_providers import make_source
+
             observe = self._observe
-            source = TokenSource(
+            source = make_source(
                 credential, clock=self._clock,
                 observe=(lambda outcome: observe(credential.name, outcome))
-                if observe is not None else None)
+                if observe is not None else None,
+                store=self.store, observe_refresh=self.observe_refresh)
             self._sources[credential.key] = source
         return source
 

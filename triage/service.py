@@ -94,6 +94,18 @@ def make_mailbox(settings: Settings, mailbox: MailboxConfig | None = None,
     )
 
 
+def token_sources(settings: Settings, engine: Engine | None,
+                  observe: Callable[[str, str], None] | None = None) -> TokenSources:
+    """The process's token sources; delegated logins keep their refresh tokens in
+    ``engine``'s database, encrypted with TRIAGE_OAUTH_TOKEN_KEY (triage.oauth_store)."""
+    tokens = TokenSources(observe)
+    if engine is not None and settings.oauth_token_key is not None:
+        from triage.oauth_store import TokenStore
+
+        tokens.store = TokenStore(engine, settings.oauth_token_key.get_secret_value())
+    return tokens
+
+
 def make_transport(settings: Settings, tokens: TokenSources | None = None) -> Transport:
     from triage.smtp import transport_from_url
 
@@ -228,7 +240,8 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
         fulfil_within=policy.fulfil_in_words,
     )
     metrics = Metrics()
-    tokens = TokenSources(metrics.observe_token_request)
+    tokens = token_sources(settings, engine, metrics.observe_token_request)
+    tokens.observe_refresh = metrics.observe_refresh_token
     transport = transport or make_transport(settings, tokens)
     env = make_env(settings.templates_dir)
     configs = settings.mailbox_configs()
@@ -260,6 +273,9 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
                 clock, on_first_response=metrics.observe_first_response)
     for source in tokens:
         metrics.observe_credential(source.credential)
+        load_age = getattr(source, "load_refresh_token_age", None)
+        if load_age is not None:
+            load_age()
     return Components(engine, policy, runner, transport, reads, metrics, watch, desk, sessions,
                       clock, runners, ingest, store, tokens)
 

@@ -310,7 +310,25 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class OAuthToken(Base):
+    """A delegated OAuth2 login (``triage oauth login``): the user's refresh token and the
+    access token it last gave, both encrypted (triage.oauth_store), shared by every process
+    on the database so that one rotation is seen by all."""
+
+    __tablename__ = "oauth_tokens"
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)  # Credential.store_key
+    name: Mapped[str] = mapped_column(String(64))  # the credential's metrics label
+    refresh_token: Mapped[str] = mapped_column(Text)  # Fernet token
+    access_token: Mapped[str | None] = mapped_column(Text, nullable=True)  # Fernet token
+    access_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When the IdP issued the refresh token held now (the login, or its last rotation).
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    authorised_at: Mapped[datetime] = mapped_column(default=utcnow)  # the login
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 __all__ = [
     "AttachmentRow", "Base", "Client", "Correction", "Event", "Fetch", "MailboxState",
-    "Message", "Outbox", "RawBlob", "SlaAlert", "User", "WebSession", "WorkOrder", "utcnow",
+    "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert", "User", "WebSession", "WorkOrder",
+    "utcnow",
 ]
