@@ -1,7 +1,7 @@
 """oauth tokens: delegated OAuth2 logins' refresh tokens, encrypted
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-03 09:00:00
 
 A mailbox that logs in as a user (Microsoft's device-code flow, Google's installed-app
@@ -17,8 +17,8 @@ from alembic import op
 
 from triage.storage.models import UTCDateTime
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
