@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -43,7 +43,7 @@ class ScriptedMailbox:
     async def close(self) -> None:
         return None
 
-    async def batches(self, batch_size: int = 50) -> AsyncIterator[list[RawMessage]]:
+    async def batches(self, batch_size: int = 50) -> AsyncGenerator[list[RawMessage], None]:
         self.polls += 1
         if self.fail:
             raise self.fail("server said NO")

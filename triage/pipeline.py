@@ -174,7 +174,7 @@ class Runner:
         marked only after its commit; a batch fetched ahead and never stored is simply
         fetched again (and found stored, "already", if its commit landed after all)."""
         handled = 0
-        batches = aiter(self.mailbox.batches(self.batch_size))
+        batches = self.mailbox.batches(self.batch_size)
         storing: asyncio.Future[list[Outcome]] | None = None
 
         async def fetch() -> list[RawMessage] | None:
