@@ -23,7 +23,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from triage.ack import AckView
@@ -161,7 +172,7 @@ class OutboxStore:
             # Pending rows that are due, and rows whose lease ran out, each walked in id order
             # along (status, id) and cut at ``limit``; then the oldest ``limit`` of both. One
             # query with OR read every pending row and sorted them, per claim.
-            rows = []
+            rows: list[Row[*tuple[Any, ...]]] = []
             for due in ((Outbox.status == "pending") & (Outbox.next_attempt_at <= now),
                         (Outbox.status == "sending") & (Outbox.claimed_until < now)):
                 q = (select(*_CLAIM_COLUMNS).where(due, ~blocked).order_by(Outbox.id)
