@@ -382,7 +382,8 @@ class SmtpTransport:
                 self._drop()  # mid-transaction: the connection state is unknown
                 raise
             except _NotOurs as e:
-                raise e.__cause__ from None  # type: ignore[misc]
+                assert e.__cause__ is not None  # always raised from the caller's exception
+                raise e.__cause__ from None
         mid = message_id_of(msg)
         if result.ok:
             self.sent += 1
