@@ -68,13 +68,12 @@ def closing_note(email: EmailInput) -> str | None:
         text = f"{subject}\n{text}"
     if not text or len(_WORD.findall(text)) > MAX_WORDS:
         return None
-    done = _DONE.search(text)
-    thanks = _THANKS.search(text)
-    if done is None and thanks is None:
+    found = _DONE.search(text) or _THANKS.search(text)
+    if found is None:
         return None
     # The done phrases themselves hold words such as "no" ("no longer needed"); take them
     # out before looking for anything that asks or reports.
     rest = _THANKS.sub(" ", _DONE.sub(" ", text))
     if _OPEN.search(rest):
         return None
-    return (done or thanks).group(0).lower()  # type: ignore[union-attr]
+    return found.group(0).lower()

@@ -204,7 +204,8 @@ class Scorer:
             arrays[f"terms_{i}"] = np.asarray(_terms_by_column(p.vocabulary), dtype=str)
             arrays[f"idf_{i}"] = p.idf
         buf = io.BytesIO()
-        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        # No pickles, as from_bytes loads it: an object array fails here, not at load time.
+        np.savez(buf, allow_pickle=False, **arrays)
         return buf.getvalue()
 
     @classmethod

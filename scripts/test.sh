@@ -30,4 +30,5 @@ fi
 # The exact versions the suite last passed with (scripts/constraints.py writes the file).
 python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
 python -m ruff check .
+python -m mypy triage classifiers  # settings: [tool.mypy] in pyproject.toml
 exec python -m pytest -q "$@"

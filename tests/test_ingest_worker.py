@@ -42,7 +42,8 @@ handle = ing._Child.handle
 
 
 def poisoned(self, request):
-    if request[0] == "store" and any(b"POISON" in (r.data or b"") for r in request[1]):
+    if isinstance(request, ing.StoreBatch) and any(b"POISON" in (r.data or b"")
+                                                   for r in request.batch):
         os._exit(9)
     return handle(self, request)
 

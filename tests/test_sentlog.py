@@ -8,20 +8,19 @@ import logging
 import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, insert, select
 
 from triage.outbox import OutboxStore, RetryPolicy
 from triage.sentlog import Delivery, SentLog
+from triage.smtp import SendResult
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.storage.models import Event, Outbox
 
 T0 = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
-OK = SimpleNamespace(ok=True, permanent=False, code=250, text="2.0.0 Ok: queued",
-                     transport_failed=False)
+OK = SendResult(ok=True, permanent=False, code=250, text="2.0.0 Ok: queued")
 
 
 def delivery(i: int, until: datetime = T0) -> Delivery:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from triage.config import Settings
 from triage.mailbox import PermanentMailboxError, TransientMailboxError
 from triage.messages import RawMessage
 from triage.service import FatalMailboxError, Service, build
+from triage.smtp import SendResult as Result
 
 
 class ScriptedMailbox:
@@ -43,7 +43,7 @@ class ScriptedMailbox:
     async def close(self) -> None:
         return None
 
-    async def batches(self, batch_size: int = 50) -> AsyncIterator[list[RawMessage]]:
+    async def batches(self, batch_size: int = 50) -> AsyncGenerator[list[RawMessage], None]:
         self.polls += 1
         if self.fail:
             raise self.fail("server said NO")
@@ -60,20 +60,9 @@ class ScriptedMailbox:
         return False
 
 
-@dataclass
-class Result:
-    ok: bool
-    permanent: bool
-    code: int | None
-    text: str
-    stage: str = ""
-
-    @property
-    def transport_failed(self) -> bool:
-        return not self.ok and self.stage in ("connect", "tls", "auth")
-
-
 class ScriptedTransport:
+    """A triage.smtp.Transport whose every send gets ``result``."""
+
     def __init__(self, result: Result) -> None:
         self.result, self.sent = result, 0
 
@@ -89,6 +78,12 @@ class ScriptedTransport:
             await ready  # the outbox's contract: the previous record, before handing over
         self.sent += 1
         return self.result
+
+    async def probe_recipient(self, *, sender: str, recipient: str) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None
 
 
 REQUEST = (b"From: dana@harborview.com\r\nSubject: cannot send email\r\nMessage-ID: <s1@h.com>"

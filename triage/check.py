@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -70,8 +71,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     report.run("model", lambda: check_model(settings))
     report.run("database", lambda: check_database(settings.database_url))
     for cfg in settings.mailbox_configs():
-        report.run(f"mailbox {cfg.id}", lambda cfg=cfg: asyncio.run(  # type: ignore[misc]
-            check_mailbox(settings, cfg)))
+        report.run(f"mailbox {cfg.id}", functools.partial(_run_check_mailbox, settings, cfg))
     report.run("smtp", lambda: asyncio.run(check_smtp(settings)))
     return 1 if report.failed else 0
 
@@ -158,10 +158,16 @@ def check_database(url: str) -> str:
     return f"{where}: schema {current} (the newest)"
 
 
+def _run_check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
+    return asyncio.run(check_mailbox(settings, cfg))
+
+
 async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
     """Log in and select the folder as the daemon does; count what is waiting."""
     from triage.errors import RunFailure
     from triage.mailbox import MailboxAuthError, MailboxError
+    from triage.mailbox.imap import ImapMailbox
+    from triage.mailbox.maildir import MaildirMailbox
     from triage.service import make_mailbox
 
     url = cfg.parsed
@@ -169,13 +175,14 @@ async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
     setting = "TRIAGE_MAILBOXES" if settings.mailboxes else "TRIAGE_MAILBOX_URL"
     try:
         async with asyncio.timeout(NET_TIMEOUT):
-            if url.scheme == "maildir":
+            if isinstance(mailbox, MaildirMailbox):
                 await mailbox.connect()
-                waiting = await mailbox.count_waiting()  # type: ignore[attr-defined]
+                waiting = await mailbox.count_waiting()
                 return f"{mailbox.name}: a Maildir, {_waiting(waiting)}"
+            assert isinstance(mailbox, ImapMailbox)  # make_mailbox's other kind
             await mailbox.connect()
-            caps = mailbox.capabilities  # type: ignore[attr-defined]
-            waiting = await mailbox.count_waiting()  # type: ignore[attr-defined]
+            caps = mailbox.capabilities
+            waiting = await mailbox.count_waiting()
     except MailboxAuthError as e:
         # Not a network matter: the IdP or the server refuses the OAuth2 credential.
         if cfg.oauth is None and not settings.mailboxes:

@@ -379,7 +379,7 @@ class MailboxURL:
 
     @property
     def security(self) -> Literal["tls", "starttls", "plain"]:
-        return {"imaps": "tls", "imap": "starttls"}.get(self.scheme, "plain")  # type: ignore[return-value]
+        return "tls" if self.scheme == "imaps" else "starttls" if self.scheme == "imap" else "plain"
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:

@@ -35,10 +35,11 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -213,6 +214,92 @@ class LocalIngest:
         pass
 
 
+# ---- the worker's messages ----------------------------------------------------------------------
+# What the parent and the child send each other, pickled over their socket pair: one frozen
+# dataclass per kind, so both ends are type-checked against the same fields. The child runs
+# this module as itself (_CHILD_COMMAND), so a pickle names the same classes on both sides.
+
+@dataclass(frozen=True)
+class Start:
+    """The first message, parent to child: what to load."""
+
+    settings: Settings
+    model_path: str
+    parent_pid: int
+
+
+@dataclass(frozen=True)
+class StoreBatch:
+    kind: ClassVar[str] = "store"
+    batch: list[RawMessage]
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """Store ``raw`` as a quarantine record with ``reason``, without parsing it."""
+
+    kind: ClassVar[str] = "quarantine"
+    raw: RawMessage
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadModel:
+    kind: ClassVar[str] = "load"
+    path: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Exit after the request in hand (there is none: requests are one at a time)."""
+
+    kind: ClassVar[str] = "stop"
+
+
+Request = StoreBatch | Quarantine | LoadModel | Stop
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The child's first answer: model and database loaded."""
+
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """The child's first answer when it could not start; it exits after sending it."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Stored:
+    outcomes: list[Outcome]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The store asked for the batch again (RetryBatch): ``detail`` is its cause."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: str
+
+
+Answer = Ready | StartFailed | Stored | Loaded | Retry | Failed
+_Expected = TypeVar("_Expected", Stored, Loaded)
+
+
 class IngestWorkerError(Exception):
     """The child could not start (no model, no database): the daemon cannot ingest."""
 
@@ -227,8 +314,8 @@ class IngestWorker:
     ``start()`` spawns the child (a fresh interpreter running ``_child_entry``: no fork
     of a threaded parent, and nothing of multiprocessing's machinery, whose resource tracker
     would be a third process), which imports and loads ``model_path`` while the parent goes
-    on; the first request waits until it is ready. Requests and answers are pickles over a
-    socket pair, both ends ours."""
+    on; the first request waits until it is ready. Requests and answers are the messages
+    above, pickled over a socket pair, both ends ours."""
 
     def __init__(self, settings: Settings, model_path: Path) -> None:
         self.settings = settings
@@ -258,7 +345,7 @@ class IngestWorker:
         finally:
             theirs.close()  # only the child's copy stays open: its exit is our end-of-file
         conn = Connection(ours.detach())
-        conn.send((self.settings, str(self.model_path), os.getpid()))
+        conn.send(Start(self.settings, str(self.model_path), os.getpid()))
         self._proc, self._conn, self._ready = proc, conn, False
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
@@ -277,19 +364,20 @@ class IngestWorker:
                 if not self._conn.poll(timeout):
                     raise IngestWorkerError(
                         f"the ingest worker did not start in {timeout:.0f}s")
-                kind, *rest = self._conn.recv()
+                answer: Answer = self._conn.recv()
             except (EOFError, OSError) as e:
                 raise IngestWorkerError(
                     f"the ingest worker exited at start-up (code {self._exitcode()})") from e
-            if kind != "ready":
-                raise IngestWorkerError(f"the ingest worker could not start: {rest[0]}")
+            if not isinstance(answer, Ready):
+                error = answer.error if isinstance(answer, StartFailed) else repr(answer)
+                raise IngestWorkerError(f"the ingest worker could not start: {error}")
         except IngestWorkerError:
             # Forget this child, so the next request starts a fresh one: kept, its closed
             # socket would fail every later request and ingestion would stop for good in a
             # process that looks alive (a respawn killed while loading its model, say).
             self._discard()
             raise
-        self.model_version = rest[0]
+        self.model_version = answer.model_version
         self._ready = True
         log.info("ingest worker %s ready; classifier %s from %s", self.pid, self.model_version,
                  self.model_path)
@@ -301,7 +389,7 @@ class IngestWorker:
                 return
             if self._conn is not None:
                 with contextlib.suppress(OSError, ValueError):
-                    self._conn.send(("stop",))
+                    self._conn.send(Stop())
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout)
             self._discard()  # kills it if it did not stop
@@ -328,7 +416,9 @@ class IngestWorker:
         return self._proc.returncode
 
     # ---- requests ----------------------------------------------------------------------------
-    def _call(self, *request: Any) -> Any:
+    def _call(self, request: Request, expected: type[_Expected]) -> _Expected:
+        """Send ``request``; return the child's answer if it is an ``expected``, raise what
+        any other answer says."""
         with self._lock:
             if self._proc is not None and self._ready and not self._alive():
                 self._respawn("found dead")
@@ -336,17 +426,18 @@ class IngestWorker:
             assert self._conn is not None
             try:
                 self._conn.send(request)
-                kind, *rest = self._conn.recv()
+                answer: Answer = self._conn.recv()
             except (EOFError, OSError) as e:
                 code = self._exitcode()
                 why = _death(code)
-                self._respawn(f"{why} during {request[0]!r}")
+                self._respawn(f"{why} during {request.kind!r}")
                 raise WorkerDied(f"the ingest worker {why}") from e
-        if kind == "ok":
-            return rest[0]
-        if kind == "retry":
-            raise RetryBatch(rest[0]) from RuntimeError(rest[1])
-        raise RuntimeError(f"ingest worker: {rest[0]}")
+        if isinstance(answer, expected):
+            return answer
+        if isinstance(answer, Retry):
+            raise RetryBatch(answer.reason) from RuntimeError(answer.detail)
+        error = answer.error if isinstance(answer, Failed) else f"unexpected answer {answer!r}"
+        raise RuntimeError(f"ingest worker: {error}")
 
     def _respawn(self, why: str) -> None:
         log.error("ingest worker %s %s; starting a new one", self.pid, why)
@@ -356,8 +447,7 @@ class IngestWorker:
 
     def store(self, batch: list[RawMessage]) -> list[Outcome]:
         try:
-            outcomes: list[Outcome] = self._call("store", batch)
-            return outcomes
+            return self._call(StoreBatch(batch), Stored).outcomes
         except WorkerDied as e:
             if len(batch) > 1:
                 log.error("%s on a batch of %d; trying its messages one at a time", e,
@@ -366,16 +456,14 @@ class IngestWorker:
 
     def _store_alone(self, raw: RawMessage, first_death: str) -> Outcome:
         try:
-            outcomes: list[Outcome] = self._call("store", [raw])
-            return outcomes[0]
+            return self._call(StoreBatch([raw]), Stored).outcomes[0]
         except WorkerDied as e:
             reason = f"the ingest worker died on this message twice ({first_death}; {e})"
             log.error("uid=%s: %s; quarantined", raw.uid, reason)
-            quarantined: list[Outcome] = self._call("quarantine", raw, reason)
-            return quarantined[0]
+            return self._call(Quarantine(raw, reason), Stored).outcomes[0]
 
     def load_model(self, path: Path) -> str:
-        version: str = self._call("load", str(path))
+        version = self._call(LoadModel(str(path)), Loaded).version
         # Kept for start(): a respawned child loads this one, not the one it began with.
         self.model_path, self.model_version = Path(path), version
         return version
@@ -462,8 +550,8 @@ _CHILD_COMMAND = ("import sys; from triage.ingest import _child_entry; "
 def _child_entry(fd: int) -> None:
     """The child's entry: the socket to the parent is ``fd``."""
     conn = Connection(fd)
-    settings, model_path, parent_pid = conn.recv()
-    _child_main(conn, settings, model_path, parent_pid)
+    start: Start = conn.recv()
+    _child_main(conn, start.settings, start.model_path, start.parent_pid)
 
 
 def _child_main(conn: Connection, settings: Settings, model_path: str, parent_pid: int) -> None:
@@ -482,17 +570,17 @@ def _child_main(conn: Connection, settings: Settings, model_path: str, parent_pi
     except Exception as e:
         log.exception("ingest worker could not start")
         with contextlib.suppress(OSError):
-            conn.send(("fatal", f"{type(e).__name__}: {e}"))
+            conn.send(StartFailed(f"{type(e).__name__}: {e}"))
         sys.exit(1)
-    conn.send(("ready", child.ingest.model_version))
+    conn.send(Ready(child.ingest.model_version))
     while True:
         try:
-            request = conn.recv()
+            request: Request = conn.recv()
         except (EOFError, OSError):
             break  # the parent is gone
         except MemoryError:  # a batch too big to receive under the limit
             _exit_out_of_memory()
-        if request[0] == "stop":
+        if isinstance(request, Stop):
             break
         conn.send(child.handle(request))
     child.engine.dispose()
@@ -510,25 +598,24 @@ class _Child:
         self.ingest = LocalIngest(store, load_classifier(model_path), model_path,
                                   _CpuBudget(settings.ingest_cpu_budget))
 
-    def handle(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
-        kind = request[0]
+    def handle(self, request: Request) -> Answer:
         try:
-            if kind == "store":
-                return ("ok", self.ingest.store(request[1]))
-            if kind == "quarantine":
-                return ("ok", self.ingest.work_orders.store_batch(
-                    [Ingest(raw=request[1], error=request[2])]))
-            if kind == "load":
-                version = self.ingest.load_model(Path(request[1]))
-                log.info("ingest worker: classifier %s loaded from %s", version, request[1])
-                return ("ok", version)
-            return ("error", f"unknown request {kind!r}")
+            if isinstance(request, StoreBatch):
+                return Stored(self.ingest.store(request.batch))
+            if isinstance(request, Quarantine):
+                return Stored(self.ingest.work_orders.store_batch(
+                    [Ingest(raw=request.raw, error=request.reason)]))
+            if isinstance(request, LoadModel):
+                version = self.ingest.load_model(Path(request.path))
+                log.info("ingest worker: classifier %s loaded from %s", version, request.path)
+                return Loaded(version)
+            return Failed(f"unknown request {request!r}")
         except RetryBatch as e:
-            return ("retry", str(e), str(e.__cause__ or "no detail"))
+            return Retry(str(e), str(e.__cause__ or "no detail"))
         except MemoryError:
             _exit_out_of_memory()
             raise  # not reached
         except Exception as e:
-            log.exception("ingest worker: %s failed", kind)
-            return ("error", "".join(traceback.format_exception_only(e)).strip())
+            log.exception("ingest worker: %s failed", request.kind)
+            return Failed("".join(traceback.format_exception_only(e)).strip())
 

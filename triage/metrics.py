@@ -60,7 +60,7 @@ POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 def _fixed(value: str | None, allowed: Sequence[str], fallback: str = "other") -> str:
-    return value if value in allowed else fallback
+    return value if value is not None and value in allowed else fallback
 
 
 def _check_mailbox_id(mailbox_id: str) -> str:

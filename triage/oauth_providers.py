@@ -178,7 +178,7 @@ class MicrosoftAppSource(TokenSource):
         return await asyncio.to_thread(self._acquire)
 
     def _acquire(self) -> tuple[str, float]:
-        import msal  # type: ignore[import-untyped]
+        import msal
 
         c = self.credential
         if self._app is None:

@@ -17,14 +17,24 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from triage.ack import AckView
@@ -32,7 +42,7 @@ from triage.addresses import REASONS
 from triage.mailbox.backoff import Backoff
 from triage.relay import Held
 from triage.sentlog import Delivery, SentLog
-from triage.smtp import WireMessage
+from triage.smtp import SendResult
 from triage.storage.engine import in_chunks
 from triage.storage.models import Event, Outbox, WorkOrder
 
@@ -40,30 +50,6 @@ log = logging.getLogger(__name__)
 
 # Kinds of mail that go to clients (the others, escalations and pages, go to our staff).
 CLIENT_KINDS = frozenset({"ack", "reply"})
-
-
-class SendResultLike(Protocol):
-    ok: bool
-    permanent: bool
-    code: int | None
-    text: str
-
-    @property
-    def stage(self) -> str:
-        """Where the exchange stopped (triage.smtp.Stage)."""
-        ...
-
-    @property
-    def transport_failed(self) -> bool:
-        """Connect/TLS/AUTH failed: our settings or the server, not this message."""
-        ...
-
-
-class Transport(Protocol):
-    async def send(
-        self, msg: EmailMessage | WireMessage, *, sender: str, recipients: Sequence[str],
-        ready: Awaitable[object] | None = None,
-    ) -> SendResultLike: ...
 
 
 @dataclass(frozen=True)
@@ -116,11 +102,10 @@ _MARK_LOGGED = (update(_t)
 _SENT_EVENT = insert(Event.__table__)
 
 
-def answer_of(result: SendResultLike) -> str:
+def answer_of(result: SendResult) -> str:
     """What the server said, for ``last_error``, logs and /readyz: ``550 5.1.1 ...``, or the
     text alone when no SMTP reply came (``connection failed: ...``)."""
-    text = result.text if result.code is None else f"{result.code} {result.text}"
-    return text.strip()[:1000]
+    return result.answer.strip()[:1000]
 
 
 def _sent_event(d: Delivery) -> dict[str, Any]:
@@ -216,7 +201,7 @@ class OutboxStore:
             # Pending rows that are due, and rows whose lease ran out, each walked in id order
             # along (status, id) and cut at ``limit``; then the oldest ``limit`` of both. One
             # query with OR read every pending row and sorted them, per claim.
-            rows = []
+            rows: list[Row[*tuple[Any, ...]]] = []
             for due in ((Outbox.status == "pending") & (Outbox.next_attempt_at <= now),
                         (Outbox.status == "sending") & (Outbox.claimed_until < now)):
                 q = (select(*_CLAIM_COLUMNS).where(due, ~blocked).order_by(Outbox.id)
@@ -256,7 +241,7 @@ class OutboxStore:
     def max_attempts(self) -> int:
         return self._retry.max_attempts
 
-    def record(self, job: Job, result: SendResultLike, *, hold: bool = False) -> None:
+    def record(self, job: Job, result: SendResult, *, hold: bool = False) -> None:
         """The server's answer for one row, committed before the next mail goes out.
         ``hold``: a permanent refusal that may be the relay's (triage.relay): the row backs
         off as after a temporary failure instead of being dead-lettered.
@@ -278,7 +263,7 @@ class OutboxStore:
             if not self._mark_sent(c, delivery):
                 log.warning("outbox row %s: lease lost before the result was recorded", job.id)
 
-    def records_in_log(self, result: SendResultLike) -> bool:
+    def records_in_log(self, result: SendResult) -> bool:
         """True when recording ``result`` is a file append (no database write)."""
         return self.sent_log is not None and result.ok
 
@@ -329,7 +314,7 @@ class OutboxStore:
         c.execute(_SENT_EVENT, _sent_event(d))
         return True
 
-    def _record_failure(self, s: Session, job: Job, result: SendResultLike,
+    def _record_failure(self, s: Session, job: Job, result: SendResult,
                         now: datetime, hold: bool = False) -> None:
         answer = answer_of(result)
         row = s.get(Outbox, job.id)

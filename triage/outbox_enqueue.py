@@ -19,9 +19,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, update
+from sqlalchemy import Connection, bindparam, insert, update
 
 from triage.storage.models import Outbox
 
@@ -61,7 +61,7 @@ def enqueue(conn: Connection, mails: Sequence[Mail], *, domain: str,
     UNIQUE) and its Message-ID in one more statement for all of them."""
     if not mails:
         return []
-    t = cast(Table, Outbox.__table__)
+    t = Outbox.__table__
     rows = [dict(
         kind=m.kind, work_order_id=m.work_order_id, to_addr=m.to_addr, template=m.template,
         context=m.context,

@@ -39,10 +39,10 @@ from triage.mailbox import Mailbox
 from triage.mailbox.backoff import Backoff
 from triage.messages import RawMessage
 from triage.metrics import Metrics
-from triage.outbox import CLIENT_KINDS, Job, OutboxStore, SendResultLike, Transport, answer_of
+from triage.outbox import CLIENT_KINDS, Job, OutboxStore, answer_of
 from triage.relay import RELAY_STAGES, Held, RefusalStreak, recipient_key
 from triage.slawatch import render_escalation
-from triage.smtp import WireMessage
+from triage.smtp import SendResult, Transport, WireMessage
 from triage.workorders import Outcome
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Runner:
         # What a sweep could not write when the database failed under it: answers to record
         # (a delivered mail must not be sent again) and claimed rows to give back (None),
         # instead of leaving them to their lease (10 min). The next sweep writes them first.
-        self._unfinished: list[tuple[Job, SendResultLike | None]] = []
+        self._unfinished: list[tuple[Job, SendResult | None]] = []
         # One thread for ingestion and one for the outbox's database work, not the shared
         # pool: every thread that allocates gets its own glibc malloc arena, and batches of
         # mail spread over the pool's threads cost ~30 MB of peak RSS (bench/results.md).
@@ -174,7 +174,7 @@ class Runner:
         marked only after its commit; a batch fetched ahead and never stored is simply
         fetched again (and found stored, "already", if its commit landed after all)."""
         handled = 0
-        batches = aiter(self.mailbox.batches(self.batch_size))
+        batches = self.mailbox.batches(self.batch_size)
         storing: asyncio.Future[list[Outcome]] | None = None
 
         async def fetch() -> list[RawMessage] | None:
@@ -303,7 +303,7 @@ class Runner:
         claimed = len(jobs)
         jobs = await self._suppressed(jobs)
         sent = failed = 0
-        last_failure: SendResultLike | None = None
+        last_failure: SendResult | None = None
         recording: asyncio.Future[None] | None = None  # the previous row's record
         rendered = self._render(jobs[0]) if jobs else None
         n = 0
@@ -417,7 +417,7 @@ class Runner:
                                 "reason": reason})
         return keep
 
-    def _holds(self, job: Job, result: SendResultLike) -> bool:
+    def _holds(self, job: Job, result: SendResult) -> bool:
         """A permanent refusal that may be the relay's, on a row with tries left: held
         (pending) until the relay or the recipient is found to blame (triage.relay)."""
         return (not result.ok and result.permanent and not result.transport_failed
@@ -446,17 +446,16 @@ class Runner:
                   self.relay_trouble, held, pause)
         return True
 
-    async def _probe(self) -> SendResultLike | None:
+    async def _probe(self) -> SendResult | None:
         """MAIL and RCPT to a client address the relay accepted before, then RSET; None when
         there is no such address or the transport cannot probe."""
-        probe = getattr(self.transport, "probe_recipient", None)
-        if probe is None:
-            return None
         known = self._accepted or await self._outbox_db(self.outbox.last_client_recipient)
         if not known or recipient_key(known)[0] in {h.recipient for h in self.refusals.held}:
             return None
         self._accepted = known
-        result: SendResultLike = await probe(sender=self.from_address, recipient=known)
+        result = await self.transport.probe_recipient(sender=self.from_address, recipient=known)
+        if result is None:
+            return None
         log.info("relay probe with a recipient it accepted before: %s",
                  "accepted" if result.ok else answer_of(result))
         return result
@@ -476,7 +475,7 @@ class Runner:
 
     async def _deliver(self, job: Job, msg: EmailMessage | WireMessage,
                        ready: asyncio.Future[None] | None
-                       ) -> tuple[SendResultLike, asyncio.Future[None]]:
+                       ) -> tuple[SendResult, asyncio.Future[None]]:
         """Send ``job`` once ``ready`` (the previous record) is done, and start its own
         record; returns the answer and that record, which the next send waits for."""
         result = await self.transport.send(msg, sender=self.from_address,
@@ -485,7 +484,7 @@ class Runner:
             await ready  # a failed send may return before waiting for it
         return result, asyncio.ensure_future(self._record(job, result))
 
-    async def _record(self, job: Job, result: SendResultLike) -> None:
+    async def _record(self, job: Job, result: SendResult) -> None:
         try:
             if self.outbox.records_in_log(result):
                 self.outbox.record(job, result)  # a line appended to a file (triage.sentlog)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -48,12 +47,13 @@ from triage.mailbox import Mailbox, MailboxAuthError, MailboxError, PermanentMai
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
 from triage.oauth import TokenSources
-from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy, Transport
+from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy
 from triage.pipeline import Runner, log_sweep_failure
 from triage.relay import RefusalStreak
 from triage.sentlog import SentLog
 from triage.sla import SlaPolicy, SlaPolicyError, load_policy
 from triage.slawatch import SlaWatch
+from triage.smtp import Transport
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.web.ops import create_ops_app, serve
@@ -597,15 +597,7 @@ class Service:
         await asyncio.gather(*(p.check() for p in self.pollers))
 
     async def _check_smtp(self) -> None:
-        smtp = getattr(self.c.transport, "settings", None)
-        if smtp is None:  # the demo's folder transport
-            path = getattr(self.c.transport, "path", None)
-            if path is not None and not os.access(path, os.W_OK):
-                raise PermissionError("outbox folder not writable")
-            return
-        _, writer = await asyncio.open_connection(smtp.host, smtp.port)
-        writer.close()
-        await writer.wait_closed()
+        await self.c.transport.check()
         trouble = self.c.runner.send_trouble
         if trouble:  # reachable, but refusing (4xx) or failing our mail
             raise SendFailing(trouble)

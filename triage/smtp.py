@@ -41,7 +41,7 @@ from email.message import EmailMessage
 from io import BytesIO
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -203,7 +203,8 @@ class SendResult:
 
 
 class Transport(Protocol):
-    """What the outbox calls; both transports below satisfy it."""
+    """What the daemon and the outbox call; both transports below satisfy it. Used inside
+    ``async with``, which opens it (and closes it on the way out)."""
 
     async def __aenter__(self) -> Transport: ...
 
@@ -222,6 +223,15 @@ class Transport(Protocol):
         over (before DATA): the caller's record of the previous mail, so that at most one
         delivered mail is ever unrecorded. If it raises, nothing is handed over and the
         exception propagates."""
+        ...
+
+    async def probe_recipient(self, *, sender: str, recipient: str) -> SendResult | None:
+        """Would the far end take mail for ``recipient`` now? Nothing is handed over. None:
+        this transport has no one to ask (triage.relay then decides without a probe)."""
+        ...
+
+    async def check(self) -> None:
+        """Readiness (/readyz): raise, saying why, if mail could not leave now."""
         ...
 
 
@@ -339,6 +349,13 @@ class SmtpTransport:
             failure = await self._connect()
         return failure
 
+    async def check(self) -> None:
+        """The server accepts a TCP connection (closed at once: no SMTP session, so a
+        readiness probe every few seconds costs the relay nothing)."""
+        _, writer = await asyncio.open_connection(self.settings.host, self.settings.port)
+        writer.close()
+        await writer.wait_closed()
+
     @property
     def offers_auth(self) -> bool:
         """After ``probe``: the server announced AUTH."""
@@ -355,8 +372,7 @@ class SmtpTransport:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await self._smtp.quit(timeout=min(5.0, self.settings.timeout))
             self._drop()
-            if transport is not None:
-                transport.abort()  # quit() only close()d it: a TLS close waits for the peer
+            _abort(transport)  # quit() only close()d it: a TLS close waits for the peer
             # The socket is closed by a callback on the next loop iterations; run them, or a
             # loop that ends right after us leaks the socket.
             for _ in range(3):
@@ -366,8 +382,7 @@ class SmtpTransport:
         """Forget the connection at once (abort, not close: a TLS close awaits the peer)."""
         transport = self._smtp.transport
         self._smtp.close()
-        if transport is not None:
-            transport.abort()
+        _abort(transport)
 
     async def send(
         self, msg: Mail, *, sender: str, recipients: Sequence[str],
@@ -383,7 +398,8 @@ class SmtpTransport:
                 self._drop()  # mid-transaction: the connection state is unknown
                 raise
             except _NotOurs as e:
-                raise e.__cause__ from None  # type: ignore[misc]
+                assert e.__cause__ is not None  # always raised from the caller's exception
+                raise e.__cause__ from None
         mid = message_id_of(msg)
         if result.ok:
             self.sent += 1
@@ -634,6 +650,14 @@ class SmtpTransport:
             self._drop()
 
 
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    """Close a socket now, without waiting for the peer. aiosmtplib types its transport as
+    the base class, which has no ``abort()``; what it holds is the ``asyncio.Transport`` that
+    the event loop's ``create_connection`` returned."""
+    if transport is not None:
+        cast(asyncio.Transport, transport).abort()
+
+
 def _fail(stage: Stage, code: int | None, text: str, *, permanent: bool) -> SendResult:
     return SendResult(ok=False, permanent=permanent, code=code, text=text, stage=stage)
 
@@ -709,6 +733,14 @@ class DirectoryTransport:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
+
+    async def probe_recipient(self, *, sender: str, recipient: str) -> None:
+        """A folder refuses no recipient: nothing to ask."""
+        return None
+
+    async def check(self) -> None:
+        if not os.access(self.path, os.W_OK):
+            raise PermissionError("outbox folder not writable")
 
     async def send(
         self, msg: Mail, *, sender: str, recipients: Sequence[str],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import Select, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session, joinedload, selectinload
@@ -79,7 +79,8 @@ class QueueFilter:
         values = {"type": self.request_type, "priority": self.priority,
                   "status": self.status if self.status != ACTIVE else None,
                   "assignee": self.assignee,
-                  "review": {True: "yes", False: "no"}.get(self.needs_review),  # type: ignore[call-overload]
+                  "review": None if self.needs_review is None else (
+                      "yes" if self.needs_review else "no"),
                   "sla": self.sla, "q": self.q}
         values.update(change)
         return {k: str(v) for k, v in values.items() if v not in (None, "")}
@@ -119,7 +120,10 @@ class QueuePage:
     counts: QueueCounts
 
 
-def _where(stmt: Select[Any], f: QueueFilter, now: datetime) -> Select[Any]:
+_Columns = TypeVarTuple("_Columns")
+
+
+def _where(stmt: Select[*_Columns], f: QueueFilter, now: datetime) -> Select[*_Columns]:
     if f.status == ACTIVE:
         stmt = stmt.where(WorkOrder.status != _RESOLVED)
     elif f.status != "all":

@@ -7,7 +7,7 @@ store's idempotency key (mailbox, uidvalidity, uid) turns the second pass into a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
 from triage.messages import RawMessage
@@ -42,8 +42,10 @@ class Mailbox(Protocol):
     @property
     def uidvalidity(self) -> int: ...
 
-    def batches(self, batch_size: int = 50) -> AsyncIterator[list[RawMessage]]:
-        """Yield the waiting (unmarked) messages in UID order, a batch at a time."""
+    def batches(self, batch_size: int = 50) -> AsyncGenerator[list[RawMessage], None]:
+        """Yield the waiting (unmarked) messages in UID order, a batch at a time. A generator,
+        not just an iterator: the runner ``aclose()``s it when it stops early instead of
+        leaving it for the event loop to finalise at some later point."""
         ...
 
     async def mark_done(self, messages: Sequence[RawMessage]) -> None:

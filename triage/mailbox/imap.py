@@ -27,7 +27,7 @@ import logging
 import re
 import ssl
 from base64 import b64decode, b64encode
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
@@ -456,7 +456,7 @@ class ImapMailbox:
             if isinstance(result, aioimaplib.Response) and result.result == "BYE":
                 self._drop()
                 raise TransientMailboxError(f"{self.name}: server said BYE during {what}")
-            return result  # type: ignore[return-value]
+            return result
         task.cancel()
         self._drop()
         if lost.done():
@@ -502,7 +502,7 @@ class ImapMailbox:
                 uids.extend(int(tok) for tok in line.split() if tok.isdigit())
         return sorted(set(uids))
 
-    async def batches(self, batch_size: int = 50) -> AsyncIterator[list[RawMessage]]:
+    async def batches(self, batch_size: int = 50) -> AsyncGenerator[list[RawMessage], None]:
         """Waiting messages in UID order, ``batch_size`` at a time (fewer when the bodies
         would pass ``max_batch_bytes``). Only sizes and UIDs of the whole folder are held."""
         if batch_size < 1:
@@ -682,8 +682,9 @@ class ImapMailbox:
         lost = self._lost
         assert lost is not None
         getter = asyncio.ensure_future(queue.get())
+        waiting: set[asyncio.Future[Any]] = {getter, lost}
         try:
-            await asyncio.wait({getter, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():
                 getter.cancel()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,7 +164,7 @@ class MaildirMailbox:
             )
         return out
 
-    async def batches(self, batch_size: int = 50) -> AsyncIterator[list[RawMessage]]:
+    async def batches(self, batch_size: int = 50) -> AsyncGenerator[list[RawMessage], None]:
         """Waiting messages in delivery order; only one batch of contents is in memory."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")

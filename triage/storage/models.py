@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -53,6 +54,10 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON,
     }
+    if TYPE_CHECKING:
+        # SQLAlchemy declares a mapped class's table as any FromClause; every class here is
+        # declared with __tablename__, so it is a Table, which insert() and update() take.
+        __table__: ClassVar[Table]
 
 
 class Client(Base):
