@@ -512,7 +512,7 @@ class Service:
                 desk=self.c.desk, attachments_dir=self.settings.attachments_dir,
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
-                screening=self.c.screening(),
+                screening=self.c.screening(), metrics=self.c.metrics,
             ), extra_routes=list(app.routes))
         log.info("%s on http://%s:%d",
                  "staff web app and ops endpoints" if self.settings.web_enabled
