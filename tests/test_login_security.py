@@ -157,7 +157,8 @@ def _post_login(client: TestClient, name: str, password: str) -> tuple[int, str,
     return r.status_code, alert.group(1) if alert else "", r.headers.get("retry-after", "")
 
 
-def test_login_buckets_answer_429_with_retry_after(tmp_path: Path) -> None:
+def test_login_buckets_answer_429_with_retry_after(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     now = [100.0]
     limits = LoginLimits(per_client=Rate(burst=3, per_second=0.5),
                          overall=Rate(burst=5, per_second=1))
@@ -166,8 +167,13 @@ def test_login_buckets_answer_429_with_retry_after(tmp_path: Path) -> None:
     one = _client(site.deps, "198.51.100.1")
     for _ in range(3):
         assert _post_login(one, "alice", "wrong")[0] == 401
-    status, alert, retry = _post_login(one, "alice", PASSWORD)
-    assert (status, retry) == (429, "2") and "Too many logins" in alert
+    with caplog.at_level(logging.INFO, logger="triage.security"):
+        status, alert, retry = _post_login(one, "alice", PASSWORD)
+        assert (status, retry) == (429, "2") and "Too many logins" in alert
+        assert _post_login(one, "alice", PASSWORD)[0] == 429
+    # One log line for a burst of refusals (a flood must not become a flood of lines).
+    throttled = [r for r in caplog.records if r.msg == "login_throttled"]
+    assert len(throttled) == 1 and throttled[0].client == "198.51.100.1"
     two = _client(site.deps, "198.51.100.2")  # another address: its own bucket ...
     assert _post_login(two, "alice", "wrong")[0] == 401
     assert _post_login(two, "alice", "wrong")[0] == 401
@@ -175,7 +181,7 @@ def test_login_buckets_answer_429_with_retry_after(tmp_path: Path) -> None:
     assert (status, retry) == (429, "1")
     now[0] += 2  # refilled: one token for each bucket
     assert _post_login(one, "alice", PASSWORD)[0] == 303
-    assert site.metrics.login_failures.labels("throttled")._value.get() == 2
+    assert site.metrics.login_failures.labels("throttled")._value.get() == 3
     one.close()
     two.close()
     sites.close()

@@ -32,7 +32,6 @@ LOGIN_ALERTS: dict[str, str] = {
     "expired": "Your login form expired; please try again.",
     "credentials": "Wrong user name or password.",
     "delayed": "Too many failed attempts: wait {seconds} s, then try again.",
-    "throttled": "Too many logins at the moment: wait {seconds} s, then try again.",
 }
 
 BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")

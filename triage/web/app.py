@@ -77,7 +77,7 @@ from triage.sla import SlaPolicy
 from triage.storage.models import WorkOrder
 from triage.web.alerts import LOGIN_ALERTS, bidi, done_text
 from triage.web.screened import ScreenedRoutes
-from triage.web.throttle import LoginBuckets
+from triage.web.throttle import LoginBuckets, LoginThrottleMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ SESSION_COOKIE = "itx_session"
 LOGIN_CSRF_COOKIE = "itx_login_csrf"
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; script-src 'self'; connect-src 'self'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 SAFE_NEXT = re.compile(r"^/(?![/\\])[^\s\\]*$")
 HTML_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "div", "em", "font", "h1", "h2",
              "h3", "h4", "h5", "h6", "hr", "i", "li", "ol", "p", "pre", "s", "small", "span",
@@ -130,10 +132,8 @@ class SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
         h = response.headers
-        h.setdefault("Content-Security-Policy", CSP)
-        h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("X-Frame-Options", "DENY")
-        h.setdefault("Referrer-Policy", "same-origin")
+        for name, value in SECURITY_HEADERS.items():
+            h.setdefault(name, value)
         if request.url.path not in ("/metrics", "/healthz", "/readyz", "/static/app.css"):
             h.setdefault("Cache-Control", "no-store")
         return response
@@ -169,6 +169,9 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     app = FastAPI(title="ITX Triage staff API", version="1",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
+    # Outermost: a throttled login is answered before routing and form parsing.
+    app.add_middleware(LoginThrottleMiddleware, buckets=deps.login_buckets or LoginBuckets(),
+                       metrics=deps.metrics, headers=SECURITY_HEADERS)
     templates = make_templates()
     policy = deps.policy
 
@@ -187,15 +190,21 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
     templates.globals["tz_of"] = tz_of_contract
 
-    def render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def render(name: str, status: int = 200, *, session: Session | None = None,
+               **ctx: Any) -> HTMLResponse:
+        """``session``: the caller's open read session, if any. A second one per request
+        would let concurrent requests each hold one pooled connection while waiting for
+        another, until the pool's timeout (20 concurrent queue requests did)."""
         if ctx.get("who"):  # the navigation's count of screened mail awaiting a look
-            with deps.reads() as s:
-                ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
+            if session is not None:
+                ctx["screened_awaiting"] = awaiting_count(session, deps.clock())
+            else:
+                with deps.reads() as s:
+                    ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
         html = templates.get_template(f"web/{name}.html.j2").render(**ctx)
         return HTMLResponse(html, status_code=status)
 
     # ---- identity ------------------------------------------------------------------------
-    buckets = deps.login_buckets or LoginBuckets()
     # argon2 gets one thread of its own: a login flood queues here, not in the thread pool
     # the pages use, and keeps at least one core for everything else.
     argon2 = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argon2")
@@ -311,12 +320,6 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         the password is checked."""
         client = client_of(request)
         typed = logins.normal_name(name)
-        wait, bucket = buckets.take(client)
-        if wait:
-            refused("throttled")
-            security.event("login_throttled", level=logging.WARNING, user=typed,
-                           client=client, bucket=bucket, retry_after=round(wait, 1))
-            return login_page(next, "throttled", 429, retry_after=wait)
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
             return login_page(next, "expired")
@@ -408,7 +411,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         with deps.reads() as s:
             page = queue_page(s, policy, f, now)
             staff = staff_names(s)
-            resp = render("queue", who=who, f=f, page=page, now=now, staff=staff,
+            resp = render("queue", session=s, who=who, f=f, page=page, now=now, staff=staff,
                           types=policy.types, priorities=policy.priorities,
                           statuses=STATUS_FILTERS, sla_filters=SLA_FILTERS,
                           link=lambda **kw: "/queue?" + urlencode(f.query_args(**kw)),
@@ -429,14 +432,14 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         with deps.reads() as s:
             d = work_order_detail(s, policy, number, now)
             if d is None:
-                return render("error", 404, who=who, title="Not found",
+                return render("error", 404, session=s, who=who, title="Not found",
                               message=f"No work order {number}.")
             bodies = {}
             for item in d.thread:
                 if item.message is not None and item.message.body_html:
                     bodies[item.message.id] = clean_html(item.message.body_html)
-            return render("work_order", status, who=who, d=d, wo=d.wo, now=now, bodies=bodies,
-                          staff=staff_names(s), types=policy.types,
+            return render("work_order", status, session=s, who=who, d=d, wo=d.wo, now=now,
+                          bodies=bodies, staff=staff_names(s), types=policy.types,
                           priorities=policy.priorities, statuses=STATUSES,
                           done=done, error=error[:300])
 

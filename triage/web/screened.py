@@ -111,14 +111,14 @@ class ScreenedRoutes:
             with deps.reads() as s:
                 m = screened_message(s, message_id)
                 if m is None:
-                    return render("error", 404, who=who, title="Not found",
+                    return render("error", 404, session=s, who=who, title="Not found",
                                   message=f"No message {message_id}.")
                 number = _number_of(s, m)
                 html = self.clean_html(m.body_html) if m.body_html else None
                 raw = None
                 if m.disposition in ("quarantined", "reprocessed") and m.raw is not None:
                     raw = m.raw.data[:RAW_SHOWN * 4].decode("utf-8", "replace")[:RAW_SHOWN]
-                return render("screened_message", status, who=who, m=m, number=number,
+                return render("screened_message", status, session=s, who=who, m=m, number=number,
                               html=html,
                               raw=raw, headers=headers_of(m),
                               kind=kind_of(m.disposition, m.reason),

@@ -1,8 +1,12 @@
 """Token buckets for ``POST /login``, per client address and overall, in the daemon's memory.
 
 Each login costs an argon2 check (~0.1 s of one core). Without a bound, sixty concurrent
-wrong logins take both cores and the thread pool the staff pages share. A bucket refused is
-answered at once with 429 and ``Retry-After``, before any database work or argon2.
+wrong logins take both cores and the thread pool the staff pages share. A refused attempt is
+answered at once with 429 and ``Retry-After`` by ``LoginThrottleMiddleware``, a plain ASGI
+layer in front of the app: no routing, no form parsing, no template, no database, no argon2,
+so a flood of refused attempts costs the event loop little. The throttled events are logged
+at most once per ``LOG_EVERY`` seconds, with how many were not logged, so a flood does not
+become a flood of log lines.
 
 The buckets live in one process. The daemon serves the web app from its own process, so one
 set of buckets sees every login. Run several daemons (several mailbox leases, or replicas
@@ -18,11 +22,25 @@ overall one, which is safe but coarse.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from triage import security
+from triage.metrics import Metrics
+
+LOG_EVERY = 10.0  # seconds between two login_throttled log lines
+THROTTLED_PAGE = (
+    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Too many logins"
+    "</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head><body><main>"
+    "<p class=\"flash error\" role=\"alert\">Too many logins at the moment: wait {seconds} s, "
+    "then try again.</p><p><a href=\"/login\">Back to the login</a></p></main></body></html>")
 
 
 @dataclass(frozen=True)
@@ -92,4 +110,49 @@ class LoginBuckets:
             return 0.0, ""
 
 
-__all__ = ["LoginBuckets", "LoginLimits", "Rate"]
+class LoginThrottleMiddleware:
+    """429 for ``POST /login`` when a bucket is empty, before the app sees the request."""
+
+    def __init__(self, app: ASGIApp, buckets: LoginBuckets, metrics: Metrics | None = None,
+                 headers: dict[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.app, self.buckets, self.metrics = app, buckets, metrics
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self._clock = clock
+        self._logged_at = -math.inf
+        self._unlogged = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] != "POST"
+                or scope["path"] != "/login"):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        wait, bucket = self.buckets.take(address)
+        if not wait:
+            await self.app(scope, receive, send)
+            return
+        if self.metrics is not None:
+            self.metrics.observe_login_failure("throttled")
+        self._log(address, bucket, wait)
+        seconds = max(1, math.ceil(wait))
+        body = THROTTLED_PAGE.format(seconds=seconds).encode()
+        await send({"type": "http.response.start", "status": 429, "headers": [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(seconds).encode()), (b"cache-control", b"no-store"),
+            *self.headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _log(self, address: str, bucket: str, wait: float) -> None:
+        now = self._clock()
+        if now - self._logged_at < LOG_EVERY:
+            self._unlogged += 1
+            return
+        security.event("login_throttled", level=logging.WARNING, client=address,
+                       bucket=bucket, retry_after=round(wait, 1), not_logged=self._unlogged)
+        self._logged_at, self._unlogged = now, 0
+
+
+__all__ = ["LOG_EVERY", "LoginBuckets", "LoginLimits", "LoginThrottleMiddleware", "Rate"]
