@@ -198,6 +198,15 @@ def test_buckets_forget_the_least_recent_address() -> None:
     assert b.take("a") == (0.0, "")
 
 
+def test_an_address_that_logged_in_passes_an_empty_overall_bucket() -> None:
+    b = LoginBuckets(LoginLimits(per_client=Rate(5, 0.001), overall=Rate(2, 0.001)),
+                     lambda: 0.0)
+    b.known_good("staff")
+    assert b.take("x1") == (0.0, "") and b.take("x2") == (0.0, "")
+    assert b.take("x3")[1] == "overall"  # the flood emptied it ...
+    assert b.take("staff") == (0.0, "")  # ... the colleague's desk still gets in
+
+
 def test_unknown_and_real_names_answer_the_same(site: Site) -> None:
     client = _client(site.deps, "198.51.100.3")
     for _ in range(logins.FREE_ATTEMPTS):

@@ -170,8 +170,9 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
     # Outermost: a throttled login is answered before routing and form parsing.
-    app.add_middleware(LoginThrottleMiddleware, buckets=deps.login_buckets or LoginBuckets(),
-                       metrics=deps.metrics, headers=SECURITY_HEADERS)
+    buckets = deps.login_buckets or LoginBuckets()
+    app.add_middleware(LoginThrottleMiddleware, buckets=buckets, metrics=deps.metrics,
+                       headers=SECURITY_HEADERS)
     templates = make_templates()
     policy = deps.policy
 
@@ -350,6 +351,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
             security.event("login_failed", level=logging.WARNING, user=typed, client=client)
             return login_page(next, "credentials", 401)
         security.event("login", user=typed, client=client)
+        buckets.known_good(client)
         resp = RedirectResponse(safe_next(next), status_code=303)
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax",
                         secure=deps.cookie_secure, max_age=int(deps.session_ttl.total_seconds()),

@@ -15,6 +15,10 @@ the configured one. The progressive delay per name and address (``triage.desk.lo
 is in the database and holds across processes either way; the buckets only cap the CPU one
 process spends on login attempts.
 
+An address a staff member logged in from (in this process, the last ``clients`` of them)
+skips the overall bucket, keeping only its own: a flood spread over many addresses empties
+the overall bucket, and without this it would keep the staff out with it.
+
 Behind a reverse proxy every client has the proxy's address unless uvicorn trusts its
 ``X-Forwarded-For`` (``forwarded_allow_ips``); the per-address bucket then acts as a second
 overall one, which is safe but coarse.
@@ -84,6 +88,15 @@ class LoginBuckets:
         self._lock = threading.Lock()
         self._overall = _Bucket(self.limits.overall.burst, clock())
         self._clients: OrderedDict[str, _Bucket] = OrderedDict()
+        self._known: OrderedDict[str, None] = OrderedDict()
+
+    def known_good(self, address: str) -> None:
+        """A login succeeded from ``address``: from now on only its own bucket applies."""
+        with self._lock:
+            self._known[address] = None
+            self._known.move_to_end(address)
+            while len(self._known) > self.limits.clients:
+                self._known.popitem(last=False)
 
     def take(self, address: str) -> tuple[float, str]:
         """(seconds to wait, which bucket refused: "client" | "overall" | "")."""
@@ -102,11 +115,13 @@ class LoginBuckets:
             wait = client.wait(lim.per_client)
             if wait:
                 return wait, "client"
-            wait = self._overall.wait(lim.overall)
+            known = address in self._known
+            wait = 0.0 if known else self._overall.wait(lim.overall)
             if wait:
                 return wait, "overall"
             client.tokens -= 1
-            self._overall.tokens -= 1
+            if not known:
+                self._overall.tokens -= 1
             return 0.0, ""
 
 
