@@ -389,3 +389,31 @@ def test_a_screened_message_is_opened_as_a_work_order_from_the_screened_view(
     page.goto(site.url(f"/screened/{m.id}"))
     expect(page.locator(".flash.ok")).to_contain_text(f"Opened as {number}")
     expect(page.locator("form.open-wo")).to_have_count(0)
+
+
+def test_a_direction_override_in_an_attachment_name_is_shown_not_obeyed(
+        site: Site, page: Page) -> None:
+    """``invoice<U+202E>fdp.exe`` must not read as ``invoice…exe.pdf``: Chromium shows the
+    control as a mark and the name is isolated from what surrounds it."""
+    from triage.storage.models import AttachmentRow
+
+    number = site.number_of(XSS_MESSAGE_ID)
+    with site.c.sessions.begin() as s:
+        att = s.scalar(select(AttachmentRow).join(Message)
+                       .where(Message.work_order_id == select(WorkOrder.id)
+                              .where(WorkOrder.number == number).scalar_subquery()))
+        assert att is not None
+        att_id, before = att.id, att.filename
+        att.filename = "invoice\u202efdp.exe"
+    try:
+        log_in(page, site)
+        page.goto(site.url(f"/work-orders/{number}"))
+        link = page.locator(f"ul.attachments a[href$='/attachments/{att_id}']")
+        expect(link).to_have_text("invoice[U+202E]fdp.exe")
+        assert link.locator("bdi").evaluate("e => getComputedStyle(e).unicodeBidi") == "isolate"
+        assert "\u202e" not in link.inner_text()
+    finally:
+        with site.c.sessions.begin() as s:
+            row = s.get(AttachmentRow, att_id)
+            assert row is not None
+            row.filename = before

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
 from tests.test_slawatch import Clock
-from triage.desk import users
+from triage.desk import logins, users
 from triage.desk.actions import ActionError, Desk, DeskConfig, NotFound
 from triage.desk.queue import QueueFilter, format_remaining, queue_page, work_order_detail
 from triage.messages import RawMessage
@@ -283,33 +283,63 @@ def test_format_remaining() -> None:
 
 
 # ---- users ------------------------------------------------------------------------------------
-def test_lockout_after_repeated_failures(env) -> None:
+def test_progressive_delay_per_name_and_address(env) -> None:
     _, _, sessions, _, clock = env
-    for _ in range(users.MAX_FAILURES - 1):
+
+    def attempt(name: str = "bob", address: str = "198.51.100.1") -> logins.Attempt:
         with sessions.begin() as s:
-            assert users.authenticate(s, "bob", "wrong", clock.t).user is None
+            return logins.reserve(s, name, address, clock.t)
+
+    results = [attempt() for _ in range(logins.FREE_ATTEMPTS)]
+    assert all(r.allowed for r in results)
+    assert [r.delay_started for r in results] == [False] * (logins.FREE_ATTEMPTS - 1) + [True]
+    refused = attempt()
+    assert not refused.allowed and refused.retry_after == logins.FIRST_DELAY
+    assert not attempt().allowed  # a refused attempt neither counts nor extends the delay
+    assert attempt(address="198.51.100.2").allowed  # another address: its own count
+    clock.t += logins.FIRST_DELAY
+    assert attempt().allowed  # one more, then twice the wait
+    again = attempt()
+    assert not again.allowed and again.retry_after == 2 * logins.FIRST_DELAY
+    with sessions.begin() as s:  # the right password clears this address's count
+        logins.succeeded(s, "bob", "198.51.100.1", clock.t)
+    assert attempt().allowed
+    assert logins.delay_after(100) == logins.MAX_DELAY
+
+
+def test_a_spread_attack_meets_the_per_name_count_but_known_addresses_pass(env) -> None:
+    _, _, sessions, _, clock = env
     with sessions.begin() as s:
-        r = users.authenticate(s, "bob", "wrong", clock.t)
-        assert r.user is None and r.error is not None and "locked" in r.error
-    with sessions.begin() as s:  # even the right password is refused while locked
-        assert users.authenticate(s, "bob", "long enough password", clock.t).user is None
-    clock.t += users.LOCKOUT + timedelta(seconds=1)
+        logins.succeeded(s, "bob", "203.0.113.9", clock.t)  # Bob's desk
+    for i in range(logins.NAME_FREE_ATTEMPTS):
+        with sessions.begin() as s:
+            assert logins.reserve(s, "bob", f"10.0.{i}.1", clock.t).allowed
     with sessions.begin() as s:
-        assert users.authenticate(s, "bob", "long enough password", clock.t).user is not None
+        assert not logins.reserve(s, "bob", "10.9.9.9", clock.t).allowed  # a fresh address
+        assert logins.reserve(s, "bob", "203.0.113.9", clock.t).allowed  # Bob's own desk
 
 
 def test_unknown_user_and_wrong_password_read_the_same(env) -> None:
     _, _, sessions, _, clock = env
-    with sessions.begin() as s:
-        a = users.authenticate(s, "nobody", "whatever", clock.t)
-        b = users.authenticate(s, "bob", "whatever", clock.t)
-    assert a.user is None and b.user is None and a.error == b.error
+    with sessions() as s:
+        unknown, known = users.credentials_for(s, "nobody"), users.credentials_for(s, "bob")
+    assert unknown.user_id is None and known.user_id is not None
+    # The unknown name is checked against a real argon2 hash: the same cost as a real one.
+    assert unknown.password_hash.startswith("$argon2id$")
+    assert not users.verify_password(unknown.password_hash, "whatever")
+    assert users.check_password(sessions, "nobody", "whatever", clock.t) is None
+    assert users.check_password(sessions, "bob", "whatever", clock.t) is None
+    with sessions() as s:
+        assert s.scalar(select(User.failed_logins).where(User.name == "bob")) == 1
+    assert users.check_password(sessions, "bob", "long enough password", clock.t) is not None
+    with sessions() as s:
+        assert s.scalar(select(User.failed_logins).where(User.name == "bob")) == 0
 
 
 def test_sessions_expire_and_end(env) -> None:
     _, _, sessions, _, clock = env
     with sessions.begin() as s:
-        user = users.authenticate(s, "bob", "long enough password", clock.t).user
+        user = s.scalar(select(User).where(User.name == "bob"))
         assert user is not None
         token, row = users.create_session(s, user, clock.t, timedelta(hours=1))
         assert row.token_hash != token  # only the hash is stored

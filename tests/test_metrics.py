@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from triage.addresses import REASONS
 from triage.metrics import (
+    LOGIN_FAILURES,
     OUTCOMES,
     PRIORITIES,
     SCREENED_KINDS,
@@ -76,13 +77,15 @@ def test_no_label_value_outside_the_fixed_sets():
     m.observe_poll("support", 0.2, True)
     m.observe_suppressed(ADDRESS)
     m.observe_suppressed("role_address")
+    m.observe_login_failure(ADDRESS)  # a name typed at the login is never a label
+    m.observe_login_failure("delayed")
     body, _ = m.exposition()
     assert b"@" not in body
     allowed = {"outcome": set(OUTCOMES), "kind": {*SCREENED_KINDS, ""}, "by": set(SCREENED_BY),
                "request_type": set(TYPES),
                "priority": set(PRIORITIES), "status": {"pending", "sending", "dead"},
                "mailbox": {"support"}, "target": set(SLA_TARGETS), "state": set(SLA_STATES),
-               "reason": {*REASONS, "other"}}
+               "reason": {*REASONS, "other", *LOGIN_FAILURES}}
     seen = set()
     for fam in text_string_to_metric_families(body.decode()):
         for s in fam.samples:

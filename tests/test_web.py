@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from classifiers.types import Decision
 from tests.test_slawatch import Clock
-from triage.desk import users
+from triage.desk import logins, users
 from triage.desk.actions import Desk, DeskConfig
 from triage.messages import RawMessage
 from triage.metrics import Metrics
@@ -159,16 +159,23 @@ def test_login_sets_a_safe_session_cookie_and_logout_ends_it(web) -> None:
     assert client.get("/queue").status_code == 303  # the server forgot the session
 
 
-def test_wrong_password_and_lockout(web) -> None:
-    client, _, _ = web
+def test_wrong_password_then_a_delay_for_that_name_and_address_only(web) -> None:
+    client, app, _ = web
     status, _ = login(client, password="nope")
     assert status == 401
-    for _ in range(users.MAX_FAILURES - 1):
-        login(client, password="nope")
-    status, _ = login(client)  # right password, but locked now
-    assert status == 401
-    r = client.get("/login")
-    assert r.status_code == 200
+    for _ in range(logins.FREE_ATTEMPTS - 1):
+        assert login(client, password="nope")[0] == 401
+    page = client.get("/login")
+    token = csrf_of(page.text)
+    r = client.post("/login", data={"name": "alice", "password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 429  # the right password waits too: nothing is checked now
+    assert r.headers["retry-after"] == str(int(logins.FIRST_DELAY.total_seconds()))
+    assert "wait 2 s" in r.text
+    # A colleague at another address is not kept out: that address was never guessed from.
+    other = TestClient(app, base_url="https://testserver", follow_redirects=False,
+                       client=("192.0.2.7", 50000))
+    assert login(other) == (303, "/queue")
+    other.close()
 
 
 def test_login_without_its_csrf_token_is_refused(web) -> None:
@@ -352,7 +359,8 @@ def test_reclassify_and_reply_from_the_page(web) -> None:
         assert wo is not None and wo.promised_at == datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
     r = client.post(f"/work-orders/{n}/promise", data={"csrf_token": token,
                                                       "promised": "not a date"})
-    assert "error=" in r.headers["location"]
+    assert r.status_code == 422  # the error is on the answer itself, not carried in a URL
+    assert "not a date and time: &#39;not a date&#39;" in r.text and "location" not in r.headers
     assert client.get("/work-orders/ITX-999999").status_code == 404
 
 

@@ -26,6 +26,9 @@ HANDLERS: dict[str, str] = {
     "user add": "triage.desk.cli:cmd_user_add",
     "user list": "triage.desk.cli:cmd_user_list",
     "oauth login": "triage.oauth_cli:cmd_login",
+    "user disable": "triage.desk.cli:cmd_user_disable",
+    "user enable": "triage.desk.cli:cmd_user_enable",
+    "user token revoke": "triage.desk.cli:cmd_user_token_revoke",
 }
 
 
@@ -196,10 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read the password from the first line of standard input")
     ua.add_argument("--no-password", action="store_true",
                     help="random password (an API-only account; use with --api-token)")
-    ua.add_argument("--reset", action="store_true", help="set a new password for NAME")
+    ua.add_argument("--reset", action="store_true",
+                    help="set a new password for NAME (ends their sessions and revokes their "
+                         "API token)")
     ua.add_argument("--api-token", action="store_true",
                     help="issue an API token for scripts (printed once; replaces the old one)")
-    user_sub.add_parser("list", help="list staff users")
+    user_sub.add_parser("list", help="list staff users, their state and API token's last use")
+    ud = user_sub.add_parser("disable", help="stop a user: no logins; sessions end and the "
+                                             "API token is revoked")
+    ud.add_argument("name", help="login name")
+    ue = user_sub.add_parser("enable", help="let a disabled user log in again")
+    ue.add_argument("name", help="login name")
+    tok = user_sub.add_parser("token", help="API tokens")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    tr = tok_sub.add_parser("revoke", help="revoke NAME's API token (scripts using it get 401)")
+    tr.add_argument("name", help="login name")
 
     oauth = sub.add_parser("oauth", help="OAuth2 logins of xoauth2 mailboxes")
     oauth_sub = oauth.add_subparsers(dest="oauth_command", required=True, parser_class=_Parser)
@@ -239,7 +253,8 @@ def _command_key(ns: argparse.Namespace) -> str:
                   "oauth_command"):
         sub = getattr(ns, group, None)
         if sub:
-            return f"{ns.command} {sub}"
+            third = getattr(ns, "token_command", None) if sub == "token" else None
+            return f"{ns.command} {sub}" + (f" {third}" if third else "")
     return str(ns.command)
 
 

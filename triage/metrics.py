@@ -73,6 +73,8 @@ def _check_mailbox_id(mailbox_id: str) -> str:
 # Business hours; a business day is 12 h (8:00-20:00), so 12 is the email promise.
 FIRST_RESPONSE_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 36.0, 60.0)
 SLA_TARGETS = ("callback", "response", "fulfil", "oncall_return")
+# Why a staff login was refused; "credentials" never tells a wrong name from a wrong password.
+LOGIN_FAILURES = ("credentials", "delayed", "throttled")
 SLA_STATES = ("at_risk", "breached")
 
 
@@ -149,6 +151,11 @@ class Metrics:
             "Unix time when an OAuth2 credential stops working: a client secret's end date "
             "from the settings, or a refresh token's end of life. Alerted 14 days ahead.",
             ["credential", "kind"], registry=r)
+        self.login_failures = Counter(
+            "triage_web_login_failures_total", "Refused staff logins by why: credentials "
+            "(wrong name or password, not told apart), delayed (the progressive delay per name "
+            "and address), throttled (the per-address or overall login rate).", ["reason"],
+            registry=r)
         if process:
             ProcessCollector(registry=r)
         # Every fixed series exists from the start, so rate() and absent() behave.
@@ -170,6 +177,8 @@ class Metrics:
         for target in SLA_TARGETS:
             for state in SLA_STATES:
                 self.sla_open.labels(target, state)
+        for reason in LOGIN_FAILURES:
+            self.login_failures.labels(reason)
 
     # ---- observations (the lead calls these) --------------------------------------------------
     def observe_outcomes(self, outcomes: Sequence[Outcome]) -> None:
@@ -197,6 +206,9 @@ class Metrics:
 
     def observe_suppressed(self, reason: str) -> None:
         self.suppressed.labels(_fixed(reason, SUPPRESSION_REASONS)).inc()
+
+    def observe_login_failure(self, reason: str) -> None:
+        self.login_failures.labels(_fixed(reason, LOGIN_FAILURES, "credentials")).inc()
 
     def observe_first_response(self, business_hours: float) -> None:
         self.first_response.observe(max(0.0, business_hours))
@@ -283,5 +295,5 @@ def _aware(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-__all__ = ["KINDS", "OUTCOMES", "PRIORITIES", "SCREENED_KINDS", "SLA_STATES", "SLA_TARGETS",
-           "TYPES", "Metrics"]
+__all__ = ["KINDS", "LOGIN_FAILURES", "OUTCOMES", "PRIORITIES", "SCREENED_KINDS", "SLA_STATES",
+           "SLA_TARGETS", "TYPES", "Metrics"]

@@ -50,6 +50,7 @@ from triage.oauth import TokenSources
 from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy
 from triage.pipeline import Runner, log_sweep_failure
 from triage.relay import RefusalStreak
+from triage.resources import TEMPLATES_DIR
 from triage.sentlog import SentLog
 from triage.sla import SlaPolicy, SlaPolicyError, load_policy
 from triage.slawatch import SlaWatch
@@ -571,9 +572,8 @@ class Service:
                 desk=self.c.desk, attachments_dir=self.settings.attachments_dir,
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
-                screening=self.c.screening(),
-                **({"templates_dir": self.settings.templates_dir}
-                   if self.settings.templates_dir else {}),
+                screening=self.c.screening(), metrics=self.c.metrics,
+                templates_dir=self.settings.templates_dir or TEMPLATES_DIR,
                 acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
                               phone=self.settings.helpdesk_phone,
                               env=make_env(self.settings.templates_dir)),

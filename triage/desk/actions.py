@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -28,6 +28,9 @@ STATUSES = ("new", "open", "waiting_client", "resolved")
 STATUS_LABELS = {"new": "New", "open": "Open", "waiting_client": "Waiting on client",
                  "resolved": "Resolved"}
 MAX_NOTE = 20_000
+# A promise date within a year back and five years ahead: enough for any real promise, and a
+# bound that keeps 0001-01-01 or 9999-12-31 (which no time zone can show) out of the table.
+PROMISE_WINDOW = (timedelta(days=366), timedelta(days=5 * 366))
 MAX_REPLY = 50_000
 
 
@@ -117,6 +120,15 @@ class Desk:
         if when is not None and when.tzinfo is None:
             raise ActionError("a promise date needs a time zone")
         now = self._clock()
+        if when is not None:
+            earliest, latest = now - PROMISE_WINDOW[0], now + PROMISE_WINDOW[1]
+            try:
+                inside = earliest <= when <= latest
+            except OverflowError:  # an offset that pushes the time past year 1 or 9999
+                inside = False
+            if not inside:
+                raise ActionError(f"a promise date must be between {earliest:%Y-%m-%d} and "
+                                  f"{latest:%Y-%m-%d}")
         with self._sessions.begin() as s:
             wo = self._locked(s, number)
             wo.promised_at = when.astimezone(UTC) if when else None

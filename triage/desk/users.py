@@ -1,8 +1,12 @@
-"""Staff users: argon2id passwords, lockout, server-side sessions and API tokens.
+"""Staff users: argon2id passwords, server-side sessions and API tokens, and their lifecycle
+(password reset, token revocation, disabling a user).
 
-Lockout is per user (``MAX_FAILURES`` wrong passwords lock the account for ``LOCKOUT``), and
-a wrong name costs the same argon2 verify as a wrong password, so timing does not tell which
-names exist. Session and API tokens are 256-bit random strings; only their SHA-256 is stored.
+A password is checked outside any write transaction (argon2 takes ~0.1 s of CPU; inside a
+SQLite write transaction it would hold the database's only write lock that long), and the
+failure is then counted in SQL. Repeated failures are slowed by ``triage.desk.logins``, not
+by locking the account. A wrong name costs the same argon2 verify as a wrong password, so
+timing does not tell which names exist. Session and API tokens are 256-bit random strings;
+only their SHA-256 is stored, and a password reset or a disable ends both.
 """
 
 from __future__ import annotations
@@ -13,17 +17,17 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from triage.storage.models import User, WebSession
 
-MAX_FAILURES = 5
-LOCKOUT = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=12)
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)  # how often a token's last use is written
 MIN_PASSWORD = 10
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -60,47 +64,105 @@ def random_password() -> str:
 
 
 def set_password(s: Session, user: User, password: str) -> None:
+    """A new password ends every session and revokes the API token: a reset is what an
+    operator does when the old credentials may be known to someone else."""
     if len(password) < MIN_PASSWORD:
         raise UserError(f"password: at least {MIN_PASSWORD} characters")
     user.password_hash = _hasher.hash(password)
     user.failed_logins, user.locked_until = 0, None
-    s.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    user.api_token_hash, user.api_token_used_at = None, None
+    end_sessions(s, user)
+
+
+def end_sessions(s: Session, user: User) -> int:
+    """End every session of ``user``; how many there were."""
+    r = cast(CursorResult[Any], s.execute(delete(WebSession)
+                                          .where(WebSession.user_id == user.id)))
+    return r.rowcount or 0
+
+
+def disable_user(s: Session, user: User) -> None:
+    """No more logins, sessions or API calls; the user stays for the audit trail."""
+    user.active = False
+    user.api_token_hash, user.api_token_used_at = None, None
+    end_sessions(s, user)
+
+
+def enable_user(s: Session, user: User) -> None:
+    """Logins again with the same password (the old sessions and token stay ended)."""
+    user.active = True
+    user.failed_logins, user.locked_until = 0, None
+
+
+def revoke_api_token(s: Session, user: User) -> bool:
+    """Whether there was a token to revoke."""
+    had = user.api_token_hash is not None
+    user.api_token_hash, user.api_token_used_at = None, None
+    return had
 
 
 @dataclass(frozen=True)
-class LoginResult:
-    user: User | None
-    error: str | None = None  # shown to the person: never says whether the name exists
+class Credentials:
+    """What a password check needs, read outside any write transaction. An unknown or
+    disabled name gets the dummy hash, so its check costs the same argon2 time."""
+
+    user_id: int | None
+    password_hash: str
 
 
-def authenticate(s: Session, name: str, password: str, now: datetime) -> LoginResult:
-    """Check a password, counting failures; call inside a write transaction."""
-    generic = "Wrong user name or password."
+def credentials_for(s: Session, name: str) -> Credentials:
     user = s.scalar(select(User).where(User.name == name.strip().lower()))
     if user is None or not user.active:
-        _verify(_DUMMY_HASH, password)
-        return LoginResult(None, generic)
-    if user.locked_until is not None and user.locked_until > now:
-        _verify(_DUMMY_HASH, password)
-        return LoginResult(None, "Too many failed attempts: this account is locked for a while.")
-    if not _verify(user.password_hash, password):
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILURES:
-            user.locked_until, user.failed_logins = now + LOCKOUT, 0
-            return LoginResult(None,
-                               "Too many failed attempts: this account is locked for a while.")
-        return LoginResult(None, generic)
-    user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
-    return LoginResult(user)
+        return Credentials(None, _DUMMY_HASH)
+    return Credentials(user.id, user.password_hash)
 
 
-def _verify(hashed: str, password: str) -> bool:
+def verify_password(hashed: str, password: str) -> bool:
+    """argon2 verify: CPU-heavy (~0.1 s); never call it inside a write transaction."""
     try:
         return _hasher.verify(hashed, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def rehash_if_needed(hashed: str, password: str) -> str | None:
+    """A new hash when the stored one uses older parameters (after a successful check)."""
+    return _hasher.hash(password) if _hasher.check_needs_rehash(hashed) else None
+
+
+def record_failure(s: Session, user_id: int) -> None:
+    """One more consecutive failure, counted in SQL so parallel failures all count."""
+    s.execute(update(User).where(User.id == user_id)
+              .values(failed_logins=User.failed_logins + 1))
+
+
+def record_success(s: Session, user_id: int, now: datetime,
+                   new_hash: str | None = None) -> User | None:
+    """The user after a right password, or None if they were disabled meanwhile."""
+    user = s.get(User, user_id)
+    if user is None or not user.active:
+        return None
+    user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
+    if new_hash is not None:
+        user.password_hash = new_hash
+    return user
+
+
+def check_password(sessions: sessionmaker[Session], name: str, password: str,
+                   now: datetime) -> User | None:
+    """Read, verify outside any transaction, record: for the command line and tests (the web
+    login adds the progressive delay of ``triage.desk.logins`` around the same steps)."""
+    with sessions() as s:
+        creds = credentials_for(s, name)
+    ok = verify_password(creds.password_hash, password)
+    if creds.user_id is None:
+        return None
+    with sessions.begin() as s:
+        if not ok:
+            record_failure(s, creds.user_id)
+            return None
+        return record_success(s, creds.user_id, now,
+                              rehash_if_needed(creds.password_hash, password))
 
 
 def create_session(s: Session, user: User, now: datetime,
@@ -130,7 +192,7 @@ def end_session(s: Session, token: str) -> None:
 
 def issue_api_token(s: Session, user: User) -> str:
     token = "itx_" + secrets.token_urlsafe(32)
-    user.api_token_hash = token_hash(token)
+    user.api_token_hash, user.api_token_used_at = token_hash(token), None
     return token
 
 
@@ -144,8 +206,23 @@ def user_for_api_token(s: Session, token: str) -> User | None:
     return user if hmac.compare_digest(user.api_token_hash, token_hash(token)) else None
 
 
+def note_token_use(s: Session, user_id: int, now: datetime) -> bool:
+    """Record a token's use, at most once per ``TOKEN_USE_RESOLUTION``: whether it wrote.
+
+    The condition is in the UPDATE, so parallel calls write once and the common case (used a
+    moment ago) writes nothing."""
+    r = cast(CursorResult[Any], s.execute(update(User).where(
+        User.id == user_id, User.api_token_hash.is_not(None),
+        or_(User.api_token_used_at.is_(None),
+            User.api_token_used_at < now - TOKEN_USE_RESOLUTION))
+        .values(api_token_used_at=now).execution_options(synchronize_session=False)))
+    return bool(r.rowcount)
+
+
 __all__ = [
-    "LOCKOUT", "MAX_FAILURES", "LoginResult", "UserError", "add_user", "authenticate",
-    "create_session", "end_session", "issue_api_token", "random_password", "session_for",
-    "set_password", "token_hash", "user_for_api_token",
+    "SESSION_TTL", "TOKEN_USE_RESOLUTION", "Credentials", "UserError", "add_user",
+    "check_password", "create_session", "credentials_for", "disable_user", "enable_user",
+    "end_session", "end_sessions", "issue_api_token", "note_token_use", "random_password",
+    "record_failure", "record_success", "rehash_if_needed", "revoke_api_token", "session_for",
+    "set_password", "token_hash", "user_for_api_token", "verify_password",
 ]

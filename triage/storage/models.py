@@ -269,6 +269,9 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column()
     api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Written at most once a minute per token (triage.desk.users.TOKEN_USE_RESOLUTION), so an
+    # API script does not take SQLite's write lock on every call.
+    api_token_used_at: Mapped[datetime | None] = mapped_column()
     last_login_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -286,6 +289,20 @@ class WebSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     user: Mapped[User] = relationship()
+
+
+class LoginThrottle(Base):
+    """Login attempts per typed name and client address (``address`` "*": per name from
+    addresses it never logged in from), for the progressive delay of ``triage.desk.logins``.
+    Keyed by the name as typed, so an unknown name is throttled exactly like a real one."""
+
+    __tablename__ = "login_throttle"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime] = mapped_column()
+    known: Mapped[bool] = mapped_column(Boolean, default=False)  # a login succeeded from here
+    last_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Correction(Base):
@@ -333,7 +350,7 @@ class OAuthToken(Base):
 
 
 __all__ = [
-    "AttachmentRow", "Base", "Client", "Correction", "Event", "Fetch", "MailboxState",
-    "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert", "User", "WebSession", "WorkOrder",
-    "utcnow",
+    "AttachmentRow", "Base", "Client", "Correction", "Event", "Fetch", "LoginThrottle",
+    "MailboxState", "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert", "User",
+    "WebSession", "WorkOrder", "utcnow",
 ]

@@ -15,14 +15,24 @@ Security, in one place:
 - client content is escaped everywhere; HTML bodies are cleaned with nh3 (no scripts, no
   styles, no remote images) and the Content-Security-Policy forbids inline script anyway;
 - attachments download as ``application/octet-stream`` with ``Content-Disposition:
-  attachment``; ``next`` after login must be a local path.
+  attachment``; ``next`` after login must be a local path;
+- ``POST /login`` is rate-limited per client address and overall (``triage.web.throttle``,
+  429 with ``Retry-After``), repeated failures are slowed per name and address
+  (``triage.desk.logins``), and argon2 runs outside any write transaction on a thread of its
+  own, so a login flood neither holds the database's write lock nor fills the thread pool
+  the pages share;
+- every id, number and date a route accepts is bounded (a 4xx that says why, never a 500);
+  alerts come from fixed keys (``triage.web.alerts``), and client text is bidi-isolated.
 """
 
+import asyncio
 import hmac
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,15 +42,20 @@ from zoneinfo import ZoneInfo
 
 import nh3
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.routing import BaseRoute
 
-from triage.desk import users
+from triage import security
+from triage.desk import logins, users
 from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Desk, NotFound
 from triage.desk.queue import (
     ACTIVE,
@@ -57,11 +72,14 @@ from triage.desk.queue import (
 )
 from triage.desk.screened import Screening, awaiting_count
 from triage.desk.sent import SentAcks
+from triage.metrics import Metrics
 from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
 from triage.storage.models import Outbox, WorkOrder
+from triage.web.alerts import LOGIN_ALERTS, bidi, done_text
 from triage.web.params import known
 from triage.web.screened import ScreenedRoutes
+from triage.web.throttle import LoginBuckets, LoginThrottleMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +87,20 @@ SESSION_COOKIE = "itx_session"
 LOGIN_CSRF_COOKIE = "itx_login_csrf"
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; script-src 'self'; connect-src 'self'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 SAFE_NEXT = re.compile(r"^/(?![/\\])[^\s\\]*$")
 HTML_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "div", "em", "font", "h1", "h2",
              "h3", "h4", "h5", "h6", "hr", "i", "li", "ol", "p", "pre", "s", "small", "span",
              "strong", "sub", "sup", "table", "tbody", "td", "th", "thead", "tr", "u", "ul"}
 HTML_ATTRS: dict[str, set[str]] = {"a": {"href", "title"}, "td": {"colspan", "rowspan"},
                                    "th": {"colspan", "rowspan"}}
+# Work order numbers as the store makes them (ITX- and at least six digits).
+NUMBER_PATTERN = r"^ITX-\d{6,12}$"
+ID_MAX = 2**31 - 1  # database ids are 32-bit on PostgreSQL
+Number = Annotated[str, PathParam(pattern=NUMBER_PATTERN, description="e.g. ITX-000123")]
+RowId = Annotated[int, PathParam(ge=1, le=ID_MAX)]
+Short = Annotated[str, Form(max_length=64)]
 
 
 @dataclass
@@ -90,6 +116,8 @@ class WebDeps:
     screening: Screening | None = None  # the Screened view's actions (None: list only)
     templates_dir: Path = TEMPLATES_DIR  # the templates_dir setting, else the shipped ones
     acks: SentAcks | None = None  # renders sent acknowledgments (None: shown without text)
+    metrics: Metrics | None = None  # the failed-login counter (None: not counted)
+    login_buckets: LoginBuckets | None = None  # None: the default limits
 
 
 @dataclass(frozen=True)
@@ -108,10 +136,8 @@ class SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
         h = response.headers
-        h.setdefault("Content-Security-Policy", CSP)
-        h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("X-Frame-Options", "DENY")
-        h.setdefault("Referrer-Policy", "same-origin")
+        for name, value in SECURITY_HEADERS.items():
+            h.setdefault(name, value)
         if request.url.path not in ("/metrics", "/healthz", "/readyz", "/static/app.css"):
             h.setdefault("Cache-Control", "no-store")
         return response
@@ -148,6 +174,7 @@ def make_templates(templates_dir: Path = TEMPLATES_DIR) -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["remaining"] = format_remaining
     env.filters["label"] = lambda v: str(v).replace("_", " ")
+    env.filters["bidi"] = bidi
     env.globals["STATUS_LABELS"] = STATUS_LABELS
     return env
 
@@ -156,13 +183,20 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     app = FastAPI(title="ITX Triage staff API", version="1",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
+    # Outermost: a throttled login is answered before routing and form parsing.
+    buckets = deps.login_buckets or LoginBuckets()
+    app.add_middleware(LoginThrottleMiddleware, buckets=buckets, metrics=deps.metrics,
+                       headers=SECURITY_HEADERS)
     templates = make_templates(deps.templates_dir)
     policy = deps.policy
 
     def local(t: datetime | None, tz: str) -> str:
         if t is None:
             return "—"
-        return t.astimezone(ZoneInfo(tz)).strftime("%a %d %b %Y %H:%M %Z")
+        try:
+            return t.astimezone(ZoneInfo(tz)).strftime("%a %d %b %Y %H:%M %Z")
+        except (OverflowError, ValueError):  # a time at the edge of the calendar: show it as is
+            return t.isoformat()
 
     templates.filters["local"] = local
 
@@ -171,14 +205,28 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
     templates.globals["tz_of"] = tz_of_contract
 
-    def render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def render(name: str, status: int = 200, *, session: Session | None = None,
+               **ctx: Any) -> HTMLResponse:
+        """``session``: the caller's open read session, if any. A second one per request
+        would let concurrent requests each hold one pooled connection while waiting for
+        another, until the pool's timeout (20 concurrent queue requests did)."""
         if ctx.get("who"):  # the navigation's count of screened mail awaiting a look
-            with deps.reads() as s:
-                ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
+            if session is not None:
+                ctx["screened_awaiting"] = awaiting_count(session, deps.clock())
+            else:
+                with deps.reads() as s:
+                    ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
         html = templates.get_template(f"web/{name}.html.j2").render(**ctx)
         return HTMLResponse(html, status_code=status)
 
     # ---- identity ------------------------------------------------------------------------
+    # argon2 gets one thread of its own: a login flood queues here, not in the thread pool
+    # the pages use, and keeps at least one core for everything else.
+    argon2 = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argon2")
+
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
     def principal(request: Request) -> Principal:
         now = deps.clock()
         token = request.cookies.get(SESSION_COOKIE, "")
@@ -188,11 +236,20 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                 return Principal(row.user.id, row.user.name, row.user.display_name,
                                  row.csrf_token)
             auth = request.headers.get("authorization", "")
-            if request.url.path.startswith("/api/") and auth[:7].lower() == "bearer ":
-                user = users.user_for_api_token(s, auth[7:].strip())
-                if user is not None:
-                    return Principal(user.id, user.name, user.display_name, None)
-        raise LoginRequired
+            if not (request.url.path.startswith("/api/") and auth[:7].lower() == "bearer "):
+                raise LoginRequired
+            user = users.user_for_api_token(s, auth[7:].strip()[:200])
+            if user is None:
+                security.event("api_token_refused", level=logging.WARNING,
+                               client=client_of(request))
+                raise LoginRequired
+            who = Principal(user.id, user.name, user.display_name, None)
+            used = user.api_token_used_at
+        if used is None or used < now - users.TOKEN_USE_RESOLUTION:
+            with deps.sessions.begin() as s:
+                if users.note_token_use(s, who.user_id, now):
+                    security.event("api_token_used", user=who.name, client=client_of(request))
+        return who
 
     Who = Annotated[Principal, Depends(principal)]
 
@@ -210,39 +267,105 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        """The API answers FastAPI's JSON; a page says which field, without echoing it."""
+        if request.url.path.startswith("/api/"):
+            return await request_validation_exception_handler(request, exc)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+            for e in exc.errors()[:5])
+        return render("error", 422, who=None, title="Not a valid request",
+                      message=problems[:500])
+
     # ---- login ---------------------------------------------------------------------------
-    @app.get("/login", include_in_schema=False)
-    def login_form(request: Request, next: str = "/queue", error: str = "") -> Response:
+    def login_page(next_: str, alert: str = "", status: int = 200,
+                   retry_after: float = 0) -> Response:
+        """The login form with one of ``LOGIN_ALERTS`` (never text from the request)."""
         token = secrets.token_urlsafe(24)
-        resp = render("login", next=safe_next(next), csrf=token, error=error[:200])
+        seconds = max(1, math.ceil(retry_after))
+        message = LOGIN_ALERTS[alert].format(seconds=seconds) if alert else ""
+        resp = render("login", status, next=safe_next(next_), csrf=token, error=message)
         resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
                         secure=deps.cookie_secure, max_age=3600, path="/login")
+        if retry_after:
+            resp.headers["Retry-After"] = str(seconds)
         return resp
 
+    def refused(reason: str) -> None:
+        if deps.metrics is not None:
+            deps.metrics.observe_login_failure(reason)
+
+    @app.get("/login", include_in_schema=False)
+    def login_form(request: Request,
+                   next: Annotated[str, Query(max_length=2000)] = "/queue") -> Response:
+        return login_page(next)
+
+    def begin_login(name: str, client: str,
+                    now: datetime) -> tuple[logins.Attempt, users.Credentials]:
+        with deps.sessions.begin() as s:  # short: counts the attempt, then commits
+            attempt = logins.reserve(s, name, client, now)
+        with deps.reads() as s:
+            return attempt, users.credentials_for(s, name)
+
+    def finish_login(creds: users.Credentials, name: str, client: str, now: datetime,
+                     new_hash: str | None, old_session: str | None) -> str | None:
+        with deps.sessions.begin() as s:
+            assert creds.user_id is not None
+            user = users.record_success(s, creds.user_id, now, new_hash)
+            if user is None:
+                return None
+            logins.succeeded(s, name, client, now)
+            if old_session:
+                users.end_session(s, old_session)
+            token, _ = users.create_session(s, user, now, deps.session_ttl)
+            return token
+
+    def failed_login(user_id: int) -> None:
+        with deps.sessions.begin() as s:
+            users.record_failure(s, user_id)
+
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, name: Annotated[str, Form(max_length=64)],
-              password: Annotated[str, Form(max_length=1024)],
-              csrf_token: Annotated[str, Form()] = "",
-              next: Annotated[str, Form()] = "/queue") -> Response:
+    async def login(request: Request, name: Annotated[str, Form(max_length=64)],
+                    password: Annotated[str, Form(max_length=1024)],
+                    csrf_token: Annotated[str, Form(max_length=200)] = "",
+                    next: Annotated[str, Form(max_length=2000)] = "/queue") -> Response:
+        """Async, so that a refused attempt costs no thread: the database steps run in the
+        thread pool, argon2 on its own thread, and nothing holds a write transaction while
+        the password is checked."""
+        client = client_of(request)
+        typed = logins.normal_name(name)
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
-            return login_form(request, next, "Your login form expired; please try again.")
+            return login_page(next, "expired")
         now = deps.clock()
-        with deps.sessions.begin() as s:
-            result = users.authenticate(s, name, password, now)
-            if result.user is None:
-                log.info("login failed", extra={"event": "login_failed"})
-                token = None
-            else:
-                old = request.cookies.get(SESSION_COOKIE)
-                if old:
-                    users.end_session(s, old)
-                token, _ = users.create_session(s, result.user, now, deps.session_ttl)
-                log.info("login", extra={"event": "login", "user": result.user.name})
+        attempt, creds = await run_in_threadpool(begin_login, typed, client, now)
+        if not attempt.allowed:
+            delay = attempt.retry_after.total_seconds()
+            refused("delayed")
+            security.event("login_delayed", level=logging.WARNING, user=typed, client=client,
+                           retry_after=round(delay, 1))
+            return login_page(next, "delayed", 429, retry_after=delay)
+        if attempt.delay_started:
+            security.event("login_delay_started", level=logging.WARNING, user=typed,
+                           client=client)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(argon2, users.verify_password, creds.password_hash,
+                                        password)
+        token = None
+        if ok and creds.user_id is not None:
+            new_hash = await loop.run_in_executor(argon2, users.rehash_if_needed,
+                                                  creds.password_hash, password)
+            token = await run_in_threadpool(finish_login, creds, typed, client, now, new_hash,
+                                            request.cookies.get(SESSION_COOKIE))
+        elif creds.user_id is not None:
+            await run_in_threadpool(failed_login, creds.user_id)
         if token is None:
-            resp = login_form(request, next, result.error or "")
-            resp.status_code = 401
-            return resp
+            refused("credentials")
+            security.event("login_failed", level=logging.WARNING, user=typed, client=client)
+            return login_page(next, "credentials", 401)
+        security.event("login", user=typed, client=client)
+        buckets.known_good(client)
         resp = RedirectResponse(safe_next(next), status_code=303)
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax",
                         secure=deps.cookie_secure, max_age=int(deps.session_ttl.total_seconds()),
@@ -252,10 +375,11 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
     @app.post("/logout", include_in_schema=False)
     def logout(request: Request, who: Who,
-               csrf_token: Annotated[str, Form()] = "") -> Response:
+               csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
         check_csrf(who, csrf_token)
         with deps.sessions.begin() as s:
             users.end_session(s, request.cookies.get(SESSION_COOKIE, ""))
+        security.event("logout", user=who.name, client=client_of(request))
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
@@ -271,8 +395,12 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                             headers={"Cache-Control": "max-age=3600"})
 
     def queue_filter(
-        type: str | None = None, priority: str | None = None, status: str = ACTIVE,
-        assignee: str | None = None, review: str | None = None, sla: str | None = None,
+        type: Annotated[str | None, Query(max_length=64)] = None,
+        priority: Annotated[str | None, Query(max_length=64)] = None,
+        status: Annotated[str, Query(max_length=64)] = ACTIVE,
+        assignee: Annotated[str | None, Query(max_length=64)] = None,
+        review: Annotated[str | None, Query(max_length=8)] = None,
+        sla: Annotated[str | None, Query(max_length=64)] = None,
         q: Annotated[str | None, Query(max_length=200)] = None,
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
         per_page: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -292,7 +420,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         with deps.reads() as s:
             page = queue_page(s, policy, f, now)
             staff = staff_names(s)
-            resp = render("queue", who=who, f=f, page=page, now=now, staff=staff,
+            resp = render("queue", session=s, who=who, f=f, page=page, now=now, staff=staff,
                           types=policy.types, priorities=policy.priorities,
                           statuses=STATUS_FILTERS, sla_filters=SLA_FILTERS,
                           link=lambda **kw: "/queue?" + urlencode(f.query_args(**kw)),
@@ -301,12 +429,19 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         return resp
 
     @app.get("/work-orders/{number}", include_in_schema=False)
-    def work_order_page(who: Who, number: str, done: str = "", error: str = "") -> Response:
+    def work_order_page(who: Who, number: Number,
+                        done: Annotated[str, Query(max_length=100)] = "") -> Response:
+        return work_order_view(who, number, done=done_text(done))
+
+    def work_order_view(who: Principal, number: str, *, done: str = "", error: str = "",
+                        status: int = 200) -> Response:
+        """The page, with a done message (a key from ``DONE``) or the error of the action
+        just posted (the server's own text, never from the URL)."""
         now = deps.clock()
         with deps.reads() as s:
             d = work_order_detail(s, policy, number, now)
             if d is None:
-                return render("error", 404, who=who, title="Not found",
+                return render("error", 404, session=s, who=who, title="Not found",
                               message=f"No work order {number}.")
             bodies = {}
             ack_texts: dict[int, str] = {}
@@ -315,14 +450,14 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                     bodies[item.message.id] = clean_html(item.message.body_html)
                 if item.outbox is not None and item.kind == "ack" and deps.acks is not None:
                     ack_texts[item.outbox.id] = ack_text(deps.acks, item.outbox, d)
-            return render("work_order", who=who, d=d, wo=d.wo, now=now, bodies=bodies,
-                          ack_texts=ack_texts,
-                          staff=staff_names(s), types=policy.types,
+            return render("work_order", status, session=s, who=who, d=d, wo=d.wo, now=now,
+                          bodies=bodies, ack_texts=ack_texts, staff=staff_names(s),
+                          types=policy.types,
                           priorities=policy.priorities, statuses=STATUSES,
-                          done=done[:60], error=error[:300])
+                          done=done, error=error[:300])
 
     @app.get("/work-orders/{number}/attachments/{attachment_id}", include_in_schema=False)
-    def attachment(who: Who, number: str, attachment_id: int) -> Response:
+    def attachment(who: Who, number: Number, attachment_id: RowId) -> Response:
         with deps.reads() as s:
             row = attachment_for(s, number, attachment_id)
         if row is None:
@@ -349,64 +484,63 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         except NotFound:
             raise HTTPException(404, f"no work order {number}") from None
         except ActionError as e:
-            return RedirectResponse(f"{target}?{urlencode({'error': str(e)})}", status_code=303)
+            return work_order_view(who, number, error=str(e), status=422)
         return RedirectResponse(f"{target}?{urlencode({'done': label})}", status_code=303)
 
-    Csrf = Annotated[str, Form()]
+    Csrf = Annotated[str, Form(max_length=200)]
 
     @app.post("/work-orders/{number}/reclassify", include_in_schema=False)
-    def f_reclassify(who: Who, number: str, csrf_token: Csrf,
-                     request_type: Annotated[str, Form()],
-                     priority: Annotated[str, Form()]) -> Response:
+    def f_reclassify(who: Who, number: Number, csrf_token: Csrf,
+                     request_type: Short, priority: Short) -> Response:
         return act(who, number, csrf_token, "reclassified",
                    lambda: deps.desk.reclassify(number, who.name, request_type, priority))
 
     @app.post("/work-orders/{number}/assign", include_in_schema=False)
-    def f_assign(who: Who, number: str, csrf_token: Csrf,
-                 assignee: Annotated[str, Form()] = "") -> Response:
+    def f_assign(who: Who, number: Number, csrf_token: Csrf,
+                 assignee: Annotated[str, Form(max_length=64)] = "") -> Response:
         return act(who, number, csrf_token, "assigned",
                    lambda: deps.desk.assign(number, who.name, assignee or None))
 
     @app.post("/work-orders/{number}/promise", include_in_schema=False)
-    def f_promise(who: Who, number: str, csrf_token: Csrf,
-                  promised: Annotated[str, Form()] = "") -> Response:
+    def f_promise(who: Who, number: Number, csrf_token: Csrf,
+                  promised: Annotated[str, Form(max_length=64)] = "") -> Response:
         def run() -> None:
             deps.desk.promise(number, who.name, _local_datetime(promised, _tz_of(number)))
         return act(who, number, csrf_token, "promise set", run)
 
     @app.post("/work-orders/{number}/status", include_in_schema=False)
-    def f_status(who: Who, number: str, csrf_token: Csrf,
-                 status: Annotated[str, Form()]) -> Response:
+    def f_status(who: Who, number: Number, csrf_token: Csrf,
+                 status: Short) -> Response:
         return act(who, number, csrf_token, "status changed",
                    lambda: deps.desk.set_status(number, who.name, status))
 
     @app.post("/work-orders/{number}/note", include_in_schema=False)
-    def f_note(who: Who, number: str, csrf_token: Csrf,
+    def f_note(who: Who, number: Number, csrf_token: Csrf,
                text: Annotated[str, Form(max_length=20_000)]) -> Response:
         return act(who, number, csrf_token, "note added",
                    lambda: deps.desk.note(number, who.name, text))
 
     @app.post("/work-orders/{number}/reply", include_in_schema=False)
-    def f_reply(who: Who, number: str, csrf_token: Csrf,
+    def f_reply(who: Who, number: Number, csrf_token: Csrf,
                 body: Annotated[str, Form(max_length=50_000)],
-                wait: Annotated[str, Form()] = "") -> Response:
+                wait: Annotated[str, Form(max_length=8)] = "") -> Response:
         return act(who, number, csrf_token, "reply queued",
                    lambda: deps.desk.reply(number, who.name, body, wait_for_client=bool(wait),
                                            agent_name=who.display_name))
 
     @app.post("/work-orders/{number}/called-back", include_in_schema=False)
-    def f_called_back(who: Who, number: str, csrf_token: Csrf,
+    def f_called_back(who: Who, number: Number, csrf_token: Csrf,
                       text: Annotated[str, Form(max_length=20_000)] = "") -> Response:
         return act(who, number, csrf_token, "call back logged",
                    lambda: deps.desk.called_back(number, who.name, text))
 
     @app.post("/work-orders/{number}/resolve", include_in_schema=False)
-    def f_resolve(who: Who, number: str, csrf_token: Csrf) -> Response:
+    def f_resolve(who: Who, number: Number, csrf_token: Csrf) -> Response:
         return act(who, number, csrf_token, "resolved",
                    lambda: deps.desk.resolve(number, who.name))
 
     @app.post("/work-orders/{number}/reopen", include_in_schema=False)
-    def f_reopen(who: Who, number: str, csrf_token: Csrf) -> Response:
+    def f_reopen(who: Who, number: Number, csrf_token: Csrf) -> Response:
         return act(who, number, csrf_token, "reopened",
                    lambda: deps.desk.reopen(number, who.name))
 
@@ -449,7 +583,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
             return _page_json(queue_page(s, policy, f, deps.clock()))
 
     @api.get("/work-orders/{number}", summary="One work order with its thread and audit trail")
-    def api_work_order(who: ApiWho, number: str) -> dict[str, Any]:
+    def api_work_order(who: ApiWho, number: Number) -> dict[str, Any]:
         with deps.reads() as s:
             d = work_order_detail(s, policy, number, deps.clock())
             if d is None:
@@ -458,45 +592,45 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
     @api.post("/work-orders/{number}/reclassify", summary="Set type and priority (recomputes "
               "the due dates; kept as training data)")
-    def api_reclassify(who: ApiWho, number: str, body: Reclassify) -> dict[str, Any]:
+    def api_reclassify(who: ApiWho, number: Number, body: Reclassify) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.reclassify(number, who.name,
                                                              body.request_type, body.priority))
 
     @api.post("/work-orders/{number}/assign", summary="Assign (null: unassign)")
-    def api_assign(who: ApiWho, number: str, body: Assign) -> dict[str, Any]:
+    def api_assign(who: ApiWho, number: Number, body: Assign) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.assign(number, who.name, body.assignee))
 
     @api.post("/work-orders/{number}/promise", summary="Set or clear the promised date")
-    def api_promise(who: ApiWho, number: str, body: Promise) -> dict[str, Any]:
+    def api_promise(who: ApiWho, number: Number, body: Promise) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.promise(number, who.name, body.promised_at))
 
     @api.post("/work-orders/{number}/status", summary="Change status (waiting_client pauses "
               "the SLA clocks)")
-    def api_status(who: ApiWho, number: str, body: StatusChange) -> dict[str, Any]:
+    def api_status(who: ApiWho, number: Number, body: StatusChange) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.set_status(number, who.name, body.status))
 
     @api.post("/work-orders/{number}/notes", summary="Add an internal note")
-    def api_note(who: ApiWho, number: str, body: Note) -> dict[str, Any]:
+    def api_note(who: ApiWho, number: Number, body: Note) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.note(number, who.name, body.text))
 
     @api.post("/work-orders/{number}/replies", summary="Reply to the client (via the outbox; "
               "the first reply stops the response clock)")
-    def api_reply(who: ApiWho, number: str, body: Reply) -> dict[str, Any]:
+    def api_reply(who: ApiWho, number: Number, body: Reply) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.reply(
             number, who.name, body.body, wait_for_client=body.wait_for_client,
             agent_name=who.display_name))
 
     @api.post("/work-orders/{number}/called-back", summary="Log the call back (stops the "
               "call-back clock)")
-    def api_called_back(who: ApiWho, number: str, body: CalledBack) -> dict[str, Any]:
+    def api_called_back(who: ApiWho, number: Number, body: CalledBack) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.called_back(number, who.name, body.text))
 
     @api.post("/work-orders/{number}/resolve", summary="Resolve")
-    def api_resolve(who: ApiWho, number: str) -> dict[str, Any]:
+    def api_resolve(who: ApiWho, number: Number) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.resolve(number, who.name))
 
     @api.post("/work-orders/{number}/reopen", summary="Reopen a resolved work order")
-    def api_reopen(who: ApiWho, number: str) -> dict[str, Any]:
+    def api_reopen(who: ApiWho, number: Number) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.reopen(number, who.name))
 
     ScreenedRoutes(deps, render, principal, api_csrf, check_csrf, clean_html).add(app, api)
@@ -513,20 +647,23 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
 # ---- API bodies and JSON shapes -------------------------------------------------------------
 class Reclassify(BaseModel):
-    request_type: str
-    priority: str
+    request_type: str = Field(max_length=64)
+    priority: str = Field(max_length=64)
 
 
 class Assign(BaseModel):
-    assignee: str | None = Field(default=None, description="a staff user name; null unassigns")
+    assignee: str | None = Field(default=None, max_length=64,
+                                 description="a staff user name; null unassigns")
 
 
 class Promise(BaseModel):
-    promised_at: datetime | None = Field(default=None, description="ISO 8601 with an offset")
+    promised_at: datetime | None = Field(
+        default=None, description="ISO 8601 with an offset, within the bounds of "
+                                  "triage.desk.actions.PROMISE_WINDOW")
 
 
 class StatusChange(BaseModel):
-    status: str = Field(description="new | open | waiting_client | resolved")
+    status: str = Field(max_length=32, description="new | open | waiting_client | resolved")
 
 
 class Note(BaseModel):
@@ -613,9 +750,11 @@ def _local_datetime(value: str, tz: str) -> datetime | None:
         return None
     try:
         t = datetime.fromisoformat(value)
-    except ValueError:
+        t = t if t.tzinfo else t.replace(tzinfo=ZoneInfo(tz))
+        t.astimezone(UTC)  # the last hours of year 9999 overflow here
+    except (ValueError, OverflowError):
         raise ActionError(f"not a date and time: {value[:40]!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=ZoneInfo(tz))
+    return t
 
 
 __all__ = ["LOGIN_CSRF_COOKIE", "SESSION_COOKIE", "WebDeps", "clean_html", "create_web_app",

@@ -11,5 +11,5 @@ def known(value: str | None, allowed: tuple[str, ...]) -> str | None:
     if value in (None, ""):
         return None
     if value not in allowed:
-        raise HTTPException(422, f"unknown value {value!r}; expected one of {allowed}")
+        raise HTTPException(422, f"unknown value {value[:64]!r}; expected one of {allowed}")
     return value

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Path, Query
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -33,15 +33,20 @@ from triage.desk.screened import (
     screened_page,
 )
 from triage.storage.models import Message, WorkOrder
+from triage.web.alerts import done_text
 from triage.web.params import known
 
 RAW_SHOWN = 20_000  # characters of a quarantined message's raw bytes shown as text
+MessageId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # 32-bit ids on PostgreSQL
+Short = Annotated[str, Form(max_length=64)]
 
 
 class OpenScreened(BaseModel):
     request_type: str | None = Field(
-        default=None, description="default: the text model's best request type, or other")
-    priority: str | None = Field(default=None, description="default: the type's priority")
+        default=None, max_length=64,
+        description="default: the text model's best request type, or other")
+    priority: str | None = Field(default=None, max_length=64,
+                                 description="default: the type's priority")
 
 
 @dataclass
@@ -62,7 +67,8 @@ class ScreenedRoutes:
         ApiWho = Annotated[Any, Depends(self.api_principal)]
 
         def screened_filter(
-            kind: str | None = None, by: str | None = None,
+            kind: Annotated[str | None, Query(max_length=64)] = None,
+            by: Annotated[str | None, Query(max_length=64)] = None,
             page: Annotated[int, Query(ge=1, le=100_000)] = 1,
             per_page: Annotated[int, Query(ge=1, le=200)] = 50,
         ) -> ScreenedFilter:
@@ -89,26 +95,32 @@ class ScreenedRoutes:
                               {**f.query_args(), "page": str(n)}))
 
         @app.get("/screened/{message_id}", include_in_schema=False)
-        def screened_detail(who: Who, message_id: int, done: str = "",
-                            error: str = "") -> Response:
+        def screened_detail(who: Who, message_id: MessageId,
+                            done: Annotated[str, Query(max_length=100)] = "") -> Response:
+            return detail_view(who, message_id, done=done_text(done))
+
+        def detail_view(who: Any, message_id: int, *, done: str = "", error: str = "",
+                        status: int = 200) -> Response:
+            """The message page; ``error`` is the server's text for the action just posted."""
             with deps.reads() as s:
                 m = screened_message(s, message_id)
                 if m is None:
-                    return render("error", 404, who=who, title="Not found",
+                    return render("error", 404, session=s, who=who, title="Not found",
                                   message=f"No message {message_id}.")
                 number = _number_of(s, m)
                 html = self.clean_html(m.body_html) if m.body_html else None
                 raw = None
                 if m.disposition in ("quarantined", "reprocessed") and m.raw is not None:
                     raw = m.raw.data[:RAW_SHOWN * 4].decode("utf-8", "replace")[:RAW_SHOWN]
-                return render("screened_message", who=who, m=m, number=number, html=html,
+                return render("screened_message", status, session=s, who=who, m=m, number=number,
+                              html=html,
                               raw=raw, headers=headers_of(m),
                               kind=kind_of(m.disposition, m.reason),
                               reason=reason_text(m.disposition, m.reason, m.screening),
                               screening=m.screening or {}, types=policy.types,
                               priorities=policy.priorities,
                               default_type=default_request_type(m, policy),
-                              done=done[:60], error=error[:300])
+                              done=done, error=error[:300])
 
         def act(who: Any, message_id: int, csrf: str,
                 fn: Callable[[], str]) -> Response:
@@ -119,16 +131,14 @@ class ScreenedRoutes:
             except NotFound:
                 raise HTTPException(404, f"no message {message_id}") from None
             except ActionError as e:
-                return RedirectResponse(
-                    f"/screened/{message_id}?{urlencode({'error': str(e)})}", status_code=303)
+                return detail_view(who, message_id, error=str(e), status=422)
             return RedirectResponse(target, status_code=303)
 
-        Csrf = Annotated[str, Form()]
+        Csrf = Annotated[str, Form(max_length=200)]
 
         @app.post("/screened/{message_id}/open", include_in_schema=False)
-        def f_open(who: Who, message_id: int, csrf_token: Csrf,
-                   request_type: Annotated[str, Form()] = "",
-                   priority: Annotated[str, Form()] = "") -> Response:
+        def f_open(who: Who, message_id: MessageId, csrf_token: Csrf,
+                   request_type: Short = "", priority: Short = "") -> Response:
             def run() -> str:
                 o = screening().open_as_work_order(message_id, who.name, request_type or None,
                                                    priority or None)
@@ -137,7 +147,7 @@ class ScreenedRoutes:
             return act(who, message_id, csrf_token, run)
 
         @app.post("/screened/{message_id}/reprocess", include_in_schema=False)
-        def f_reprocess(who: Who, message_id: int, csrf_token: Csrf) -> Response:
+        def f_reprocess(who: Who, message_id: MessageId, csrf_token: Csrf) -> Response:
             def run() -> str:
                 r = screening().reprocess(message_id, who.name)
                 done = f"reprocessed: {r.outcome.replace('_', ' ')}"
@@ -163,7 +173,7 @@ class ScreenedRoutes:
 
         @api.get("/screened/{message_id}", summary="One screened message: why, headers, text",
                  tags=["screened"])
-        def api_screened_message(who: ApiWho, message_id: int) -> dict[str, Any]:
+        def api_screened_message(who: ApiWho, message_id: MessageId) -> dict[str, Any]:
             with deps.reads() as s:
                 m = screened_message(s, message_id)
                 if m is None:
@@ -173,7 +183,8 @@ class ScreenedRoutes:
         @api.post("/screened/{message_id}/open", summary="Open as a work order (due dates from "
                   "the original arrival; acknowledged; kept as training data); idempotent",
                   tags=["screened"])
-        def api_open(who: ApiWho, message_id: int, body: OpenScreened) -> dict[str, Any]:
+        def api_open(who: ApiWho, message_id: MessageId,
+                     body: OpenScreened) -> dict[str, Any]:
             def run() -> dict[str, Any]:
                 o = screening().open_as_work_order(message_id, who.name, body.request_type,
                                                    body.priority)
@@ -182,7 +193,7 @@ class ScreenedRoutes:
 
         @api.post("/screened/{message_id}/reprocess", summary="Run a quarantined message "
                   "through parse, classify and store again; idempotent", tags=["screened"])
-        def api_reprocess(who: ApiWho, message_id: int) -> dict[str, Any]:
+        def api_reprocess(who: ApiWho, message_id: MessageId) -> dict[str, Any]:
             def run() -> dict[str, Any]:
                 r = screening().reprocess(message_id, who.name)
                 return {"outcome": r.outcome, "message": r.message_id,

@@ -1,0 +1,326 @@
+"""The staff app under a login flood: queue latency and mail storing, with and without it.
+
+    python bench/bench_login_flood.py [--db sqlite postgresql] [--requests 2000]
+                                      [--concurrency 20] [--flood 60] [--mails 50]
+                                      [--work-orders 2000]
+
+For each database: a fresh one seeded with work orders (``bench_web.seed``), and the real app
+(``create_web_app`` with the ops routes, as the daemon wires them) under uvicorn in a
+subprocess on 127.0.0.1. Then three bounded phases (each stops at 60 s whatever happens):
+
+- ``quiet``: a signed-in staff member's queue, ``--requests`` GETs ``--concurrency`` at a
+  time, while this process stores ``--mails`` incoming mails through ``WorkOrderStore`` (one
+  transaction each, as the ingest worker does), and ``/readyz`` is asked twice a second;
+- ``flood, one address``: the same, beside ``--flood`` concurrent loops of wrong logins from
+  127.0.0.1 (a real name and unknown ones);
+- ``flood, 60 addresses``: the same, each login loop from its own loopback address
+  (127.0.1.N), so the per-address buckets do not help and only the overall one does.
+
+Reported: queue median / p99 / max, answers other than 200, the time to store the mails,
+the login answers by status, and /readyz answers by status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx
+from bench_web import PASSWORD, STAFF, database, free_port, seed
+
+from classifiers.types import Decision
+from triage.messages import RawMessage
+from triage.parse import parse
+from triage.sla import load_policy
+from triage.storage.engine import make_engine, make_sessionmaker
+from triage.storage.migrate import upgrade
+from triage.workorders import Ingest, StoreConfig, WorkOrderStore
+
+PHASE_LIMIT = 60.0  # seconds, per phase, whatever happens
+
+
+# ---- the server -----------------------------------------------------------------------------
+def serve(url: str, port: int) -> None:
+    """The subprocess: the staff app and the ops routes as the daemon wires them."""
+    import uvicorn
+    from sqlalchemy import text
+
+    from triage.desk.actions import Desk, DeskConfig
+    from triage.logs import JsonFormatter
+    from triage.metrics import Metrics
+    from triage.storage.engine import make_read_sessionmaker
+    from triage.web.app import WebDeps, create_web_app
+    from triage.web.ops import create_ops_app
+
+    engine = make_engine(url)
+    sessions, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
+    policy = load_policy()
+
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    async def database_check() -> None:
+        def ping() -> None:
+            with reads() as s:
+                s.execute(text("SELECT 1"))
+        await asyncio.to_thread(ping)
+
+    # The security log as the daemon writes it (JSON lines), to a file instead of stdout.
+    handler = logging.FileHandler(Path(tempfile.gettempdir()) / "bench-login-flood.log")
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("triage").addHandler(handler)
+    logging.getLogger("triage").setLevel(logging.INFO)
+    logging.getLogger("triage").propagate = False
+    metrics = Metrics()
+    ops = create_ops_app(metrics, {"database": database_check})
+    app = create_web_app(WebDeps(sessions, reads, policy,
+                                 Desk(sessions, policy, DeskConfig("helpdesk@itx.net"), now),
+                                 Path(tempfile.gettempdir()), now, cookie_secure=False,
+                                 metrics=metrics), extra_routes=list(ops.routes))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+@contextlib.contextmanager
+def server(url: str) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", url, "--port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start in 60 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- load -----------------------------------------------------------------------------------
+@dataclass
+class Phase:
+    db: str
+    name: str
+    queue_ms: list[float] = field(default_factory=list)
+    queue_bad: Counter[int] = field(default_factory=Counter)
+    store_s: float = 0.0
+    logins: Counter[int] = field(default_factory=Counter)
+    ready: Counter[int] = field(default_factory=Counter)
+    wall_s: float = 0.0
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.queue_ms) or [float("nan")]
+        return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+async def _form(c: httpx.AsyncClient) -> str:
+    r = await c.get("/login")
+    m = TOKEN.search(r.text)
+    assert m, "no CSRF token on the login form"
+    return m.group(1)
+
+
+async def staff_client(base: str) -> httpx.AsyncClient:
+    c = httpx.AsyncClient(base_url=base, timeout=PHASE_LIMIT,
+                          limits=httpx.Limits(max_connections=100))
+    token = await _form(c)
+    r = await c.post("/login", data={"name": STAFF[0], "password": PASSWORD,
+                                     "csrf_token": token})
+    if r.status_code != 303:
+        raise RuntimeError(f"staff login failed: {r.status_code}")
+    return c
+
+
+async def queue_load(c: httpx.AsyncClient, phase: Phase, requests: int,
+                     concurrency: int) -> None:
+    paths = iter(["/queue", "/queue?sla=breached", "/queue?review=yes",
+                  "/queue?type=email_problem"] * (requests // 4 + 1))
+    left = [requests]
+
+    async def worker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            t = time.perf_counter()
+            r = await c.get(next(paths))
+            _ = r.content
+            phase.queue_ms.append((time.perf_counter() - t) * 1000)
+            if r.status_code != 200:
+                phase.queue_bad[r.status_code] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def login_flood(base: str, phase: Phase, n: int, spread: bool,
+                      stop: asyncio.Event) -> None:
+    async def loop(i: int) -> None:
+        transport = httpx.AsyncHTTPTransport(
+            local_address=f"127.0.1.{i + 1}" if spread else "127.0.0.1")
+        async with httpx.AsyncClient(base_url=base, timeout=PHASE_LIMIT,
+                                     transport=transport) as c:
+            token = await _form(c)
+            rng = random.Random(i)
+            while not stop.is_set():
+                name = STAFF[1] if rng.random() < 0.5 else f"nobody{rng.randrange(10**6)}"
+                r = await c.post("/login", data={"name": name, "password": "wrong guess",
+                                                 "csrf_token": token})
+                phase.logins[r.status_code] += 1
+                m = TOKEN.search(r.text)  # each login form comes with a new token
+                token = m.group(1) if m else await _form(c)
+
+    await asyncio.gather(*(loop(i) for i in range(n)))
+
+
+async def readiness(base: str, phase: Phase, stop: asyncio.Event) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+        while not stop.is_set():
+            try:
+                r = await c.get("/readyz")
+                phase.ready[r.status_code] += 1
+            except httpx.TimeoutException:
+                phase.ready[0] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+
+def store_mails(url: str, count: int, offset: int, folder: Path) -> float:
+    """Seconds to store ``count`` new mails, one transaction each (the ingest worker's way)."""
+    engine = make_engine(url)
+    store = WorkOrderStore(make_sessionmaker(engine), load_policy(),
+                           StoreConfig("helpdesk@itx.net", 50, folder, 0.6),
+                           lambda: datetime.now(UTC))
+    started = time.perf_counter()
+    for i in range(offset, offset + count):
+        data = (f"From: Client {i} <c{i}@flood-bench.example>\r\nTo: helpdesk@itx.net\r\n"
+                f"Subject: printer {i} jams\r\nMessage-ID: <flood{i}@bench>\r\n\r\n"
+                "The printer jams again.\r\n").encode()
+        raw = RawMessage("bench", 1, str(i), len(data), data, internal_date=datetime.now(UTC))
+        d = Decision(label="printer_setup", confidence=0.9, priority="normal",
+                     needs_review=False, model_version="bench")
+        store.store_batch([Ingest(raw=raw, parsed=parse(data), decision=d)])
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return seconds
+
+
+async def run_phase(db: str, name: str, base: str, url: str, args: argparse.Namespace,
+                    flood: str, offset: int, folder: Path) -> Phase:
+    phase = Phase(db, name)
+    stop = asyncio.Event()
+    staff = await staff_client(base)
+    started = time.perf_counter()
+    side: list[asyncio.Task[None]] = [asyncio.create_task(readiness(base, phase, stop))]
+    if flood:
+        side.append(asyncio.create_task(
+            login_flood(base, phase, args.flood, flood == "spread", stop)))
+        await asyncio.sleep(1)  # the flood is on before the measured load starts
+    stored: list[float] = []
+    storer = threading.Thread(target=lambda: stored.append(
+        store_mails(url, args.mails, offset, folder)))
+    try:
+        async with asyncio.timeout(PHASE_LIMIT):
+            storer.start()
+            await queue_load(staff, phase, args.requests, args.concurrency)
+            await asyncio.to_thread(storer.join, PHASE_LIMIT)
+    except TimeoutError:
+        print(f"[{db}] {name}: stopped at the {PHASE_LIMIT:.0f} s limit", flush=True)
+    finally:
+        phase.wall_s = time.perf_counter() - started
+        stop.set()
+        await asyncio.gather(*side, return_exceptions=True)
+        await staff.aclose()
+    phase.store_s = stored[0] if stored else float("nan")
+    return phase
+
+
+def run_db(db: str, args: argparse.Namespace) -> list[Phase]:
+    phases: list[Phase] = []
+    folder = Path(tempfile.mkdtemp(prefix="triage-flood-att-"))
+    with database(db, None) as (url, _):
+        engine = make_engine(url)
+        upgrade(engine)
+        s = seed(engine, load_policy(), args.work_orders, datetime.now(UTC), random.Random(3))
+        engine.dispose()
+        print(f"[{db}] seeded {len(s.numbers)} work orders", flush=True)
+        for i, (name, flood) in enumerate((("quiet", ""), ("flood, one address", "one"),
+                                           ("flood, 60 addresses", "spread"))):
+            with server(url) as base:  # a fresh server: buckets and delays start full
+                p = asyncio.run(run_phase(db, name, base, url, args, flood,
+                                          10_000 * (i + 1), folder))
+            phases.append(p)
+            print(f"[{db}] {name:20s} queue median {statistics.median(p.queue_ms):6.1f} "
+                  f"p99 {p.pct(99):7.1f} max {max(p.queue_ms):7.1f} ms "
+                  f"({len(p.queue_ms)} requests, not 200: {dict(p.queue_bad)}); "
+                  f"{args.mails} mails stored in {p.store_s:.2f} s; "
+                  f"logins {dict(p.logins)}; readyz {dict(p.ready)}; "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+    return phases
+
+
+def table(phases: list[Phase], args: argparse.Namespace) -> str:
+    lines = ["| database | phase | queue median ms | p99 ms | max ms | queue not 200 "
+             f"| {args.mails} mails stored s | login answers | /readyz answers |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in phases:
+        def fmt(c: Counter[int]) -> str:
+            return ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) or "—"
+        lines.append(f"| {p.db} | {p.name} | {statistics.median(p.queue_ms):.1f} "
+                     f"| {p.pct(99):.1f} | {max(p.queue_ms):.1f} | {sum(p.queue_bad.values())} "
+                     f"| {p.store_s:.2f} | {fmt(p.logins)} | {fmt(p.ready)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", nargs="+", default=["sqlite"], choices=["sqlite", "postgresql"])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=20)
+    ap.add_argument("--flood", type=int, default=60)
+    ap.add_argument("--mails", type=int, default=50)
+    ap.add_argument("--work-orders", type=int, default=2000)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return 0
+    phases = [p for db in args.db for p in run_db(db, args)]
+    print()
+    print(table(phases, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
