@@ -343,7 +343,7 @@ def open_from_stored(s: Session, store: WorkOrderStore, m: Message,
     d = Decision(label=request_type, confidence=1.0, priority=priority, needs_review=False,
                  model_version=str((m.screening or {}).get("model_version") or ""))
     opened = store.open_work_order(s, p, d, min(m.received_at, now), actor=actor,
-                                   detail={"from_screened": m.id})
+                                   detail={"from_screened": m.id}, now=now)
     wo = s.get(WorkOrder, opened.work_order_id)
     assert wo is not None
     return wo, opened.acked

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -110,14 +110,18 @@ class WorkOrderStore:
         return [plan.result() for plan in plans]
 
     def open_work_order(self, s: Session, p: ParsedEmail, d: Decision, received: datetime,
-                        *, actor: str, detail: dict[str, Any] | None = None) -> Opened:
+                        *, actor: str, detail: dict[str, Any] | None = None,
+                        now: datetime | None = None) -> Opened:
         """A work order for a message stored earlier without one (staff open a screened
         message), by the rules fresh mail meets (``Decider.open_work_order``): its sender's
         client and contract, due dates from ``received``, the acknowledgment under the same
         rate limit. Written in the caller's transaction ``s``; linking the stored message
         to the work order is the caller's. Raises what the SLA policy raises."""
         rules = self.prepare(())
-        now = self._clock()
+        if now is not None:  # the staff action's own time, for its events and rows
+            at = now
+            rules = replace(rules, clock=lambda: at)
+        now = rules.clock()
         conn = s.connection()
         plan = Decider(lookup_sender(conn, p.from_addr, now), rules).open_work_order(
             p, d, received, actor=actor, detail=detail)
