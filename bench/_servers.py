@@ -83,6 +83,45 @@ def database(kind: str, folder: Path) -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def web_server(script: str, url: str, *, ready_path: str = "/login"
+               ) -> Iterator[tuple[str, int]]:
+    """``python SCRIPT --serve URL --port N`` (a benchmark serving the staff app from the
+    database at URL) on a free loopback port; yields its base URL and pid once ``ready_path``
+    answers 200, and stops it with SIGINT (SIGKILL after 10 s)."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, script, "--serve", url, "--port", str(port)],
+                            cwd=Path(__file__).resolve().parent.parent)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + ready_path, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start in 60 s")
+            time.sleep(0.2)
+        yield base, proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def load_maildir(user: DovecotUser, messages: Iterator[bytes], chunk: int = 1000) -> int:
     """Drop messages into ``Maildir/new`` (not APPEND: 10x faster); then let Dovecot index
     them once, so the daemon's first SELECT does not pay for the indexing."""

@@ -29,9 +29,7 @@ import logging
 import os
 import random
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from bench_web import PASSWORD, STAFF, database, free_port, seed
+from _servers import web_server
+from bench_web import PASSWORD, STAFF, database, seed
 
 from classifiers.types import Decision
 from triage.messages import RawMessage
@@ -102,28 +101,8 @@ def serve(url: str, port: int) -> None:
 
 @contextlib.contextmanager
 def server(url: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", url, "--port", str(port)])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start in 60 s")
-            time.sleep(0.2)
+    with web_server(__file__, url, ready_path="/healthz") as (base, _pid):
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ---- load -----------------------------------------------------------------------------------

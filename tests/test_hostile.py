@@ -122,6 +122,21 @@ def check_ack(raw: bytes) -> str:
     return client_part
 
 
+def run_once_on_maildir(inbox: Path, smtp_sink, db_url: str, tmp_path: Path
+                        ) -> subprocess.CompletedProcess[str]:
+    """``triage run --once`` in a child process on a Maildir, the sink and ``db_url``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | {
+        "TRIAGE_MAILBOX_URL": f"maildir://{inbox}",
+        "TRIAGE_SMTP_URL": smtp_sink.url,
+        "TRIAGE_DATABASE_URL": db_url,
+        "TRIAGE_ATTACHMENTS_DIR": str(tmp_path / "att"),
+    }
+    r = subprocess.run([sys.executable, "-m", "triage", "run", "--once"], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def run_hostile(msgs: list[Hostile], dovecot, sink, db_url: str, tmp_path: Path,
                 **extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
     dovecot.deliver_files([h.raw for h in msgs])
@@ -247,15 +262,7 @@ def test_nul_in_html_part_maildir(db_url: str, smtp_sink, tmp_path: Path) -> Non
     for sub in ("new", "cur", "tmp"):
         (inbox / sub).mkdir(parents=True)
     (inbox / "new" / "1.nul.test").write_bytes(NUL_HTML)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | {
-        "TRIAGE_MAILBOX_URL": f"maildir://{inbox}",
-        "TRIAGE_SMTP_URL": smtp_sink.url,
-        "TRIAGE_DATABASE_URL": db_url,
-        "TRIAGE_ATTACHMENTS_DIR": str(tmp_path / "att"),
-    }
-    r = subprocess.run([sys.executable, "-m", "triage", "run", "--once"], capture_output=True,
-                       text=True, env=env, cwd=REPO, timeout=120)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_once_on_maildir(inbox, smtp_sink, db_url, tmp_path)
     engine = create_engine(db_url)
     try:
         with Session(engine) as s:
@@ -288,15 +295,7 @@ def test_front_door_mail_via_maildir_becomes_work_orders(db_url: str, smtp_sink,
         odd.append(raw)
     for i, data in enumerate([*odd, OLE2_MSG, b"Hello, the printer is broken.\r\n"], start=1):
         (inbox / "new" / f"{i:02d}.odd.test").write_bytes(data)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")} | {
-        "TRIAGE_MAILBOX_URL": f"maildir://{inbox}",
-        "TRIAGE_SMTP_URL": smtp_sink.url,
-        "TRIAGE_DATABASE_URL": db_url,
-        "TRIAGE_ATTACHMENTS_DIR": str(tmp_path / "att"),
-    }
-    r = subprocess.run([sys.executable, "-m", "triage", "run", "--once"], capture_output=True,
-                       text=True, env=env, cwd=REPO, timeout=120)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_once_on_maildir(inbox, smtp_sink, db_url, tmp_path)
     engine = create_engine(db_url)
     try:
         with Session(engine) as s:
