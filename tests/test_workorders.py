@@ -49,14 +49,19 @@ def req(label: str = "email_problem", priority: str = "urgent", conf: float = 0.
     )
 
 
-def nonreq(kind: str) -> Decision:
+def nonreq(kind: str, *, by_header: bool | None = None) -> Decision:
+    """A non-request as the classifier gives it: screened by a header (``screened_by``
+    "header") for the kinds the header screen finds unless ``by_header`` says otherwise,
+    else by the text model (``screened_by`` None)."""
+    if by_header is None:
+        by_header = kind in ("auto_reply", "bounce", "bulk")
     return Decision(
         label="not_a_request",
         confidence=0.99,
         priority=None,
         needs_review=False,
         non_request_kind=kind,
-        screened_by="header",
+        screened_by="header" if by_header else None,
     )
 
 

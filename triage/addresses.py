@@ -29,6 +29,14 @@ REASONS: dict[str, str] = {
     "rate_global": "the global hourly limit is reached",
 }
 
+# Why the store queues no acknowledgment for a new work order: the address policy's reasons,
+# and two that come before any address is checked (the From field, read by triage.sender).
+ACK_REASONS: dict[str, str] = {
+    "no_sender": "the message names no sender address",
+    "untrusted_sender": "From does not name one sender unambiguously",
+    **REASONS,
+}
+
 # Mail providers whose users are not one organisation: the per-domain rate limit does not
 # apply to them (one limit for all of gmail.com would let any stranger use up everyone's).
 FREEMAIL = frozenset({
