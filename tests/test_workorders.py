@@ -277,6 +277,21 @@ def test_screened_mail_is_recorded_without_ack(store, kind: str) -> None:
     assert count(sessions, Message, Message.disposition == "non_request") == 1
 
 
+@pytest.mark.parametrize("kind", ["auto_reply", "bounce"])
+def test_a_model_screened_auto_reply_or_bounce_still_threads(store, kind: str) -> None:
+    """Only the header screen proves automation (rule 5); the text model's auto_reply or
+    bounce from the requester, quoting our acknowledgment, joins the work order."""
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    answer = mail(2, subject="Re: help", extra=f"In-Reply-To: <{ack_id(sessions)}>\r\n")
+    (o,) = st.store_batch([ingest(answer, nonreq(kind, by_header=False))])
+    assert (o.disposition, o.work_order) == ("reply", "ITX-000001")
+    proven = mail(3, subject="Re: help", extra=f"In-Reply-To: <{ack_id(sessions)}>\r\n")
+    (o,) = st.store_batch([ingest(proven, nonreq(kind, by_header=True))])
+    assert (o.disposition, o.reason, o.screened_by) == ("non_request", kind, "header")
+    assert count(sessions, Message, Message.work_order_id.is_not(None)) == 2
+
+
 def test_own_mail_is_never_acknowledged(store) -> None:
     st, sessions = store
     (o,) = st.store_batch([ingest(mail(1, frm="helpdesk@itx.net"), req())])

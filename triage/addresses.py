@@ -32,8 +32,8 @@ REASONS: dict[str, str] = {
 # Why the store queues no acknowledgment for a new work order: the address policy's reasons,
 # and two that come before any address is checked (the From field, read by triage.sender).
 ACK_REASONS: dict[str, str] = {
-    "no_sender": "the message names no sender address",
-    "untrusted_sender": "From does not name one sender unambiguously",
+    "untrusted_sender": "From is missing or does not name one sender unambiguously",
+    "no_sender": "no sender address",
     **REASONS,
 }
 

@@ -365,10 +365,10 @@ class Decider:
         event shows), or None. The address policy is the one the outbox applies again at
         send time; the rate limits count what ``_accept`` adds within the batch."""
         to_addr = p.from_addr
+        if not p.from_trusted:  # no From, or one that names no one sender (triage.sender)
+            return "untrusted_sender", f"untrusted sender: {p.from_problem}"
         if not to_addr:
             return "no_sender", ACK_REASONS["no_sender"]
-        if not p.from_trusted:
-            return "untrusted_sender", f"untrusted sender: {p.from_problem}"
         reason = self.cfg.send_policy.refusal(to_addr)
         if reason is not None:
             return reason, ACK_REASONS[reason]
