@@ -237,8 +237,8 @@ class Outbox(Base):
     # hour's acknowledgments per address, per domain and in all (migration 0009).
     __table_args__ = (
         Index("ix_outbox_status_id", "status", "id"),
-        Index("ix_outbox_to_key_created", "to_key", "created_at"),
-        Index("ix_outbox_to_domain_created", "to_domain", "created_at"),
+        Index("ix_outbox_to_key_kind_created", "to_key", "kind", "created_at"),
+        Index("ix_outbox_to_domain_kind_created", "to_domain", "kind", "created_at"),
         Index("ix_outbox_kind_created", "kind", "created_at"),
     )
 

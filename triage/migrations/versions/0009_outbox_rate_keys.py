@@ -6,9 +6,11 @@ Create Date: 2026-12-03 09:00:00
 
 The rate limits count one mailbox once however it is spelt (``victim+1@``, ``"victim"@``,
 ``victim@domain.``, ``vic.tim@``): ``to_key`` is the normalised address and ``to_domain``
-its domain (``triage.outbox_enqueue.rate_columns``), each counted with a grouped query on
-its own index over the last hour, and ``(kind, created_at)`` serves the count of all
-acknowledgments in the hour.
+its domain (``triage.outbox_enqueue.rate_columns``), each counted with a grouped query over
+the last hour's acknowledgments, and ``(kind, created_at)`` serves the count of all of them.
+``kind`` is in the key indexes too, so they answer the whole condition: with
+``(to_key, created_at)`` alone SQLite's planner took ``(kind, created_at)`` and read every
+acknowledgment of the hour for each batch (bench/bench_rate_keys.py).
 
 Rows written before get their keys here, in Python, with the normaliser the store uses, so
 that every row means the same thing and the count needs no second query by exact
@@ -35,8 +37,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("to_key", sa.String(length=320), nullable=True))
         batch_op.add_column(sa.Column("to_domain", sa.String(length=255), nullable=True))
     _backfill()
-    op.create_index("ix_outbox_to_key_created", "outbox", ["to_key", "created_at"])
-    op.create_index("ix_outbox_to_domain_created", "outbox", ["to_domain", "created_at"])
+    op.create_index("ix_outbox_to_key_kind_created", "outbox", ["to_key", "kind", "created_at"])
+    op.create_index("ix_outbox_to_domain_kind_created", "outbox",
+                    ["to_domain", "kind", "created_at"])
     op.create_index("ix_outbox_kind_created", "outbox", ["kind", "created_at"])
 
 
@@ -66,8 +69,8 @@ def _backfill() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_outbox_kind_created", table_name="outbox")
-    op.drop_index("ix_outbox_to_domain_created", table_name="outbox")
-    op.drop_index("ix_outbox_to_key_created", table_name="outbox")
+    op.drop_index("ix_outbox_to_domain_kind_created", table_name="outbox")
+    op.drop_index("ix_outbox_to_key_kind_created", table_name="outbox")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_column("to_domain")
         batch_op.drop_column("to_key")
