@@ -7,7 +7,9 @@ database. One message at a time is APPENDed (one open stdlib IMAP connection; th
 starts just before the APPEND command) and the clock stops when the sink has accepted the
 acknowledgment whose In-Reply-To names that message. A message the daemon decides not to
 acknowledge (a non-request, per its own log line for the APPENDUID) is counted apart.
-Messages come from bench/corpus.py; one warm-up message is not counted.
+Messages come from bench/corpus.py; one warm-up message is not counted. The daemon's
+environment is bench_backlog.py's ``daemon_env``, with the acknowledgment rate limits per
+domain and in all set out of the way (``BENCH_ACK_LIMITS``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ dropped into a fresh Dovecot user for each contender:
   mailbox: SEARCH NOT DELETED, then message by message, EXPUNGE at the end). The clock is the
   sum of the passes, spawn to exit.
 - **ours**: ``bench_backlog.run_once`` (``triage run --once`` under ``/usr/bin/time -v``,
-  SQLite, default settings), unchanged.
+  SQLite, default settings but the acknowledgment rate limits per domain and in all, set out
+  of the way as ``bench_backlog.BENCH_ACK_LIMITS`` says why; the peer has no such limits).
 
 Afterwards: tickets and follow-ups counted in the peer's SQLite file, mail counted at the sink
 (and checked to be addressed to the submitters), what is left in the peer's mailbox. Prints a

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from triage.addresses import REASONS
+from triage.addresses import ACK_REASONS
 from triage.metrics import (
     LOGIN_FAILURES,
     OUTCOMES,
@@ -79,13 +79,15 @@ def test_no_label_value_outside_the_fixed_sets():
     m.observe_suppressed("role_address")
     m.observe_login_failure(ADDRESS)  # a name typed at the login is never a label
     m.observe_login_failure("delayed")
+    m.observe_ack_suppressed(ADDRESS)
+    m.observe_ack_suppressed("untrusted_sender")
     body, _ = m.exposition()
     assert b"@" not in body
     allowed = {"outcome": set(OUTCOMES), "kind": {*SCREENED_KINDS, ""}, "by": set(SCREENED_BY),
                "request_type": set(TYPES),
                "priority": set(PRIORITIES), "status": {"pending", "sending", "dead"},
                "mailbox": {"support"}, "target": set(SLA_TARGETS), "state": set(SLA_STATES),
-               "reason": {*REASONS, "other", *LOGIN_FAILURES}}
+               "reason": {*ACK_REASONS, "other", *LOGIN_FAILURES}}
     seen = set()
     for fam in text_string_to_metric_families(body.decode()):
         for s in fam.samples:
@@ -97,6 +99,10 @@ def test_no_label_value_outside_the_fixed_sets():
     assert {"outcome", "kind", "by", "request_type", "priority", "mailbox", "status",
             "reason"} <= seen
     assert value(m, "triage_outbox_suppressed_total", reason="other") == 1
+    assert value(m, "triage_ack_suppressed_total", reason="other") == 1
+    assert value(m, "triage_ack_suppressed_total", reason="untrusted_sender") == 1
+    # the send-time counter keeps its own reasons: no sender-only code shows up there
+    assert ("triage_outbox_suppressed_total", (("reason", "untrusted_sender"),)) not in samples(m)
 
 
 def test_screened_messages_are_counted_per_kind_and_decider():

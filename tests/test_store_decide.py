@@ -3,6 +3,7 @@ and the rules together are proved in test_workorders.py on SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,55 @@ def test_the_same_message_id_is_a_duplicate_only_with_the_same_fingerprint(rules
     reused = [e for e in other.events if e.action == "message_id_reused"]
     assert [(e.work_order, e.detail["earlier_message"]) for e in reused] == [
         (other.new_work_order.ref if other.new_work_order else None, 41)]
+
+
+def test_the_rate_limits_read_normalised_keys_and_the_domain_and_global_counts(
+        rules: Rules) -> None:
+    spelt = ingest(mail(1, frm="Dana.Harbor+urgent@HarborView.com."), req())
+    plan = Decider(BatchContext(ack_counts={"danaharbor@harborview.com": 2}), rules).decide(spelt)
+    assert plan is not None and plan.outcome.ack_refused == "rate_address" and not plan.mails
+    assert plan.events[-1].detail["reason"] == "rate_address"
+    full_domain = BatchContext(ack_domain_counts={"harborview.com": 30})
+    plan = Decider(full_domain, rules).decide(ingest(mail(2), req()))
+    assert plan is not None and plan.outcome.ack_refused == "rate_domain"
+    plan = Decider(BatchContext(ack_total=1000), rules).decide(ingest(mail(3), req()))
+    assert plan is not None and plan.outcome.ack_refused == "rate_global"
+    ctx = BatchContext(ack_total=999)
+    plan = Decider(ctx, rules).decide(ingest(mail(4), req()))
+    assert plan is not None and plan.outcome.acked and plan.outcome.ack_refused is None
+    # what the plan adds is counted under the keys the limits read
+    assert (ctx.ack_counts, ctx.ack_domain_counts, ctx.ack_total) == (
+        {"dana@harborview.com": 1}, {"harborview.com": 1}, 1000)
+
+
+def test_the_address_policy_applies_even_to_an_address_the_sender_reader_trusted(
+        rules: Rules) -> None:
+    """Defence in depth: a quoted list the From reader let through is still no recipient."""
+    item = ingest(mail(1), req())
+    assert item.parsed is not None
+    odd = dataclasses.replace(item, parsed=dataclasses.replace(
+        item.parsed, from_addr='"v1@a.test,v2@b.test"@x.test', from_problem=None))
+    plan = Decider(BatchContext(), rules).decide(odd)
+    assert plan is not None and plan.outcome.ack_refused == "multiple_addresses"
+    assert plan.mails == [] and plan.events[-1].action == "ack_suppressed"
+
+
+@pytest.mark.parametrize("kind", ["auto_reply", "bounce"])
+def test_only_the_header_screen_skips_threading(rules: Rules, kind: str) -> None:
+    """Rule 5 is for what the headers prove; the text model calling a client's reply an
+    auto-reply or a bounce does not keep it off its work order (rule 6 comes first)."""
+    ctx = BatchContext(work_orders={7: resolved_work_order()}, numbers={"ITX-000007": 7})
+    reply = mail(1, subject="Re: [ITX-000007] out of office? no, still broken")
+    by_model = Decider(ctx, rules).decide(ingest(reply, nonreq(kind, by_header=False)))
+    assert by_model is not None and by_model.outcome.disposition == "reply"
+    assert [e.action for e in by_model.events] == ["client_reply"]  # not a request: no reopen
+    ctx = BatchContext(work_orders={7: resolved_work_order()}, numbers={"ITX-000007": 7})
+    by_header = Decider(ctx, rules).decide(ingest(reply, nonreq(kind, by_header=True)))
+    assert by_header is not None and (by_header.outcome.disposition,
+                                      by_header.outcome.reason) == ("non_request", kind)
+    assert by_header.message is not None and by_header.message.work_order is None
+    # A model-screened one that threads nowhere is a non-request by rule 7.
+    alone = Decider(BatchContext(), rules).decide(
+        ingest(mail(2, subject="Undelivered?"), nonreq(kind, by_header=False)))
+    assert alone is not None and (alone.outcome.disposition, alone.outcome.reason,
+                                  alone.outcome.screened_by) == ("non_request", kind, "model")

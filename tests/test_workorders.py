@@ -49,14 +49,19 @@ def req(label: str = "email_problem", priority: str = "urgent", conf: float = 0.
     )
 
 
-def nonreq(kind: str) -> Decision:
+def nonreq(kind: str, *, by_header: bool | None = None) -> Decision:
+    """A non-request as the classifier gives it: screened by a header (``screened_by``
+    "header") for the kinds the header screen finds unless ``by_header`` says otherwise,
+    else by the text model (``screened_by`` None)."""
+    if by_header is None:
+        by_header = kind in ("auto_reply", "bounce", "bulk")
     return Decision(
         label="not_a_request",
         confidence=0.99,
         priority=None,
         needs_review=False,
         non_request_kind=kind,
-        screened_by="header",
+        screened_by="header" if by_header else None,
     )
 
 
@@ -270,6 +275,21 @@ def test_screened_mail_is_recorded_without_ack(store, kind: str) -> None:
     assert o.disposition == "non_request" and o.reason == kind
     assert count(sessions, Outbox) == 0 and count(sessions, WorkOrder) == 0
     assert count(sessions, Message, Message.disposition == "non_request") == 1
+
+
+@pytest.mark.parametrize("kind", ["auto_reply", "bounce"])
+def test_a_model_screened_auto_reply_or_bounce_still_threads(store, kind: str) -> None:
+    """Only the header screen proves automation (rule 5); the text model's auto_reply or
+    bounce from the requester, quoting our acknowledgment, joins the work order."""
+    st, sessions = store
+    st.store_batch([ingest(mail(1), req())])
+    answer = mail(2, subject="Re: help", extra=f"In-Reply-To: <{ack_id(sessions)}>\r\n")
+    (o,) = st.store_batch([ingest(answer, nonreq(kind, by_header=False))])
+    assert (o.disposition, o.work_order) == ("reply", "ITX-000001")
+    proven = mail(3, subject="Re: help", extra=f"In-Reply-To: <{ack_id(sessions)}>\r\n")
+    (o,) = st.store_batch([ingest(proven, nonreq(kind, by_header=True))])
+    assert (o.disposition, o.reason, o.screened_by) == ("non_request", kind, "header")
+    assert count(sessions, Message, Message.work_order_id.is_not(None)) == 2
 
 
 def test_own_mail_is_never_acknowledged(store) -> None:

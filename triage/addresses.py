@@ -29,6 +29,14 @@ REASONS: dict[str, str] = {
     "rate_global": "the global hourly limit is reached",
 }
 
+# Why the store queues no acknowledgment for a new work order: the address policy's reasons,
+# and two that come before any address is checked (the From field, read by triage.sender).
+ACK_REASONS: dict[str, str] = {
+    "untrusted_sender": "From is missing or does not name one sender unambiguously",
+    "no_sender": "no sender address",
+    **REASONS,
+}
+
 # Mail providers whose users are not one organisation: the per-domain rate limit does not
 # apply to them (one limit for all of gmail.com would let any stranger use up everyone's).
 FREEMAIL = frozenset({

@@ -141,9 +141,13 @@ class Settings(BaseSettings):
     poll_interval: float = Field(default=60.0, gt=0)
     use_idle: bool = True
     ack_rate_per_hour: int = Field(default=5, ge=0)  # per normalised address (addresses.py)
-    # Backscatter limits beside the per-address one: a domain that is not free mail, and
-    # all acknowledgments together. A client's whole office writing in one outage stays
-    # under the first; a forged-From flood across many domains hits the second.
+    # Backscatter limits beside the per-address one (5: a person writes that often only
+    # in a loop or a forgery): a domain that is not free mail, and all acknowledgments
+    # together. A client's whole office writing in one outage (a 20-30 seat office is the
+    # size served) stays under the first; a forged-From flood across many domains hits the
+    # second, at some 20 times the busiest hour of a desk that takes a few hundred mails a
+    # day. Over a limit only the acknowledgment is left out: the work order is opened and
+    # its ack_suppressed event says why. Raise both for a bulk import of old mail.
     ack_rate_per_domain_per_hour: int = Field(default=30, ge=0)
     ack_rate_global_per_hour: int = Field(default=1000, ge=0)
     # Domains that are ours besides from_address's: no automatic mail goes to any address

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import NON_REQUEST_KINDS, REQUEST_TYPES
-from triage.addresses import REASONS
+from triage.addresses import ACK_REASONS, REASONS
 from triage.screening import SCREENED_BY, STORE
 from triage.storage.models import Outbox, SlaAlert, WorkOrder
 from triage.workorders import Outcome
@@ -50,6 +50,7 @@ PRIORITIES: tuple[str, ...] = ("urgent", "high", "normal", "other")
 TYPES: tuple[str, ...] = tuple(dict.fromkeys((*REQUEST_TYPES, "other")))
 OUTBOX_STATUSES: tuple[str, ...] = ("pending", "sending", "dead")
 SUPPRESSION_REASONS: tuple[str, ...] = (*REASONS, "other")
+ACK_SUPPRESSION_REASONS: tuple[str, ...] = (*ACK_REASONS, "other")
 TOKEN_OUTCOMES: tuple[str, ...] = ("ok", "rejected", "unavailable")
 CREDENTIAL_KINDS: tuple[str, ...] = ("client_secret", "refresh_token")
 # A mailbox id is a short configured token ("support", "inbox-2"), never an address.
@@ -118,6 +119,10 @@ class Metrics:
             "triage_outbox_suppressed_total", "Outgoing mails not sent because the address "
             "policy refuses the recipient, by reason (triage.addresses.REASONS).",
             ["reason"], registry=r)
+        self.ack_suppressed = Counter(
+            "triage_ack_suppressed_total", "New work orders whose acknowledgment was never "
+            "queued, by reason (triage.addresses.ACK_REASONS): no or no unambiguous sender, "
+            "the address policy, or a rate limit.", ["reason"], registry=r)
         self.relay_refusing = Gauge(
             "triage_smtp_relay_refusing", "1 while the SMTP relay refuses every recipient "
             "(the outbox is paused, rows kept); 0 once it accepts mail again.", registry=r)
@@ -174,6 +179,8 @@ class Metrics:
             self.outbox_depth.labels(status)
         for reason in SUPPRESSION_REASONS:
             self.suppressed.labels(reason)
+        for reason in ACK_SUPPRESSION_REASONS:
+            self.ack_suppressed.labels(reason)
         for target in SLA_TARGETS:
             for state in SLA_STATES:
                 self.sla_open.labels(target, state)
@@ -209,6 +216,9 @@ class Metrics:
 
     def observe_login_failure(self, reason: str) -> None:
         self.login_failures.labels(_fixed(reason, LOGIN_FAILURES, "credentials")).inc()
+
+    def observe_ack_suppressed(self, reason: str) -> None:
+        self.ack_suppressed.labels(_fixed(reason, ACK_SUPPRESSION_REASONS)).inc()
 
     def observe_first_response(self, business_hours: float) -> None:
         self.first_response.observe(max(0.0, business_hours))

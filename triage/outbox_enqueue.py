@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, update
 
+from triage.addresses import AddressError, normalise, parse
 from triage.storage.models import Outbox
 
 DEFAULT_DOMAIN = "itx.net"
@@ -47,6 +48,15 @@ def sender_domain(from_address: str) -> str:
     return domain or DEFAULT_DOMAIN
 
 
+def rate_columns(to_addr: str) -> tuple[str | None, str | None]:
+    """``(to_key, to_domain)`` of a row: the normalised address and its domain, what the
+    store's rate limits count (triage.store.context); None for an unparseable address."""
+    try:
+        return normalise(to_addr), parse(to_addr).domain
+    except AddressError:
+        return None, None
+
+
 def message_id(number: str, kind: str, serial: int, domain: str) -> str:
     """Without angle brackets, as the ``outbox.message_id`` column holds it."""
     return f"{number}.{kind}.{serial}.{secrets.token_hex(6)}@{domain}"
@@ -62,14 +72,16 @@ def enqueue(conn: Connection, mails: Sequence[Mail], *, domain: str,
     if not mails:
         return []
     t = Outbox.__table__
-    rows = [dict(
-        kind=m.kind, work_order_id=m.work_order_id, to_addr=m.to_addr, template=m.template,
-        context=m.context,
-        message_id=(message_id(m.number, m.kind, m.serial, domain) if m.serial is not None
-                    else f"pending-{secrets.token_hex(16)}"),
-        status="pending", attempts=0, next_attempt_at=now, claimed_until=None,
-        last_error=None, smtp_response=None, sent_at=None, created_at=now)
-        for m in mails]
+    rows: list[dict[str, Any]] = []
+    for m in mails:
+        to_key, to_domain = rate_columns(m.to_addr)
+        rows.append(dict(
+            kind=m.kind, work_order_id=m.work_order_id, to_addr=m.to_addr, to_key=to_key,
+            to_domain=to_domain, template=m.template, context=m.context,
+            message_id=(message_id(m.number, m.kind, m.serial, domain) if m.serial is not None
+                        else f"pending-{secrets.token_hex(16)}"),
+            status="pending", attempts=0, next_attempt_at=now, claimed_until=None,
+            last_error=None, smtp_response=None, sent_at=None, created_at=now))
     ids: list[int] = list(conn.execute(
         insert(t).returning(t.c.id, sort_by_parameter_order=True), rows).scalars().all())
     later = [{"ob_id": i, "ob_mid": message_id(m.number, m.kind, i, domain)}
@@ -80,4 +92,4 @@ def enqueue(conn: Connection, mails: Sequence[Mail], *, domain: str,
     return ids
 
 
-__all__ = ["DEFAULT_DOMAIN", "Mail", "enqueue", "message_id", "sender_domain"]
+__all__ = ["DEFAULT_DOMAIN", "Mail", "enqueue", "message_id", "rate_columns", "sender_domain"]

@@ -248,7 +248,7 @@ class Runner:
                      o.uid, o.disposition, o.work_order, o.acked, o.reason,
                      extra={"event": "stored", "mailbox": raw.mailbox, "uid": o.uid,
                             "disposition": o.disposition, "work_order": o.work_order,
-                            "acked": o.acked})
+                            "acked": o.acked, "ack_refused": o.ack_refused})
             if debug and o.acked:
                 stage("queued", raw, work_order=o.work_order, kind="ack")
         self.counters.add(outcomes)
@@ -257,6 +257,8 @@ class Runner:
             if o.disposition == "work_order" and o.request_type:
                 self.metrics.observe_work_order(o.request_type, o.priority,
                                                 o.confidence or 0.0, o.needs_review)
+            if o.ack_refused is not None:
+                self.metrics.observe_ack_suppressed(o.ack_refused)
         # Marked only now: the batch is committed. A crash before this line re-fetches it,
         # and the fetch keys make the second pass a no-op.
         await self.mailbox.mark_done(batch)

@@ -3,7 +3,6 @@ store itself is the ``triage.store`` package."""
 
 from triage.store import (
     FREEMAIL,
-    HEADER_SCREENED,
     TAG_RE,
     Ingest,
     Outcome,
@@ -19,7 +18,7 @@ from triage.store import (
 )
 
 __all__ = [
-    "FREEMAIL", "HEADER_SCREENED", "TAG_RE", "Ingest", "Outcome", "RetryBatch", "StoreConfig",
+    "FREEMAIL", "TAG_RE", "Ingest", "Outcome", "RetryBatch", "StoreConfig",
     "WorkOrderStore", "client_key", "dedupe_key", "due_columns", "format_number",
     "message_values", "work_order_values",
 ]

@@ -221,6 +221,10 @@ class Outbox(Base):
     work_order_id: Mapped[int | None] = mapped_column(ForeignKey("work_orders.id"), index=True)
     kind: Mapped[str] = mapped_column(String(32))  # ack | reply | escalation | page
     to_addr: Mapped[str] = mapped_column(String(320), index=True)
+    # What the rate limits count (triage.addresses.rate_keys): the normalised address and
+    # its domain; None when to_addr cannot be parsed (the address policy refuses it).
+    to_key: Mapped[str | None] = mapped_column(String(320))
+    to_domain: Mapped[str | None] = mapped_column(String(255))
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     template: Mapped[str] = mapped_column(String(128))
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -234,8 +238,14 @@ class Outbox(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    # The claim walks each status in id order (migration 0006).
-    __table_args__ = (Index("ix_outbox_status_id", "status", "id"),)
+    # The claim walks each status in id order (migration 0006); the store counts the last
+    # hour's acknowledgments per address, per domain and in all (migration 0009).
+    __table_args__ = (
+        Index("ix_outbox_status_id", "status", "id"),
+        Index("ix_outbox_to_key_kind_created", "to_key", "kind", "created_at"),
+        Index("ix_outbox_to_domain_kind_created", "to_domain", "kind", "created_at"),
+        Index("ix_outbox_kind_created", "kind", "created_at"),
+    )
 
 
 class SlaAlert(Base):

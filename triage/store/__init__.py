@@ -28,7 +28,6 @@ from triage.store.decide import message_values, work_order_values
 from triage.store.figures import due_columns
 from triage.store.model import (
     FREEMAIL,
-    HEADER_SCREENED,
     TAG_RE,
     Ingest,
     Outcome,
@@ -41,7 +40,7 @@ from triage.store.model import (
 from triage.store.store import Opened, WorkOrderStore
 
 __all__ = [
-    "FREEMAIL", "HEADER_SCREENED", "TAG_RE", "Ingest", "Opened", "Outcome", "RetryBatch",
+    "FREEMAIL", "TAG_RE", "Ingest", "Opened", "Outcome", "RetryBatch",
     "StoreConfig",
     "WorkOrderStore", "client_key", "dedupe_key", "due_columns", "format_number",
     "message_values", "work_order_values",

@@ -2,6 +2,10 @@
 once: one query per kind (fetch keys, dedupe keys, our own Message-IDs, threads, work
 orders, clients, acknowledgment counts) instead of a dozen per message.
 
+Acknowledgments are counted for the rate limits (triage.addresses) by the keys every outbox
+row carries (``to_key``, the normalised address; ``to_domain``), with one grouped query per
+kind of limit, each on its own index (migration 0009).
+
 The context is also the decision step's memory within a batch: as each message is planned,
 ``decide`` records what it adds (its fetch key, its dedupe key, a new client, an
 acknowledgment, a work order's new state), so the next message is decided as if the rows
@@ -18,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from triage.addresses import AddressError, rate_keys
 from triage.messages import ParsedEmail
 from triage.storage.engine import in_chunks
 from triage.storage.models import AttachmentRow, Client, Fetch, Message, Outbox, WorkOrder
@@ -71,7 +76,11 @@ class BatchContext:
     work_orders: dict[int, WorkOrderView] = field(default_factory=dict)
     numbers: dict[str, int] = field(default_factory=dict)  # work-order number -> id
     clients: dict[str, tuple[RowId, str]] = field(default_factory=dict)  # key -> (id, contract)
-    ack_counts: dict[str, int] = field(default_factory=dict)  # to_addr -> acks in the hour
+    # Acknowledgments queued in the last hour: by normalised address (to_key), by domain
+    # (to_domain; free-mail domains are not counted), and to anyone.
+    ack_counts: dict[str, int] = field(default_factory=dict)
+    ack_domain_counts: dict[str, int] = field(default_factory=dict)
+    ack_total: int = 0
     # Planned in this batch and not visible to a lookup until written:
     batch_message_ids: set[str] = field(default_factory=set)
     opened: int = 0  # work orders planned
@@ -87,6 +96,8 @@ class BatchContext:
         self.numbers.update(fresh.numbers)
         self.clients.update(fresh.clients)
         self.ack_counts.update(fresh.ack_counts)
+        self.ack_domain_counts.update(fresh.ack_domain_counts)
+        self.ack_total = fresh.ack_total
 
 
 def stored_fetch_keys(conn: Connection, keys: Iterable[FetchKey]) -> set[FetchKey]:
@@ -161,13 +172,24 @@ def _add_senders(ctx: BatchContext, conn: Connection, senders: Sequence[str],
                                                .where(Client.domain.in_(chunk))):
             ctx.clients[key] = (cid, contract)
     hour_ago = now - timedelta(hours=1)
-    for chunk in in_chunks({a for a in senders if a}):
-        for to_addr, acks in conn.execute(
-                select(Outbox.to_addr, func.count(Outbox.id))
-                .where(Outbox.kind == "ack", Outbox.to_addr.in_(chunk),
-                       Outbox.created_at > hour_ago)
-                .group_by(Outbox.to_addr)):
-            ctx.ack_counts[to_addr] = acks
+    keys: set[str] = set()
+    domains: set[str] = set()
+    for a in senders:
+        try:
+            key, domain = rate_keys(a)
+        except AddressError:  # refused by the address policy before any count is read
+            continue
+        keys.add(key)
+        if domain is not None:
+            domains.add(domain)
+    recent = (Outbox.kind == "ack", Outbox.created_at > hour_ago)
+    for col, wanted, counts in ((Outbox.to_key, keys, ctx.ack_counts),
+                                (Outbox.to_domain, domains, ctx.ack_domain_counts)):
+        for chunk in in_chunks(wanted):
+            for value, acks in conn.execute(select(col, func.count(Outbox.id))
+                                            .where(col.in_(chunk), *recent).group_by(col)):
+                counts[str(value)] = int(acks)
+    ctx.ack_total = int(conn.scalar(select(func.count(Outbox.id)).where(*recent)) or 0)
 
 
 def stored_fingerprints(conn: Connection, message_pks: Iterable[int]) -> dict[int, str]:

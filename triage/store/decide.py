@@ -16,14 +16,21 @@ The rules, in the order they apply:
    in). The same Message-ID with another fingerprint is another message: filed under a key
    of its own, decided by the rules below, and a ``message_id_reused`` event recorded;
 4. our own mail come back (our address, or a Message-ID we generated): a non-request;
-5. screened by its headers (auto-reply, bounce, list or bulk mail): a non-request;
+5. screened by its headers (the classifier's header screen decided: auto-reply, bounce,
+   list or bulk mail): a non-request. A text model calling a message an auto-reply or a
+   bounce is only an opinion: such a message is threaded by rule 6 first, then rule 7;
 6. a reply to a work order (by In-Reply-To/References, else an ``[ITX-…]`` tag) from its
    requester or the same client: joins the thread, reopens a resolved work order when it
    asks for something, and ends a waiting-on-client pause;
 7. screened by the text model (spam, thanks): a non-request;
 8. otherwise a new work order, flagged for review when uncertain or when it names another
-   client's work order, and acknowledged unless the sender has no address or has had
-   ``ack_rate_per_hour`` acknowledgments in the last hour.
+   client's work order, and acknowledged unless: the sender has no address or no
+   unambiguous one; the address policy refuses it (triage.addresses: role and automated
+   senders, our own addresses and domains in any spelling, quoted separators, IP literals,
+   dotless domains); or a rate limit is reached, counted on the normalised address, per
+   domain (not for free mail) and in all, over the last hour. Each refusal is an
+   ``ack_suppressed`` event with its reason code (``ACK_REASONS``) and the outcome's
+   ``ack_refused``, which the daemon counts.
 
 A message that may answer another message of its own batch (it quotes one's Message-ID, or
 a tag names a work order whose number is not known yet) cannot be decided from a context
@@ -41,6 +48,7 @@ from datetime import datetime
 from typing import Any
 
 from classifiers.types import Decision
+from triage.addresses import ACK_REASONS, AddressError, rate_keys, rate_refusal
 from triage.messages import DueDates, ParsedEmail
 from triage.parse import build_reply_headers, clean_header
 from triage.screening import screening_record
@@ -50,7 +58,6 @@ from triage.store.context import BatchContext, WorkOrderView
 from triage.store.figures import SlaFigures, due_columns
 from triage.store.model import (
     ENVIRONMENT,
-    HEADER_SCREENED,
     TAG_RE,
     Ingest,
     Outcome,
@@ -179,7 +186,7 @@ class Decider:
         ctx, raw = self.ctx, item.raw
         if p.from_addr == self.cfg.from_address or (p.message_id and p.message_id in ctx.own):
             return self._non_request(item, key, "own")
-        if not d.is_request and d.non_request_kind in HEADER_SCREENED:
+        if not d.is_request and d.screened_by == "header":
             return self._non_request(item, key, d.non_request_kind or "auto_reply")
         if not fresh and self._may_answer_this_batch(p):
             return None
@@ -328,39 +335,52 @@ class Decider:
         values.update(first_response_at=None, resolved_at=None, assignee_id=None,
                       promised_at=None, called_back_at=None, next_due=next_due,
                       at_risk_at=at_risk_at)
-        why_not = self._ack_refused(p)
+        refused = self._ack_refused(p)
         wo = NewWorkOrder(Ref(), client, values)
         plan = Plan(
-            Outcome(uid, "work_order", acked=why_not is None, request_type=d.label,
+            Outcome(uid, "work_order", acked=refused is None, request_type=d.label,
                     priority=priority, confidence=float(d.confidence),
-                    needs_review=bool(values["needs_review"])),
+                    needs_review=bool(values["needs_review"]),
+                    ack_refused=None if refused is None else refused[0]),
             client=new_client, new_work_order=wo,
             events=[NewEvent(wo.ref, "created", {
                 "type": d.label, "priority": priority,
                 "confidence": round(float(d.confidence), 4), **(detail or {})}, now, actor)])
-        if why_not is None:
+        if refused is None:
             in_reply_to, references = build_reply_headers(p)
             plan.mails.append(NewMail("ack", wo.ref, p.from_addr, f"ack/{d.label}", {
                 "in_reply_to": in_reply_to, "references": list(references),
                 "subject": clean_header(p.subject, 200)}))
         else:
-            if why_not.startswith("rate limit"):
-                plan.logs.append((logging.INFO, "ack rate limit reached for a sender "
-                                  "(work order %s)", (lambda: format_number(wo.ref.get()),)))
-            plan.events.append(NewEvent(wo.ref, "ack_suppressed", {"reason": why_not}, now))
+            reason, why = refused
+            if reason.startswith("rate_"):
+                plan.logs.append((logging.INFO, "ack rate limit (%s) reached (work order %s)",
+                                  (reason, lambda: format_number(wo.ref.get()))))
+            plan.events.append(NewEvent(wo.ref, "ack_suppressed",
+                                        {"reason": reason, "why": why}, now))
         return plan
 
-    def _ack_refused(self, p: ParsedEmail) -> str | None:
-        """Why this sender gets no acknowledgment, or None."""
+    def _ack_refused(self, p: ParsedEmail) -> tuple[str, str] | None:
+        """Why this sender gets no acknowledgment: (an ``ACK_REASONS`` code, the words an
+        event shows), or None. The address policy is the one the outbox applies again at
+        send time; the rate limits count what ``_accept`` adds within the batch."""
         to_addr = p.from_addr
+        if not p.from_trusted:  # no From, or one that names no one sender (triage.sender)
+            return "untrusted_sender", f"untrusted sender: {p.from_problem}"
         if not to_addr:
-            return "no sender address"
-        if not p.from_trusted:
-            return f"untrusted sender: {p.from_problem}"
-        recent = self.ctx.ack_counts.get(to_addr, 0)
-        if recent >= self.cfg.ack_rate_per_hour:
-            return f"rate limit: {recent} acknowledgments to this sender in the last hour"
-        return None
+            return "no_sender", ACK_REASONS["no_sender"]
+        reason = self.cfg.send_policy.refusal(to_addr)
+        if reason is not None:
+            return reason, ACK_REASONS[reason]
+        key, domain = rate_keys(to_addr)  # parseable: the policy would have refused it
+        ctx, limits = self.ctx, self.cfg.rate_limits
+        per_domain = None if domain is None else ctx.ack_domain_counts.get(domain, 0)
+        reason = rate_refusal(ctx.ack_counts.get(key, 0), per_domain, ctx.ack_total, limits)
+        if reason is None:
+            return None
+        limit = {"rate_address": limits.per_address, "rate_domain": limits.per_domain,
+                 "rate_global": limits.overall}[reason]
+        return reason, f"{ACK_REASONS[reason]} ({limit} an hour)"
 
     def _non_request(self, item: Ingest, key: str, kind: str) -> Plan:
         message = self._message(item, key, "non_request", kind)
@@ -401,8 +421,16 @@ class Decider:
         if plan.new_work_order is not None:
             ctx.opened += 1
         for mail in plan.mails:
-            if mail.kind == "ack":
-                ctx.ack_counts[mail.to_addr] = ctx.ack_counts.get(mail.to_addr, 0) + 1
+            if mail.kind != "ack":
+                continue
+            ctx.ack_total += 1
+            try:
+                key, domain = rate_keys(mail.to_addr)
+            except AddressError:  # never planned: the policy refuses such an address
+                continue
+            ctx.ack_counts[key] = ctx.ack_counts.get(key, 0) + 1
+            if domain is not None:
+                ctx.ack_domain_counts[domain] = ctx.ack_domain_counts.get(domain, 0) + 1
         return plan
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from classifiers.types import Decision
+from triage.addresses import RateLimits, SendPolicy
 from triage.messages import ParsedEmail, RawMessage
 
 TAG_RE = re.compile(r"\[(ITX-\d{6,})\]")
-HEADER_SCREENED = frozenset({"auto_reply", "bounce", "bulk", "own"})
 
 # Failures of the environment (disk, database connection), not of a message: the batch is
 # retried later, never quarantined.
@@ -66,16 +66,38 @@ class Outcome:
     confidence: float | None = None
     needs_review: bool = False
     screened_by: str | None = None  # a non-request's: triage.screening.SCREENED_BY (metrics)
+    # A new work order's: why no acknowledgment was queued, a fixed code (ACK_REASONS).
+    ack_refused: str | None = None
 
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """The store's settings. The rate limits' defaults are ``Settings``' (triage.config says
+    why those numbers); ``own_addresses`` and ``own_domains`` are ours besides
+    ``from_address`` and its domain (the address policy, triage.addresses)."""
+
     from_address: str
-    ack_rate_per_hour: int
+    ack_rate_per_hour: int  # per normalised address
     attachments_dir: Path
     review_threshold: float
     mailbox_state: bool = True
     at_risk_fraction: float = 0.75  # for the queue's SLA marks (triage.slamarks)
+    ack_rate_per_domain_per_hour: int = 30  # a domain that is not free mail
+    ack_rate_global_per_hour: int = 1000
+    own_addresses: tuple[str, ...] = ()
+    own_domains: tuple[str, ...] = ()
+
+    @cached_property
+    def send_policy(self) -> SendPolicy:
+        """Whom no acknowledgment may go to: the policy the outbox applies at send time,
+        built from the same settings (triage.service.send_policy)."""
+        return SendPolicy.of((self.from_address, *self.own_addresses),
+                             (*self.own_domains, domain_of(self.from_address)))
+
+    @property
+    def rate_limits(self) -> RateLimits:
+        return RateLimits(self.ack_rate_per_hour, self.ack_rate_per_domain_per_hour,
+                          self.ack_rate_global_per_hour)
 
 
 class RetryBatch(Exception):
