@@ -60,6 +60,7 @@ from triage.store.model import (
     dedupe_key,
     fetch_dedupe_key,
     format_number,
+    next_version,
     reuse_key,
 )
 from triage.store.plan import (
@@ -76,7 +77,8 @@ from triage.store.plan import (
 )
 
 # What a reply changes on its work order.
-_CHANGED = ("status", "resolved_at", "pauses", "next_due", "at_risk_at", "updated_at")
+_CHANGED = ("status", "resolved_at", "pauses", "next_due", "at_risk_at", "updated_at",
+            "version")
 
 
 @dataclass(frozen=True)
@@ -264,20 +266,24 @@ class Decider:
     def _reply(self, item: Ingest, key: str, wo: WorkOrderView, d: Decision) -> Plan:
         now = self.rules.clock()
         after = wo.copy()
+        # A client's reply is a change staff must see before they act: a page made before
+        # it is refused (the collision guard), and its events name the version they made.
+        after.version = v = next_version(wo.version)
         detail: dict[str, Any] = {"from": item.parsed.from_addr if item.parsed else ""}
         events: list[NewEvent] = []
         # "thanks, all fixed" joins the thread but does not reopen a resolved work order.
         if after.status == "resolved" and d.is_request:
             after.status, after.resolved_at = "open", None
-            events.append(NewEvent(wo.id, "reopened", detail, now))
+            events.append(NewEvent(wo.id, "reopened", detail, now, wo_version=v))
         elif after.status == "waiting_client":
             # The client answered: the ball is ours again and the clocks run (the pause ends).
             end_pause(after, now)  # type: ignore[arg-type]
             after.status = "open"
             events.append(NewEvent(wo.id, "status",
-                                   {**detail, "status": "open", "was": "waiting_client"}, now))
+                                   {**detail, "status": "open", "was": "waiting_client"}, now,
+                                   wo_version=v))
         apply_marks(after, self.rules.policy, self.cfg.at_risk_fraction)  # type: ignore[arg-type]
-        events.append(NewEvent(wo.id, "client_reply", detail, now))
+        events.append(NewEvent(wo.id, "client_reply", detail, now, wo_version=v))
         after.updated_at = now
         message = self._message(item, key, "reply", None, wo.id)
         plan = Plan(Outcome(item.raw.uid, "reply", work_order=wo.number), message=message,
