@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from tests.browser import OTHER_STAFF, Site, log_in
-from triage.storage.models import Event, Outbox, WorkOrder
+from tests.browser import OTHER_STAFF, XSS_MESSAGE_ID, Site, log_in
+from triage.storage.models import Event, Message, Outbox, WorkOrder
 
 pytest_plugins = ["tests.browser"]  # fixtures: site, browser, page
 
@@ -78,3 +78,27 @@ def test_two_technicians_collide_and_the_second_sees_what_changed(
         last = s.scalars(select(Event).where(Event.work_order_id == wo.id)
                          .order_by(Event.id.desc())).first()
     assert last is not None and last.action == "replied" and last.actor == "alice"
+
+
+def test_the_queue_search_box_finds_words_in_bodies_with_highlights(
+        site: Site, page: Page) -> None:
+    log_in(page, site)
+    # The hostile sample's body says "front desk printer stopped printing" beside scripts.
+    page.fill("form.filters input[name=q]", "stopped printing")
+    with page.expect_navigation():
+        page.click("form.filters button[type=submit]")
+    expect(page.locator("p.summary")).to_contain_text("best match first")
+    rows = page.locator("table.queue tbody tr[data-number]")
+    numbers = rows.evaluate_all("rows => rows.map(r => r.dataset.number)")
+    assert site.number_of(XSS_MESSAGE_ID) in numbers
+    with site.c.reads() as s:  # every row found has a message with both words (stemmed)
+        for number in numbers:
+            texts = [(m.subject + " " + m.body_text).lower() for m in s.scalars(
+                select(Message).join(WorkOrder, WorkOrder.id == Message.work_order_id)
+                .where(WorkOrder.number == number))]
+            assert any("stop" in t and "print" in t for t in texts), number
+    marks = page.locator("td.subject .snippet mark").all_text_contents()
+    assert {m.lower() for m in marks} >= {"stopped", "printing"}
+    assert page.evaluate("() => window.__xss") is None  # the snippet's scripts stay text
+    snippet = page.locator(f"tr[data-number='{site.number_of(XSS_MESSAGE_ID)}'] .snippet")
+    expect(snippet.locator("script")).to_have_count(0)

@@ -186,3 +186,86 @@ def test_the_page_refuses_a_stale_form_shows_the_changes_and_keeps_the_draft(
     forms = re.findall(r'<form method="post" action="/work-orders/[^"]+"[^>]*>.*?</form>',
                        page, re.S)
     assert forms and all('name="version" value="3"' in f for f in forms)
+
+
+# ---- full-text search ---------------------------------------------------------------------------
+def search(env: Env, q: str, **kw: object):  # type: ignore[no-untyped-def]
+    from triage.desk.queue import QueueFilter, queue_page
+
+    with env.reads() as s:
+        return queue_page(s, env.policy, QueueFilter(q=q, **kw), env.clock())  # type: ignore[arg-type]
+
+
+def test_search_finds_words_in_subjects_and_bodies_ranked_and_stemmed(env: Env) -> None:
+    in_subject = env.open("Printer jammed on the second floor", "It makes a noise.")
+    in_body = env.open("Office question", "Also the printer in reception jammed again.")
+    env.open("Outlook will not start", "Nothing to do with paper.")
+    page = search(env, "printer")
+    assert [r.wo.number for r in page.rows] == [in_subject, in_body]  # subject ranks first
+    assert page.ranked and page.total == 2
+    # Stemming on both databases: "jam" finds "jammed".
+    assert {r.wo.number for r in search(env, "jam").rows} == {in_subject, in_body}
+    # Every word is required.
+    assert [r.wo.number for r in search(env, "printer reception").rows] == [in_body]
+    assert search(env, "printer zebra").total == 0
+
+
+def test_search_reads_client_replies_and_keeps_the_queue_filters(env: Env) -> None:
+    n = env.open("VPN drops", "The VPN drops every hour.")
+    env.desk.reply(n, "alice", "Which client?", version=1)
+    with env.reads() as s:
+        mid = s.scalar(select(Outbox.message_id).where(Outbox.kind == "reply"))
+    env.mail("Re: VPN drops", "We use FortiClient 7.2 on Windows.", reply_to=mid)
+    assert [r.wo.number for r in search(env, "forticlient").rows] == [n]
+    env.desk.resolve(n, "alice")
+    assert search(env, "forticlient").total == 0  # the queue shows active work only
+    assert search(env, "forticlient", status="all").total == 1
+    assert search(env, "forticlient", status="all", request_type="printer_setup").total == 0
+
+
+def test_search_input_is_words_not_query_syntax(env: Env) -> None:
+    n = env.open("Scanner offline", "The scanner NEAR the door is offline.")
+    for q in ('scanner" OR *', "NEAR(scanner door)", "scanner AND -door", "'; DROP TABLE x;--",
+              "scanner:*", "\"\"\"", "scanner\x02door"):
+        page = search(env, q)  # no error from FTS5 or tsquery syntax
+        assert all(r.wo.number == n for r in page.rows)
+    # Operators are words like any other, and every word is required (PostgreSQL drops
+    # English stop words such as "or" from a query; FTS5 has none).
+    assert search(env, 'scanner" *').total == 1
+    assert search(env, "NEAR(scanner door)").total == 1
+    assert search(env, 'scanner" NOT printer').total == 0
+
+
+def test_search_highlights_matched_words_and_escapes_the_rest(env: Env) -> None:
+    n = env.open("Toner <b>empty</b>", "Please <script>alert(1)</script> order toner \x02now\x03.")
+    page = search(env, "toner")
+    snippet = str(page.snippets[env.wo(n).id])
+    assert "<mark>Toner</mark> &lt;b&gt;empty&lt;/b&gt;" in snippet
+    assert "alert(1)" in snippet and "order <mark>toner</mark>" in snippet
+    if env.engine.dialect.name == "sqlite":  # ts_headline leaves out what looks like a tag
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; order <mark>toner</mark> now" in snippet
+    assert "<script>" not in snippet and "\x02" not in snippet
+    html = env.client().get("/queue", params={"q": "toner"}).text
+    assert "<mark>toner</mark>" in html and "best match first" in html
+    assert "<script>alert(1)" not in html
+
+
+def test_a_number_search_still_goes_straight_to_the_work_order(env: Env) -> None:
+    n = env.open("Printer", "printer")
+    env.open("Printer too", "printer")
+    page = search(env, n.lower())
+    assert [r.wo.number for r in page.rows] == [n] and not page.ranked
+
+
+def test_a_search_matching_more_than_the_candidates_ranks_the_newest_and_says_so(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from triage.desk import search as search_module
+
+    numbers = [env.open(f"Backup {i}", "The backup failed again.") for i in range(5)]
+    assert not search(env, "backup").capped
+    monkeypatch.setattr(search_module, "CANDIDATES", 3)
+    page = search(env, "backup")
+    assert page.capped == 3 and page.total == 3
+    assert {r.wo.number for r in page.rows} == set(numbers[-3:])
+    html = env.client().get("/queue", params={"q": "backup"}).text
+    assert "More mail matches than the newest 3 messages" in html
