@@ -19,7 +19,8 @@ The rules, in the order they apply:
 5. screened by its headers (auto-reply, bounce, list or bulk mail): a non-request;
 6. a reply to a work order (by In-Reply-To/References, else an ``[ITX-…]`` tag) from its
    requester or the same client: joins the thread, reopens a resolved work order when it
-   asks for something, and ends a waiting-on-client pause;
+   asks for something, ends a waiting-on-client pause, and moves the work order's version
+   (a staff page made before it is refused: ``triage.desk.actions``);
 7. screened by the text model (spam, thanks): a non-request;
 8. otherwise a new work order, flagged for review when uncertain or when it names another
    client's work order, and acknowledged unless the sender has no address or has had
