@@ -68,6 +68,26 @@ def test_a_reply_reopens_and_the_next_one_sees_it_open(rules: Rules) -> None:
     assert thanks is not None and [e.action for e in thanks.events] == ["client_reply"]
 
 
+def test_each_reply_moves_the_version_once_and_its_events_name_it(rules: Rules) -> None:
+    """The collision guard: a page made before a client's reply is refused, and the refusal
+    lists the reply's events, so the change and every event carry the new version."""
+    wo = resolved_work_order()
+    wo.version = 4
+    ctx = BatchContext(work_orders={7: wo}, numbers={"ITX-000007": 7})
+    decider = Decider(ctx, rules)
+    first = decider.decide(ingest(mail(1, subject="Re: [ITX-000007] still broken"), req()))
+    assert first is not None
+    assert [(e.action, e.wo_version) for e in first.events] == [
+        ("reopened", 5), ("client_reply", 5)]
+    assert first.changes[0].values["version"] == 5
+    second = decider.decide(ingest(mail(2, subject="Re: [ITX-000007]"), nonreq("thanks")))
+    assert second is not None  # the next reply of the batch builds on the first
+    assert [(e.action, e.wo_version) for e in second.events] == [("client_reply", 6)]
+    assert second.changes[0].values["version"] == 6
+    created = Decider(BatchContext(), rules).decide(ingest(mail(3), req()))
+    assert created is not None and [e.wo_version for e in created.events] == [None]
+
+
 def test_a_message_that_may_answer_its_own_batch_is_decided_on_a_fresh_context(
         rules: Rules) -> None:
     ctx = BatchContext()

@@ -6,6 +6,11 @@ A reply is an outbox row like an acknowledgment: it is sent (and retried) by the
 outbox sweep, threaded on the client's last message, and the first one stops the email
 response clock (``first_response_at``). A change of type or priority recomputes the due
 dates from the original arrival time and is kept as a ``Correction`` for the nightly retrain.
+
+The collision guard: each action's events raise the work order's ``version`` (once per
+action), and an action given the version its page showed is refused with ``Conflict`` when
+the work order has moved on since, under the same row lock the action takes, so two
+technicians acting on the same page cannot both succeed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from triage.parse import clean_header
 from triage.sla import SlaPolicy
 from triage.slamarks import apply_marks, contract_calendar, end_pause, pauses_of, start_pause
 from triage.storage.models import Correction, Event, Message, User, WorkOrder
+from triage.store.model import next_version
 
 STATUSES = ("new", "open", "waiting_client", "resolved")
 STATUS_LABELS = {"new": "New", "open": "Open", "waiting_client": "Waiting on client",
@@ -40,6 +46,28 @@ class NotFound(LookupError):
 
 class ActionError(ValueError):
     """The action cannot be done as asked; the message is for the person who asked."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One audit event a page did not show."""
+
+    at: datetime
+    actor: str
+    action: str
+    detail: dict[str, Any]
+    version: int
+
+
+class Conflict(ActionError):
+    """The work order changed after the page that sent the action was made; nothing was
+    done. ``changes`` are the audit events since the page's version, oldest first."""
+
+    def __init__(self, number: str, seen: int, current: int, changes: list[Change]) -> None:
+        self.number, self.seen, self.current, self.changes = number, seen, current, changes
+        what = ", ".join(f"{c.actor} {c.action.replace('_', ' ')}" for c in changes[-5:])
+        super().__init__(f"{number} changed since this page was loaded ({what or 'updated'}); "
+                         "nothing was done: read the changes and try again")
 
 
 @dataclass(frozen=True)
@@ -62,29 +90,38 @@ class Desk:
         self._domain = sender_domain(config.from_address)
 
     # ---- plumbing -----------------------------------------------------------------------
-    def _locked(self, s: Session, number: str) -> WorkOrder:
+    def _locked(self, s: Session, number: str, version: int | None = None) -> WorkOrder:
+        """The work order under a write lock; ``version``: the one the caller's page showed
+        (None: no guard, as for API scripts that do not send one)."""
         wo = s.scalar(select(WorkOrder).where(WorkOrder.number == number).with_for_update())
         if wo is None:
             raise NotFound(number)
+        if version is not None and wo.version != version:
+            raise Conflict(number, version, wo.version, changes_since(s, wo.id, version))
         return wo
 
     def _event(self, s: Session, wo: WorkOrder, actor: str, action: str,
                detail: dict[str, Any], now: datetime) -> None:
-        s.add(Event(work_order_id=wo.id, actor=actor, action=action, detail=detail, at=now))
+        bumped: dict[int, int] = s.info.setdefault("bumped_versions", {})
+        if wo.id not in bumped:  # one version per action, however many events it writes
+            wo.version = bumped[wo.id] = next_version(wo.version)
+        s.add(Event(work_order_id=wo.id, actor=actor, action=action, detail=detail, at=now,
+                    wo_version=bumped[wo.id]))
         wo.updated_at = now
 
     def _marks(self, wo: WorkOrder) -> None:
         apply_marks(wo, self._policy, self._cfg.at_risk_fraction)
 
     # ---- actions --------------------------------------------------------------------------
-    def reclassify(self, number: str, actor: str, request_type: str, priority: str) -> WorkOrder:
+    def reclassify(self, number: str, actor: str, request_type: str, priority: str, *,
+                   version: int | None = None) -> WorkOrder:
         if request_type not in self._policy.types:
             raise ActionError(f"unknown request type {request_type!r}")
         if priority not in self._policy.priorities:
             raise ActionError(f"unknown priority {priority!r}")
         now = self._clock()
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             old_type, old_priority = wo.request_type, wo.priority
             changed = (old_type, old_priority) != (request_type, priority)
             if changed:
@@ -103,10 +140,11 @@ class Desk:
                          "was_type": old_type, "was_priority": old_priority}, now)
         return wo
 
-    def assign(self, number: str, actor: str, assignee: str | None) -> WorkOrder:
+    def assign(self, number: str, actor: str, assignee: str | None, *,
+               version: int | None = None) -> WorkOrder:
         now = self._clock()
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             user = None
             if assignee:
                 user = s.scalar(select(User).where(User.name == assignee, User.active))
@@ -116,7 +154,8 @@ class Desk:
             self._event(s, wo, actor, "assigned", {"to": user.name if user else None}, now)
         return wo
 
-    def promise(self, number: str, actor: str, when: datetime | None) -> WorkOrder:
+    def promise(self, number: str, actor: str, when: datetime | None, *,
+                version: int | None = None) -> WorkOrder:
         if when is not None and when.tzinfo is None:
             raise ActionError("a promise date needs a time zone")
         now = self._clock()
@@ -130,18 +169,19 @@ class Desk:
                 raise ActionError(f"a promise date must be between {earliest:%Y-%m-%d} and "
                                   f"{latest:%Y-%m-%d}")
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             wo.promised_at = when.astimezone(UTC) if when else None
             self._event(s, wo, actor, "promised",
                         {"at": wo.promised_at.isoformat() if wo.promised_at else None}, now)
         return wo
 
-    def set_status(self, number: str, actor: str, status: str) -> WorkOrder:
+    def set_status(self, number: str, actor: str, status: str, *,
+                   version: int | None = None) -> WorkOrder:
         if status not in STATUSES:
             raise ActionError(f"unknown status {status!r}")
         now = self._clock()
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             self._set_status(s, wo, actor, status, now)
             self._marks(wo)
         return wo
@@ -165,25 +205,26 @@ class Desk:
                                               else "status")
         self._event(s, wo, actor, action, {"status": status, "was": was}, now)
 
-    def resolve(self, number: str, actor: str) -> WorkOrder:
-        return self.set_status(number, actor, "resolved")
+    def resolve(self, number: str, actor: str, *, version: int | None = None) -> WorkOrder:
+        return self.set_status(number, actor, "resolved", version=version)
 
-    def reopen(self, number: str, actor: str) -> WorkOrder:
+    def reopen(self, number: str, actor: str, *, version: int | None = None) -> WorkOrder:
         now = self._clock()
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             if wo.status != "resolved":
                 raise ActionError("only a resolved work order can be reopened")
             self._set_status(s, wo, actor, "open", now)
             self._marks(wo)
         return wo
 
-    def called_back(self, number: str, actor: str, text: str = "") -> WorkOrder:
+    def called_back(self, number: str, actor: str, text: str = "", *,
+                    version: int | None = None) -> WorkOrder:
         """The engineer called the client: the call-back clock stops (an optional note)."""
         text = _note_text(text, required=False)
         now = self._clock()
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             if wo.callback_due is None:
                 raise ActionError("this request type has no call-back target")
             if wo.called_back_at is not None:
@@ -195,16 +236,17 @@ class Desk:
             self._event(s, wo, actor, "called_back", {"text": text} if text else {}, now)
         return wo
 
-    def note(self, number: str, actor: str, text: str) -> WorkOrder:
+    def note(self, number: str, actor: str, text: str, *,
+             version: int | None = None) -> WorkOrder:
         text = _note_text(text, required=True)
         now = self._clock()
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             self._event(s, wo, actor, "note", {"text": text}, now)
         return wo
 
     def reply(self, number: str, actor: str, body: str, *, wait_for_client: bool = False,
-              agent_name: str = "") -> WorkOrder:
+              agent_name: str = "", version: int | None = None) -> WorkOrder:
         """Queue a reply to the requester; the first stops the response clock."""
         body = body.replace("\r\n", "\n").strip()
         if not body:
@@ -213,7 +255,7 @@ class Desk:
             raise ActionError(f"a reply is at most {MAX_REPLY} characters")
         now = self._clock()
         with self._sessions.begin() as s:
-            wo = self._locked(s, number)
+            wo = self._locked(s, number, version)
             if not wo.requester:
                 raise ActionError("this work order has no sender address to reply to")
             in_reply_to, references = self._thread_ids(s, wo)
@@ -255,6 +297,14 @@ class Desk:
         return (ids[-1] if ids else None), ids[-20:]
 
 
+def changes_since(s: Session, wo_id: int, version: int) -> list[Change]:
+    """The audit events that moved the work order past ``version``, oldest first."""
+    return [Change(e.at, e.actor, e.action, e.detail or {}, e.wo_version or 0)
+            for e in s.scalars(select(Event).where(Event.work_order_id == wo_id,
+                                                   Event.wo_version > version)
+                               .order_by(Event.id).limit(50))]
+
+
 def _note_text(text: str, *, required: bool) -> str:
     text = text.strip()
     if required and not text:
@@ -264,4 +314,5 @@ def _note_text(text: str, *, required: bool) -> str:
     return text
 
 
-__all__ = ["STATUSES", "STATUS_LABELS", "ActionError", "Desk", "DeskConfig", "NotFound"]
+__all__ = ["STATUSES", "STATUS_LABELS", "ActionError", "Change", "Conflict", "Desk",
+           "DeskConfig", "NotFound", "changes_since"]

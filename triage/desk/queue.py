@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
+from markupsafe import Markup
 from sqlalchemy import Select, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -70,7 +71,7 @@ class QueueFilter:
     assignee: str | None = None  # a user name, or "none" for unassigned
     needs_review: bool | None = None
     sla: str | None = None
-    q: str | None = None  # a work-order number or words of the subject
+    q: str | None = None  # a work-order number, or words (full-text: triage.desk.search)
     page: int = 1
     page_size: int = PAGE_SIZE
 
@@ -118,6 +119,9 @@ class QueuePage:
     page: int
     pages: int
     counts: QueueCounts
+    snippets: dict[int, Markup] = field(default_factory=dict)  # work order id -> highlights
+    ranked: bool = False  # a search by words: best match first, not nearest due
+    capped: int = 0  # a search whose matches were cut to the newest N messages (N)
 
 
 _Columns = TypeVarTuple("_Columns")
@@ -160,6 +164,11 @@ def _where(stmt: Select[*_Columns], f: QueueFilter, now: datetime) -> Select[*_C
 
 
 def queue_page(s: Session, policy: SlaPolicy, f: QueueFilter, now: datetime) -> QueuePage:
+    from triage.desk import search  # it builds on this module's filters and rows
+
+    if search.is_text_search(f.q):
+        ranked: QueuePage = search.search_page(s, policy, f, now)
+        return ranked
     total, with_due = s.execute(
         _where(select(func.count(), func.count(WorkOrder.next_due)), f, now)
         .where(_NUMBERED)).one()

@@ -196,6 +196,9 @@ class WorkOrder(Base):
     at_risk_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Counts the changes staff or the client made (triage.desk.actions, a client's reply);
+    # a page carries it, and an action sent from an older page is refused (collision guard).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
     client: Mapped[Client] = relationship()
     assignee: Mapped[User | None] = relationship()
@@ -340,6 +343,9 @@ class Event(Base):
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The work order's version this event produced; NULL for events that change nothing a
+    # technician acts on (deliveries, suppressions), which therefore never refuse a page.
+    wo_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class OAuthToken(Base):

@@ -54,6 +54,7 @@ class WorkOrderView:
     next_due: datetime | None
     at_risk_at: datetime | None
     updated_at: datetime
+    version: int  # the collision guard's count (``next_version``)
     client_key: str  # its client's ``clients.domain``
 
     def __init__(self, values: dict[str, Any]) -> None:

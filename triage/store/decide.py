@@ -21,7 +21,8 @@ The rules, in the order they apply:
    bounce is only an opinion: such a message is threaded by rule 6 first, then rule 7;
 6. a reply to a work order (by In-Reply-To/References, else an ``[ITX-…]`` tag) from its
    requester or the same client: joins the thread, reopens a resolved work order when it
-   asks for something, and ends a waiting-on-client pause;
+   asks for something, ends a waiting-on-client pause, and moves the work order's version
+   (a staff page made before it is refused: ``triage.desk.actions``);
 7. screened by the text model (spam, thanks): a non-request;
 8. otherwise a new work order, flagged for review when uncertain or when it names another
    client's work order, and acknowledged unless: the sender has no address or no
@@ -67,6 +68,7 @@ from triage.store.model import (
     dedupe_key,
     fetch_dedupe_key,
     format_number,
+    next_version,
     reuse_key,
 )
 from triage.store.plan import (
@@ -83,7 +85,8 @@ from triage.store.plan import (
 )
 
 # What a reply changes on its work order.
-_CHANGED = ("status", "resolved_at", "pauses", "next_due", "at_risk_at", "updated_at")
+_CHANGED = ("status", "resolved_at", "pauses", "next_due", "at_risk_at", "updated_at",
+            "version")
 
 
 @dataclass(frozen=True)
@@ -271,20 +274,24 @@ class Decider:
     def _reply(self, item: Ingest, key: str, wo: WorkOrderView, d: Decision) -> Plan:
         now = self.rules.clock()
         after = wo.copy()
+        # A client's reply is a change staff must see before they act: a page made before
+        # it is refused (the collision guard), and its events name the version they made.
+        after.version = v = next_version(wo.version)
         detail: dict[str, Any] = {"from": item.parsed.from_addr if item.parsed else ""}
         events: list[NewEvent] = []
         # "thanks, all fixed" joins the thread but does not reopen a resolved work order.
         if after.status == "resolved" and d.is_request:
             after.status, after.resolved_at = "open", None
-            events.append(NewEvent(wo.id, "reopened", detail, now))
+            events.append(NewEvent(wo.id, "reopened", detail, now, wo_version=v))
         elif after.status == "waiting_client":
             # The client answered: the ball is ours again and the clocks run (the pause ends).
             end_pause(after, now)  # type: ignore[arg-type]
             after.status = "open"
             events.append(NewEvent(wo.id, "status",
-                                   {**detail, "status": "open", "was": "waiting_client"}, now))
+                                   {**detail, "status": "open", "was": "waiting_client"}, now,
+                                   wo_version=v))
         apply_marks(after, self.rules.policy, self.cfg.at_risk_fraction)  # type: ignore[arg-type]
-        events.append(NewEvent(wo.id, "client_reply", detail, now))
+        events.append(NewEvent(wo.id, "client_reply", detail, now, wo_version=v))
         after.updated_at = now
         message = self._message(item, key, "reply", None, wo.id)
         plan = Plan(Outcome(item.raw.uid, "reply", work_order=wo.number), message=message,

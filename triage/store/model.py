@@ -109,6 +109,12 @@ def format_number(pk: int) -> str:
     return f"ITX-{pk:06d}"
 
 
+def next_version(version: int | None) -> int:
+    """A work order's version after a change staff must see before they act (the collision
+    guard: a page made before it is refused). One step per action or client reply."""
+    return (version or 1) + 1
+
+
 def fetch_dedupe_key(raw: RawMessage) -> str:
     """The key of a message only its fetch identifies (a quarantined one)."""
     return f"fetch:{raw.mailbox}:{raw.uidvalidity}:{raw.uid}"[:1024]

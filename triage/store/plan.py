@@ -80,6 +80,9 @@ class NewEvent:
     detail: dict[str, Any]  # a ``Ref`` in it is written as its id
     at: datetime
     actor: str = "system"
+    # The work order's version the event produced (a client's reply); None for events that
+    # change nothing a technician acts on (creation, suppressions), which never refuse a page.
+    wo_version: int | None = None
 
 
 @dataclass
@@ -87,7 +90,7 @@ class WorkOrderChange:
     """An existing work order's new state (a reply reopened or resumed it)."""
 
     work_order_id: int
-    values: dict[str, Any]  # status, resolved_at, pauses, next_due, at_risk_at, updated_at
+    values: dict[str, Any]  # the columns in decide._CHANGED
 
 
 @dataclass

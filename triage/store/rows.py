@@ -84,7 +84,7 @@ def write_rows(conn: Connection, plans: Sequence[Plan], *, domain: str,
         conn.execute(insert(_table(Event)), [
             {"work_order_id": resolve(e.work_order), "actor": e.actor, "action": e.action,
              "detail": {k: resolve(v) if isinstance(v, Ref) else v for k, v in e.detail.items()},
-             "at": e.at} for e in events])
+             "at": e.at, "wo_version": e.wo_version} for e in events])
     changes = [c for p in plans for c in p.changes]
     if changes:
         t = _table(WorkOrder)

@@ -56,7 +56,7 @@ from starlette.routing import BaseRoute
 
 from triage import security
 from triage.desk import logins, users
-from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Desk, NotFound
+from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Conflict, Desk, NotFound
 from triage.desk.queue import (
     ACTIVE,
     SLA_FILTERS,
@@ -434,9 +434,12 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         return work_order_view(who, number, done=done_text(done))
 
     def work_order_view(who: Principal, number: str, *, done: str = "", error: str = "",
-                        status: int = 200) -> Response:
+                        status: int = 200, conflict: Conflict | None = None,
+                        drafts: dict[str, str] | None = None) -> Response:
         """The page, with a done message (a key from ``DONE``) or the error of the action
-        just posted (the server's own text, never from the URL)."""
+        just posted (the server's own text, never from the URL); after a refused action
+        (``conflict``) it lists the changes since the sender's page and gives back what
+        they typed (``drafts``)."""
         now = deps.clock()
         with deps.reads() as s:
             d = work_order_detail(s, policy, number, now)
@@ -454,7 +457,8 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                           bodies=bodies, ack_texts=ack_texts, staff=staff_names(s),
                           types=policy.types,
                           priorities=policy.priorities, statuses=STATUSES,
-                          done=done, error=error[:300])
+                          done=done, error=error[:300], conflict=conflict,
+                          drafts=drafts or {})
 
     @app.get("/work-orders/{number}/attachments/{attachment_id}", include_in_schema=False)
     def attachment(who: Who, number: Number, attachment_id: RowId) -> Response:
@@ -476,73 +480,91 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
     # ---- actions (forms) -----------------------------------------------------------------
     def act(who: Principal, number: str, csrf: str, label: str,
-            fn: Callable[[], object]) -> Response:
+            fn: Callable[[], object], drafts: dict[str, str] | None = None) -> Response:
         check_csrf(who, csrf)
         target = f"/work-orders/{quote(number)}"
         try:
             fn()
         except NotFound:
             raise HTTPException(404, f"no work order {number}") from None
+        except Conflict as e:  # the page was stale: show what changed, keep what was typed
+            return work_order_view(who, number, error=str(e), status=409, conflict=e,
+                                   drafts=drafts)
         except ActionError as e:
             return work_order_view(who, number, error=str(e), status=422)
         return RedirectResponse(f"{target}?{urlencode({'done': label})}", status_code=303)
 
     Csrf = Annotated[str, Form(max_length=200)]
+    # The work order's version the form's page showed (the collision guard); absent: no guard.
+    Version = Annotated[int | None, Form(ge=1, le=ID_MAX)]
 
     @app.post("/work-orders/{number}/reclassify", include_in_schema=False)
     def f_reclassify(who: Who, number: Number, csrf_token: Csrf,
-                     request_type: Short, priority: Short) -> Response:
+                     request_type: Short, priority: Short, version: Version = None) -> Response:
         return act(who, number, csrf_token, "reclassified",
-                   lambda: deps.desk.reclassify(number, who.name, request_type, priority))
+                   lambda: deps.desk.reclassify(number, who.name, request_type, priority,
+                                                version=version))
 
     @app.post("/work-orders/{number}/assign", include_in_schema=False)
     def f_assign(who: Who, number: Number, csrf_token: Csrf,
-                 assignee: Annotated[str, Form(max_length=64)] = "") -> Response:
+                 assignee: Annotated[str, Form(max_length=64)] = "",
+                 version: Version = None) -> Response:
         return act(who, number, csrf_token, "assigned",
-                   lambda: deps.desk.assign(number, who.name, assignee or None))
+                   lambda: deps.desk.assign(number, who.name, assignee or None,
+                                            version=version))
 
     @app.post("/work-orders/{number}/promise", include_in_schema=False)
     def f_promise(who: Who, number: Number, csrf_token: Csrf,
-                  promised: Annotated[str, Form(max_length=64)] = "") -> Response:
+                  promised: Annotated[str, Form(max_length=64)] = "",
+                  version: Version = None) -> Response:
         def run() -> None:
-            deps.desk.promise(number, who.name, _local_datetime(promised, _tz_of(number)))
+            deps.desk.promise(number, who.name, _local_datetime(promised, _tz_of(number)),
+                              version=version)
         return act(who, number, csrf_token, "promise set", run)
 
     @app.post("/work-orders/{number}/status", include_in_schema=False)
     def f_status(who: Who, number: Number, csrf_token: Csrf,
-                 status: Short) -> Response:
+                 status: Short, version: Version = None) -> Response:
         return act(who, number, csrf_token, "status changed",
-                   lambda: deps.desk.set_status(number, who.name, status))
+                   lambda: deps.desk.set_status(number, who.name, status, version=version))
 
     @app.post("/work-orders/{number}/note", include_in_schema=False)
     def f_note(who: Who, number: Number, csrf_token: Csrf,
-               text: Annotated[str, Form(max_length=20_000)]) -> Response:
+               text: Annotated[str, Form(max_length=20_000)],
+               version: Version = None) -> Response:
         return act(who, number, csrf_token, "note added",
-                   lambda: deps.desk.note(number, who.name, text))
+                   lambda: deps.desk.note(number, who.name, text, version=version),
+                   drafts={"note": text})
 
     @app.post("/work-orders/{number}/reply", include_in_schema=False)
     def f_reply(who: Who, number: Number, csrf_token: Csrf,
                 body: Annotated[str, Form(max_length=50_000)],
-                wait: Annotated[str, Form(max_length=8)] = "") -> Response:
+                wait: Annotated[str, Form(max_length=8)] = "",
+                version: Version = None) -> Response:
         return act(who, number, csrf_token, "reply queued",
                    lambda: deps.desk.reply(number, who.name, body, wait_for_client=bool(wait),
-                                           agent_name=who.display_name))
+                                           agent_name=who.display_name, version=version),
+                   drafts={"reply": body})
 
     @app.post("/work-orders/{number}/called-back", include_in_schema=False)
     def f_called_back(who: Who, number: Number, csrf_token: Csrf,
-                      text: Annotated[str, Form(max_length=20_000)] = "") -> Response:
+                      text: Annotated[str, Form(max_length=20_000)] = "",
+                      version: Version = None) -> Response:
         return act(who, number, csrf_token, "call back logged",
-                   lambda: deps.desk.called_back(number, who.name, text))
+                   lambda: deps.desk.called_back(number, who.name, text, version=version),
+                   drafts={"call": text})
 
     @app.post("/work-orders/{number}/resolve", include_in_schema=False)
-    def f_resolve(who: Who, number: Number, csrf_token: Csrf) -> Response:
+    def f_resolve(who: Who, number: Number, csrf_token: Csrf,
+                  version: Version = None) -> Response:
         return act(who, number, csrf_token, "resolved",
-                   lambda: deps.desk.resolve(number, who.name))
+                   lambda: deps.desk.resolve(number, who.name, version=version))
 
     @app.post("/work-orders/{number}/reopen", include_in_schema=False)
-    def f_reopen(who: Who, number: Number, csrf_token: Csrf) -> Response:
+    def f_reopen(who: Who, number: Number, csrf_token: Csrf,
+                 version: Version = None) -> Response:
         return act(who, number, csrf_token, "reopened",
-                   lambda: deps.desk.reopen(number, who.name))
+                   lambda: deps.desk.reopen(number, who.name, version=version))
 
     def _tz_of(number: str) -> str:
         with deps.reads() as s:
@@ -694,7 +716,7 @@ def _wo_json(wo: WorkOrder) -> dict[str, Any]:
         "callback_due": _iso(wo.callback_due), "fulfil_due": _iso(wo.fulfil_due),
         "next_due": _iso(wo.next_due), "promised_at": _iso(wo.promised_at),
         "first_response_at": _iso(wo.first_response_at), "resolved_at": _iso(wo.resolved_at),
-        "called_back_at": _iso(wo.called_back_at),
+        "called_back_at": _iso(wo.called_back_at), "version": wo.version,
     }
 
 
