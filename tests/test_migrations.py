@@ -14,7 +14,7 @@ from triage.storage.models import Base
 
 
 def _models_only(name, type_, parent_names) -> bool:  # type: ignore[no-untyped-def]
-    """Full-text search objects are one dialect's each and not in the models (0012)."""
+    """Full-text search objects are one dialect's each and not in the models (0013)."""
     return not is_search_object(name)
 
 

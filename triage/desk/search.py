@@ -1,6 +1,6 @@
 """Full-text search over the mail of work orders (subjects and bodies), for the queue's
 search box: SQLite FTS5 (``message_search``) and PostgreSQL ``tsvector`` with a GIN index
-(``messages.search_vector``), both made by migration 0012.
+(``messages.search_vector``), both made by migration 0013.
 
 What the user types is never handed to a query language: it is cut into words (``\\w+``),
 which are quoted for FTS5 (a phrase each, all required) or given to ``plainto_tsquery``.
@@ -36,7 +36,7 @@ MAX_TERMS = 12
 CANDIDATES = 2000
 MAX_TERM = 64
 SUBJECT_WEIGHT = 4.0  # FTS5 bm25 column weight; PostgreSQL: setweight A over B
-# Database objects of migration 0012 that the models do not describe (one dialect's each).
+# Database objects of migration 0013 that the models do not describe (one dialect's each).
 SEARCH_OBJECTS = frozenset({"message_search", "search_vector", "ix_messages_search"})
 _START, _STOP = "\x02", "\x03"
 _MARKED = re.compile("\x02([^\x02\x03]*)\x03")
@@ -47,7 +47,7 @@ _PG_BODY_OPTS = (f"StartSel={_START}, StopSel={_STOP}, MaxWords=24, MinWords=8, 
 
 
 def is_search_object(name: str | None) -> bool:
-    """True for migration 0012's objects, including FTS5's shadow tables."""
+    """True for migration 0013's objects, including FTS5's shadow tables."""
     return bool(name) and (name in SEARCH_OBJECTS or str(name).startswith("message_search_"))
 
 

@@ -1,7 +1,7 @@
 """work order version: optimistic concurrency for the staff pages (the collision guard)
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-03 09:00:00
 
 ``work_orders.version`` counts the changes staff or a client made to a work order; a page
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

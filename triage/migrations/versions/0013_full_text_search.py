@@ -1,7 +1,7 @@
 """full-text search over the subjects and bodies of the mail on work orders
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-03 10:00:00
 
 SQLite: an FTS5 table ``message_search`` (porter stemming over unicode61, diacritics
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
