@@ -37,11 +37,13 @@ MIN_OPEN_SET_GAIN = 3
 TEMPERATURES = np.round(np.arange(0.2, 4.01, 0.05), 2)
 
 
-def _scaled(proba: np.ndarray, t: float) -> np.ndarray:
+def scaled(proba: np.ndarray, t: float) -> np.ndarray:
+    """Temperature scaling of probabilities (one row or many): softmax(z / t), computed from
+    softmax(z) as softmax(log p / t)."""
     logp = np.log(np.clip(proba, 1e-300, None)) / t
-    logp -= logp.max(axis=1, keepdims=True)
+    logp -= logp.max(axis=-1, keepdims=True)
     e = np.exp(logp)
-    return e / e.sum(axis=1, keepdims=True)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
 def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
@@ -49,7 +51,7 @@ def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
     if len(y) == 0:
         return 1.0
     rows = np.arange(len(y))
-    nll = [-np.log(np.clip(_scaled(proba, float(t))[rows, y], 1e-12, None)).mean()
+    nll = [-np.log(np.clip(scaled(proba, float(t))[rows, y], 1e-12, None)).mean()
            for t in TEMPERATURES]
     return float(TEMPERATURES[int(np.argmin(nll))])
 
@@ -124,7 +126,7 @@ def calibrate(clf: Classifier, records: Sequence[Record]) -> dict[str, Any]:
     y = np.array([classes.index(records[i].label) for i in known], dtype=int)
     p = proba[known]
     t = fit_temperature(p, y)
-    cal = _scaled(p, t)
+    cal = scaled(p, t)
     pred = cal.argmax(axis=1)
     nr = classes.index(NOT_A_REQUEST) if NOT_A_REQUEST in classes else -1
     is_nr_pred = pred == nr
