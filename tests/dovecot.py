@@ -478,25 +478,25 @@ def dovecot_oauth_server(token_server: TokenServer) -> Iterator[DovecotServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def fresh_user(server: DovecotServer) -> Iterator[DovecotUser]:
+    """A new user with an empty INBOX on ``server`` (started if a test stopped it), its mail
+    removed after; the server runs again after."""
+    if not server.running:
+        server.start()
+    user = DovecotUser(server, server.new_user())
+    yield user
+    if not server.running:
+        server.start()
+    shutil.rmtree(user.maildir.parent, ignore_errors=True)
+
+
 @pytest.fixture
 def dovecot_oauth(dovecot_oauth_server: DovecotServer) -> Iterator[DovecotUser]:
     """A fresh user on the XOAUTH2 Dovecot; its password login works too (for checking)."""
-    if not dovecot_oauth_server.running:
-        dovecot_oauth_server.start()
-    user = DovecotUser(dovecot_oauth_server, dovecot_oauth_server.new_user())
-    yield user
-    if not dovecot_oauth_server.running:
-        dovecot_oauth_server.start()
-    shutil.rmtree(user.maildir.parent, ignore_errors=True)
+    yield from fresh_user(dovecot_oauth_server)
 
 
 @pytest.fixture
 def dovecot(dovecot_server: DovecotServer) -> Iterator[DovecotUser]:
     """A fresh user with an empty INBOX on the shared server; the server runs again after."""
-    if not dovecot_server.running:
-        dovecot_server.start()
-    user = DovecotUser(dovecot_server, dovecot_server.new_user())
-    yield user
-    if not dovecot_server.running:
-        dovecot_server.start()
-    shutil.rmtree(user.maildir.parent, ignore_errors=True)
+    yield from fresh_user(dovecot_server)
