@@ -247,8 +247,8 @@ class OutboxStore:
         off as after a temporary failure instead of being dead-lettered.
 
         A delivery, the common case, is two Core statements on one connection: the lease
-        check is in the UPDATE's WHERE, so no row is read first (1.2 ms per row through the
-        ORM before, ~0.26 ms now; bench/results.md)."""
+        check is in the UPDATE's WHERE, so no row is read first (a fifth of the ORM's cost
+        per row; bench/results.md)."""
         now = self._clock()
         if not result.ok:
             with self._sessions.begin() as s:

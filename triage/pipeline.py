@@ -6,7 +6,7 @@ its raw bytes and the reason; nothing here lets one message stop the daemon. Ing
 in the ingest worker process (or a thread, ``LocalIngest``), the outbox's database work in
 a thread of its own, both off the event loop.
 
-Stage events (issue 6): one log record per message per stage, with ids only (mailbox, UID,
+Stage events: one log record per message per stage, with ids only (mailbox, UID,
 work-order number, outbox row), never a subject, a body or an address. ``fetched``,
 ``parsed``, ``classified``, ``queued`` and ``marked`` are DEBUG; ``stored`` (the outcome)
 and ``sent`` are INFO. The fields ride on the record (``extra=``) and the JSON formatter

@@ -2,8 +2,8 @@
 
 A relay that refuses everyone (relaying denied after a config change, our sender address
 refused, a content filter that rejects our template) answers 5xx to each mail in turn. A
-5xx is final for one recipient, so each row used to be dead-lettered after one try, and one
-misconfiguration lost every pending acknowledgment. A refused recipient and a refusing
+5xx is final for one recipient; dead-lettering each row on it would let one
+misconfiguration lose every pending acknowledgment. A refused recipient and a refusing
 relay look the same on one mail; they differ across mails:
 
 - A permanent refusal at MAIL, RCPT or DATA is *held*: the row stays pending and backs off
