@@ -241,3 +241,81 @@ def test_acknowledgment_text_is_what_was_sent_even_after_a_reclassification(worl
     desk.reclassify(n, "bob", "new_account", "normal")
     assert get(sessions, n).request_type == "new_account"
     assert text() == urgent
+
+
+# ---- the client's history -----------------------------------------------------------------
+def test_client_history_on_the_page_and_in_the_api(world, tmp_path) -> None:
+    """The client's and the requester's other work orders, open first then newest first:
+    never the work order itself, never another client's work order from someone else."""
+    import re
+
+    from starlette.testclient import TestClient
+
+    from tests.test_web import login
+    from triage.desk import users
+    from triage.storage.engine import make_read_sessionmaker
+    from triage.storage.models import Client
+    from triage.web.app import WebDeps, create_web_app
+
+    store, desk, sessions, policy, clock = world
+
+    def opened(uid: int, frm: str, subject: str) -> str:
+        clock.t += timedelta(minutes=5)
+        return open_wo(store, uid, frm=frm, subject=subject)
+
+    old = opened(1, "dana@harborview.com", "old printer")
+    ken = opened(2, "ken@harborview.com", "ken's laptop")
+    this = opened(3, "dana@harborview.com", "current")
+    other = opened(4, "eve@othercorp.com", "not ours")
+    moved = opened(5, "dana@harborview.com", "under another client")
+    desk.resolve(moved, "bob")  # the newest, listed after the open ones
+    with sessions.begin() as s:  # dana's work order filed under another client
+        othercorp = s.scalar(select(Client.id).where(Client.domain == "othercorp.com"))
+        s.execute(update(WorkOrder).where(WorkOrder.number == moved)
+                  .values(client_id=othercorp))
+        bob = s.scalar(select(users.User).where(users.User.name == "bob"))
+        assert bob is not None
+        token = users.issue_api_token(s, bob)
+
+    def history(number: str) -> list[tuple[str, str, bool]]:
+        with sessions() as s:
+            d = work_order_detail(s, policy, number, clock.t)
+            assert d is not None
+            return [(h.wo.number or "", h.wo.status, h.same_requester) for h in d.history]
+
+    assert history(this) == [(ken, "new", False), (old, "new", True),
+                             (moved, "resolved", True)]
+    assert history(ken) == [(this, "new", False), (old, "new", False)]
+    assert history(other) == [(moved, "resolved", False)]  # othercorp's, another requester
+
+    app = create_web_app(WebDeps(sessions, make_read_sessionmaker(sessions.kw["bind"]), policy,
+                                 desk, tmp_path / "att", clock))
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
+        r = client.get(f"/api/v1/work-orders/{this}",
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        got = r.json()["history"]
+        assert [(h["number"], h["status"], h["same_requester"]) for h in got] == history(this)
+        assert got[2]["subject"] == "under another client" and got[2]["resolved_at"] is not None
+        assert got[1]["request_type"] == "email_problem" and got[1]["priority"] == "normal"
+        login(client, "bob", "long enough password")
+        page = client.get(f"/work-orders/{this}")
+        assert page.status_code == 200
+        section = page.text.split('aria-label="Client history"', 1)[1].split("</section>", 1)[0]
+        assert re.findall(r'data-number="([^"]+)"', section) == [ken, old, moved]
+        assert f'href="/work-orders/{ken}"' in section and "ken&#39;s laptop" in section
+        assert this not in section and other not in section
+
+
+def test_client_history_is_cut_to_the_newest_twenty(world) -> None:
+    from triage.desk.queue import HISTORY_SIZE
+
+    store, _, sessions, policy, clock = world
+    numbers = []
+    for uid in range(1, HISTORY_SIZE + 3):
+        clock.t += timedelta(minutes=1)
+        numbers.append(open_wo(store, uid, frm=f"user{uid}@harborview.com"))
+    with sessions() as s:
+        d = work_order_detail(s, policy, numbers[0], clock.t)
+        assert d is not None
+        assert [h.wo.number for h in d.history] == numbers[:0:-1][:HISTORY_SIZE]

@@ -295,6 +295,45 @@ class Detail:
     clocks: list[Clock] = field(default_factory=list)
     sla: str = ON_TRACK
     client_replied: bool = False  # see triage.desk.thread.client_has_last_word
+    history: list[HistoryRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    wo: WorkOrder
+    same_requester: bool  # requested by this work order's requester too
+
+
+HISTORY_SIZE = 20
+
+
+def _history_order(q: Select[WorkOrder]) -> Select[WorkOrder]:
+    return q.order_by((WorkOrder.status == _RESOLVED).asc(), WorkOrder.received_at.desc(),
+                      WorkOrder.id.desc()).limit(HISTORY_SIZE)
+
+
+def client_history(s: Session, wo: WorkOrder) -> list[HistoryRow]:
+    """The client's and the requester's other work orders, open first, then newest first.
+
+    Two queries, each cut to the list's size before merging: the client's through the index
+    on ``client_id``; the requester's under another client (rare, as clients are keyed on the
+    sender's domain, but a client row can be re-keyed) through the index on
+    ``messages.from_addr``, since a work order's root message is from its requester and
+    ``work_orders.requester`` has no index.
+    """
+    numbered = [WorkOrder.id != wo.id, _NUMBERED]
+    rows = list(s.scalars(_history_order(
+        select(WorkOrder).where(WorkOrder.client_id == wo.client_id, *numbered))))
+    if wo.requester:
+        rows += s.scalars(_history_order(select(WorkOrder).where(
+            WorkOrder.id.in_(select(Message.work_order_id)
+                             .where(Message.from_addr == wo.requester,
+                                    Message.work_order_id.is_not(None))),
+            WorkOrder.requester == wo.requester, WorkOrder.client_id != wo.client_id,
+            *numbered)))
+    rows.sort(key=lambda w: (w.status == "resolved", -w.received_at.timestamp(), -w.id))
+    return [HistoryRow(w, bool(wo.requester) and w.requester == wo.requester)
+            for w in rows[:HISTORY_SIZE]]
 
 
 def work_order_detail(s: Session, policy: SlaPolicy, number: str,
@@ -329,7 +368,7 @@ def work_order_detail(s: Session, policy: SlaPolicy, number: str,
                 [Clock(c.target, measure(c, now, pauses)) for c in clocks(wo, policy)])
     tz = contract_calendar(policy, wo.contract).tz.key
     return Detail(wo, wo.client, thread, events, corrections, tz, measured,
-                  sla_state(wo, now), client_has_last_word(ordered))
+                  sla_state(wo, now), client_has_last_word(ordered), client_history(s, wo))
 
 
 def attachment_for(s: Session, number: str, attachment_id: int) -> AttachmentRow | None:
@@ -347,8 +386,8 @@ def staff_names(s: Session) -> Sequence[tuple[str, str]]:
 
 
 __all__ = [
-    "ACTIVE", "PAGE_SIZE", "SLA_FILTERS", "STATUS_FILTERS", "Clock", "Detail", "QueueCounts",
-    "QueueFilter", "QueuePage", "QueueRow", "ThreadItem", "attachment_for", "client_label",
-    "client_replied", "format_remaining", "nearest_clock", "queue_counts", "queue_page",
-    "staff_names", "work_order_detail",
+    "ACTIVE", "HISTORY_SIZE", "PAGE_SIZE", "SLA_FILTERS", "STATUS_FILTERS", "Clock", "Detail",
+    "HistoryRow", "QueueCounts", "QueueFilter", "QueuePage", "QueueRow", "ThreadItem",
+    "attachment_for", "client_history", "client_label", "client_replied", "format_remaining",
+    "nearest_clock", "queue_counts", "queue_page", "staff_names", "work_order_detail",
 ]

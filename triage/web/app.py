@@ -762,6 +762,11 @@ def _detail_json(d: Detail) -> dict[str, Any]:
         "thread": thread,
         "events": [{"at": _iso(e.at), "actor": e.actor, "action": e.action,
                     "detail": e.detail} for e in d.events],
+        "history": [{"number": h.wo.number, "subject": h.wo.subject,
+                     "requester": h.wo.requester, "same_requester": h.same_requester,
+                     "request_type": h.wo.request_type, "priority": h.wo.priority,
+                     "status": h.wo.status, "received_at": _iso(h.wo.received_at),
+                     "resolved_at": _iso(h.wo.resolved_at)} for h in d.history],
     }
 
 
