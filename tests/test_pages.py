@@ -319,3 +319,22 @@ def test_client_history_is_cut_to_the_newest_twenty(world) -> None:
         d = work_order_detail(s, policy, numbers[0], clock.t)
         assert d is not None
         assert [h.wo.number for h in d.history] == numbers[:0:-1][:HISTORY_SIZE]
+
+
+def test_senders_without_a_domain_are_not_one_client(world) -> None:
+    """They share the client row "unknown" (and, with no usable address, no requester);
+    one's history never lists another's."""
+    store, desk, sessions, policy, clock = world
+    a = open_wo(store, 31, frm="nobody", subject="first")
+    clock.t += timedelta(minutes=5)
+    b = open_wo(store, 32, frm="someone-else", subject="second")
+    clock.t += timedelta(minutes=5)
+    a2 = open_wo(store, 33, frm="nobody", subject="third")
+    with sessions() as s:
+        wa, wb = get(sessions, a), get(sessions, b)
+        assert wa.client_id == wb.client_id  # the shared row the guard is about
+        d = work_order_detail(s, policy, a2, clock.t)
+        assert d is not None
+        assert d.history == []
+        d = work_order_detail(s, policy, b, clock.t)
+        assert d is not None and d.history == []

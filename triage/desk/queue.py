@@ -48,6 +48,7 @@ from triage.storage.models import (
     User,
     WorkOrder,
 )
+from triage.store.model import UNKNOWN_CLIENT
 
 PAGE_SIZE = 50
 ACTIVE = "active"  # every status but resolved
@@ -322,15 +323,18 @@ def client_history(s: Session, wo: WorkOrder) -> list[HistoryRow]:
     ``work_orders.requester`` has no index.
     """
     numbered = [WorkOrder.id != wo.id, _NUMBERED]
-    rows = list(s.scalars(_history_order(
+    # Senders with no usable domain share one client row (UNKNOWN_CLIENT): they are not one
+    # client, so only the requester's own work orders are theirs.
+    unknown = wo.client.domain == UNKNOWN_CLIENT
+    rows = [] if unknown else list(s.scalars(_history_order(
         select(WorkOrder).where(WorkOrder.client_id == wo.client_id, *numbered))))
     if wo.requester:
+        other_clients = [] if unknown else [WorkOrder.client_id != wo.client_id]
         rows += s.scalars(_history_order(select(WorkOrder).where(
             WorkOrder.id.in_(select(Message.work_order_id)
                              .where(Message.from_addr == wo.requester,
                                     Message.work_order_id.is_not(None))),
-            WorkOrder.requester == wo.requester, WorkOrder.client_id != wo.client_id,
-            *numbered)))
+            WorkOrder.requester == wo.requester, *other_clients, *numbered)))
     rows.sort(key=lambda w: (w.status == "resolved", -w.received_at.timestamp(), -w.id))
     return [HistoryRow(w, bool(wo.requester) and w.requester == wo.requester)
             for w in rows[:HISTORY_SIZE]]

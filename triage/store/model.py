@@ -176,11 +176,15 @@ def domain_of(addr: str) -> str:
     return addr.rsplit("@", 1)[-1].lower() if "@" in addr else ""
 
 
+# The client row of every sender with no usable domain (they are not one client).
+UNKNOWN_CLIENT = "unknown"
+
+
 def client_key(addr: str) -> str:
     """The ``clients.domain`` a sender belongs to: the domain, or the address on free mail."""
     domain = domain_of(addr)
     if not domain or len(domain) > 253:
-        return "unknown"
+        return UNKNOWN_CLIENT
     return addr.lower()[:255] if domain in FREEMAIL else domain
 
 
