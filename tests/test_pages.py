@@ -324,7 +324,7 @@ def test_client_history_is_cut_to_the_newest_twenty(world) -> None:
 def test_senders_without_a_domain_are_not_one_client(world) -> None:
     """They share the client row "unknown" (and, with no usable address, no requester);
     one's history never lists another's."""
-    store, desk, sessions, policy, clock = world
+    store, _desk, sessions, policy, clock = world
     a = open_wo(store, 31, frm="nobody", subject="first")
     clock.t += timedelta(minutes=5)
     b = open_wo(store, 32, frm="someone-else", subject="second")
