@@ -159,14 +159,8 @@ class Classifier:
         and whether a rule screened it before the model (calibration leaves those out)."""
         screened = [self._screen(e) is not None for e in emails]
         texts = [prepare(e) for e in emails]
-        hits = [self.rules.match(t) for t in texts]
-        if self.scorer is not None:
-            rows = [self.scorer.features(t, h) for t, h in zip(texts, hits, strict=True)]
-            return self.scorer.proba_many(rows), screened
-        import sklearn
-
-        with sklearn.config_context(assume_finite=True):
-            return self.pipe.predict_proba(texts), screened
+        proba, _ = self._model(texts, [self.rules.match(t) for t in texts])
+        return proba, screened
 
     # ------------------------------------------------------------------ internals
 
@@ -197,20 +191,25 @@ class Classifier:
         )
 
     def _classify_batch(self, texts: list[str], hits: list[list[RuleHit]]) -> list[Decision]:
+        proba, rows = self._model(texts, hits)
+        return [self._decide(proba[r], hits[r], idx, vals) for r, (idx, vals) in enumerate(rows)]
+
+    def _model(self, texts: list[str], hits: list[list[RuleHit]]
+               ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """The text model's raw probabilities and each text's nonzero features (the evidence
+        staff see), from the compiled scorer or else the pipeline."""
         if self.scorer is not None:
             rows = [self.scorer.features(t, h) for t, h in zip(texts, hits, strict=True)]
-            proba = self.scorer.proba_many(rows)
-        else:
-            import sklearn
+            return self.scorer.proba_many(rows), rows
+        import sklearn
 
-            with sklearn.config_context(assume_finite=True):
-                X = self.pipe.named_steps["features"].transform(texts).tocsr()
-                proba = self.pipe.named_steps["model"].predict_proba(X)
-            rows = [
-                (X.indices[X.indptr[r] : X.indptr[r + 1]], X.data[X.indptr[r] : X.indptr[r + 1]])
-                for r in range(len(texts))
-            ]
-        return [self._decide(proba[r], hits[r], idx, vals) for r, (idx, vals) in enumerate(rows)]
+        with sklearn.config_context(assume_finite=True):
+            X = self.pipe.named_steps["features"].transform(texts).tocsr()
+            proba = self.pipe.named_steps["model"].predict_proba(X)
+        return proba, [
+            (X.indices[X.indptr[r] : X.indptr[r + 1]], X.data[X.indptr[r] : X.indptr[r + 1]])
+            for r in range(len(texts))
+        ]
 
     def calibrated(self, proba: np.ndarray) -> np.ndarray:
         """The probabilities at the temperature fitted at training (``calibrate.scaled``).
