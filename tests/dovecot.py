@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -429,12 +429,13 @@ class DovecotUser:
         self.server.start()
 
 
-@pytest.fixture(scope="session")
-def dovecot_server() -> Iterator[DovecotServer]:
+def _session_server(prefix: str, **options: Any) -> Iterator[DovecotServer]:
+    """A private Dovecot for the test session, in a folder of its own, stopped and removed
+    after."""
     if not os.path.exists(DOVECOT):
         pytest.skip(f"{DOVECOT} is missing (apt-get install dovecot-imapd)")
-    root = Path(tempfile.mkdtemp(prefix="triage-dovecot-"))
-    server = DovecotServer(root)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = DovecotServer(root, **options)
     server.start()
     try:
         yield server
@@ -445,37 +446,23 @@ def dovecot_server() -> Iterator[DovecotServer]:
 
 
 @pytest.fixture(scope="session")
+def dovecot_server() -> Iterator[DovecotServer]:
+    yield from _session_server("triage-dovecot-")
+
+
+@pytest.fixture(scope="session")
 def dovecot_without_tls() -> Iterator[DovecotUser]:
     """A second Dovecot that offers no STARTTLS (``ssl = no``), with one user."""
-    if not os.path.exists(DOVECOT):
-        pytest.skip(f"{DOVECOT} is missing (apt-get install dovecot-imapd)")
-    root = Path(tempfile.mkdtemp(prefix="triage-dovecot-notls-"))
-    server = DovecotServer(root, tls=False)
-    server.start()
-    try:
+    for server in _session_server("triage-dovecot-notls-", tls=False):
         yield DovecotUser(server, server.new_user())
-    finally:
-        if server.running:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def dovecot_oauth_server(token_server: TokenServer) -> Iterator[DovecotServer]:
     """A Dovecot that also takes XOAUTH2, checking tokens with the session's token server
     (tests.oauthserver must be a plugin too)."""
-    if not os.path.exists(DOVECOT):
-        pytest.skip(f"{DOVECOT} is missing (apt-get install dovecot-imapd)")
-    root = Path(tempfile.mkdtemp(prefix="triage-dovecot-oauth2-"))
-    server = DovecotServer(root, oauth2=(token_server.introspection_url,
-                                         token_server.ca.ca))
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.running:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _session_server("triage-dovecot-oauth2-", oauth2=(
+        token_server.introspection_url, token_server.ca.ca))
 
 
 def fresh_user(server: DovecotServer) -> Iterator[DovecotUser]:
