@@ -96,6 +96,9 @@ class Desk:
         wo = s.scalar(select(WorkOrder).where(WorkOrder.number == number).with_for_update())
         if wo is None:
             raise NotFound(number)
+        if wo.merged_into_id is not None:
+            into = s.scalar(select(WorkOrder.number).where(WorkOrder.id == wo.merged_into_id))
+            raise ActionError(f"{number} was merged into {into}; act on that work order")
         if version is not None and wo.version != version:
             raise Conflict(number, version, wo.version, changes_since(s, wo.id, version))
         return wo

@@ -55,6 +55,7 @@ class WorkOrderView:
     at_risk_at: datetime | None
     updated_at: datetime
     version: int  # the collision guard's count (``next_version``)
+    merged_into_id: int | None  # merged into that work order (triage.desk.merge)
     client_key: str  # its client's ``clients.domain``
 
     def __init__(self, values: dict[str, Any]) -> None:
@@ -154,8 +155,27 @@ def lookup(conn: Connection, items: Sequence[Ingest], now: datetime) -> BatchCon
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.id.in_(ids))).mappings())
     for numbers in in_chunks(tags):
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.number.in_(numbers))).mappings())
+    _follow_merges(ctx, conn, q)
     _add_senders(ctx, conn, [p.from_addr for p in parsed], now)
     return ctx
+
+
+def _follow_merges(ctx: BatchContext, conn: Connection, q: Any) -> None:
+    """Mail answering a merged work order (its Message-IDs, its tag) threads into the one it
+    was merged into: every key that leads to it leads there instead. A merge repoints the
+    work orders merged into the one it closes, so one step always reaches an open end."""
+    into = {v.id: v.merged_into_id for v in ctx.work_orders.values() if v.merged_into_id}
+    if not into:
+        return
+    missing = set(into.values()) - set(ctx.work_orders)
+    for ids in in_chunks(missing):
+        _add_work_orders(ctx, conn.execute(q.where(WorkOrder.id.in_(ids))).mappings())
+    for mapping in (ctx.outbox_thread, ctx.message_thread, ctx.numbers):
+        for key, wo_id in mapping.items():
+            if wo_id in into:
+                mapping[key] = into[wo_id]
+    for wo_id in into:
+        del ctx.work_orders[wo_id]
 
 
 def lookup_sender(conn: Connection, from_addr: str, now: datetime) -> BatchContext:
