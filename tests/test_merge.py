@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from classifiers.types import Decision
 from tests.test_desk import FRI_10, MBOX, env, events, get, open_wo  # noqa: F401
+from tests.test_web import csrf_of, login, web  # noqa: F401  (the fixture)
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.merge import merge
 from triage.desk.queue import work_order_detail
@@ -144,3 +145,35 @@ def test_the_merged_ones_clocks_stop(env) -> None:  # noqa: F811
         targets = list(s.scalars(select(SlaAlert.work_order_id)))
     # The survivor breached its own clocks; the merged one raised nothing.
     assert result.breached >= 1 and targets and later_id not in targets
+
+
+def test_merge_through_the_api_and_the_form_with_bounds(web) -> None:  # noqa: F811
+    client, _, data = web
+    login(client)
+    first, later = data["plain"], data["hostile"]  # one client (harborview.com)
+    token = client.get("/api/v1/me").json()["csrf_token"]
+    h = {"X-CSRF-Token": token}
+    assert client.post(f"/api/v1/work-orders/{first}/merge", json={"other": later}
+                       ).status_code == 403  # a cookie needs the CSRF header
+    for bad in ("ITX-1 OR 1=1", "ITX-" + "9" * 40, ""):
+        r = client.post(f"/api/v1/work-orders/{first}/merge", json={"other": bad}, headers=h)
+        assert r.status_code == 422, bad
+    r = client.post(f"/api/v1/work-orders/{first}/merge", json={"other": "ITX-999999"},
+                    headers=h)
+    assert r.status_code == 422 and "no work order ITX-999999" in r.json()["detail"]
+    page = client.get(f"/work-orders/{later}")
+    form = {"csrf_token": csrf_of(page.text), "other": "not a number"}
+    r = client.post(f"/work-orders/{later}/merge", data=form)
+    assert r.status_code == 422 and "e.g. ITX-000123" in r.text
+    r = client.post(f"/work-orders/{later}/merge", data={**form, "other": "x" * 33})
+    assert r.status_code == 422 and "Not a valid request" in r.text
+    r = client.post(f"/api/v1/work-orders/{later}/merge", json={"other": first}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"survivor": first, "merged": later, "messages_moved": 1}
+    merged = client.get(f"/api/v1/work-orders/{later}").json()
+    assert merged["merged_into"] == first and merged["status"] == "resolved"
+    assert client.get(f"/api/v1/work-orders/{first}").json()["merged_into"] is None
+    page = client.get(f"/work-orders/{later}")
+    assert page.status_code == 200 and f'Merged into <a href="/work-orders/{first}">' in page.text
+    r = client.post(f"/work-orders/{later}/merge", data={**form, "other": first})
+    assert r.status_code == 422 and f"{later} was merged into {first}" in r.text

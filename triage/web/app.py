@@ -77,6 +77,7 @@ from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
 from triage.storage.models import Outbox, WorkOrder
 from triage.web.alerts import LOGIN_ALERTS, bidi, done_text
+from triage.web.merge import MergeRoutes
 from triage.web.params import known
 from triage.web.screened import ScreenedRoutes
 from triage.web.throttle import LoginBuckets, LoginThrottleMiddleware
@@ -668,6 +669,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         return api_call(number, lambda: deps.desk.reopen(number, who.name))
 
     ScreenedRoutes(deps, render, principal, api_csrf, check_csrf, clean_html).add(app, api)
+    MergeRoutes(deps, principal, api_csrf, check_csrf, work_order_view).add(app, api)
     app.include_router(api)
 
     @app.get("/api/openapi.json", include_in_schema=False)
@@ -729,6 +731,7 @@ def _wo_json(wo: WorkOrder) -> dict[str, Any]:
         "next_due": _iso(wo.next_due), "promised_at": _iso(wo.promised_at),
         "first_response_at": _iso(wo.first_response_at), "resolved_at": _iso(wo.resolved_at),
         "called_back_at": _iso(wo.called_back_at), "version": wo.version,
+        "merged_into": wo.merged_into.number if wo.merged_into else None,
     }
 
 
