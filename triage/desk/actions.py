@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage import notify
 from triage.outbox_enqueue import Mail, enqueue, sender_domain
 from triage.parse import clean_header
 from triage.sla import SlaPolicy
@@ -155,6 +156,12 @@ class Desk:
                     raise ActionError(f"no active staff user {assignee!r}")
             wo.assignee_id = user.id if user else None
             self._event(s, wo, actor, "assigned", {"to": user.name if user else None}, now)
+            if user is not None and user.name != actor and user.email:
+                # Told by mail, through the outbox: it commits with the assignment or not
+                # at all, once per assignment (triage.notify).
+                enqueue(s.connection(), [notify.assigned(
+                    wo, wo.client.name, user.email, _who(s, actor), wo.version, now)],
+                    domain=self._domain, now=now)
         return wo
 
     def promise(self, number: str, actor: str, when: datetime | None, *,
@@ -306,6 +313,12 @@ def changes_since(s: Session, wo_id: int, version: int) -> list[Change]:
             for e in s.scalars(select(Event).where(Event.work_order_id == wo_id,
                                                    Event.wo_version > version)
                                .order_by(Event.id).limit(50))]
+
+
+def _who(s: Session, name: str) -> str:
+    """A staff user's display name (their login name without one)."""
+    shown = s.scalar(select(User.display_name).where(User.name == name))
+    return shown or name
 
 
 def _note_text(text: str, *, required: bool) -> str:

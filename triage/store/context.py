@@ -25,7 +25,7 @@ from sqlalchemy import Connection, func, select
 from triage.addresses import AddressError, rate_keys
 from triage.messages import ParsedEmail
 from triage.storage.engine import in_chunks
-from triage.storage.models import AttachmentRow, Client, Fetch, Message, Outbox, WorkOrder
+from triage.storage.models import AttachmentRow, Client, Fetch, Message, Outbox, User, WorkOrder
 from triage.store.model import (
     TAG_RE,
     FetchKey,
@@ -57,6 +57,8 @@ class WorkOrderView:
     version: int  # the collision guard's count (``next_version``)
     merged_into_id: int | None  # merged into that work order (triage.desk.merge)
     client_key: str  # its client's ``clients.domain``
+    client_name: str
+    assignee_email: str | None  # an active assignee's address (their notifications)
 
     def __init__(self, values: dict[str, Any]) -> None:
         # Every column, None unless given: a column added later reads as on a new row.
@@ -149,8 +151,10 @@ def lookup(conn: Connection, items: Sequence[Ingest], now: datetime) -> BatchCon
             ctx.message_thread.setdefault(str(in_mid), int(in_wo_id or 0))
     wo_ids = set(ctx.outbox_thread.values()) | set(ctx.message_thread.values())
     tags = {m.group(1) for p in parsed if (m := TAG_RE.search(p.subject))}
-    q = select(WorkOrder.__table__, Client.domain.label("client_key")).join(
-        Client, Client.id == WorkOrder.client_id)
+    q = (select(WorkOrder.__table__, Client.domain.label("client_key"),
+                Client.name.label("client_name"), User.email.label("assignee_email"))
+         .join(Client, Client.id == WorkOrder.client_id)
+         .outerjoin(User, (User.id == WorkOrder.assignee_id) & User.active))
     for ids in in_chunks(wo_ids):
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.id.in_(ids))).mappings())
     for numbers in in_chunks(tags):
