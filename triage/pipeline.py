@@ -277,16 +277,18 @@ class Runner:
         """One sweep: (sent, failed). One sweep at a time per process; it stops at the first
         transient failure (later mail never overtakes earlier), when asked to stop, or when
         the lease is too short to send one more message safely."""
-        if self.sweep_lock.locked() or time.monotonic() < self._paused_until:
+        if self.sweep_lock.locked():
             return 0, 0
         async with self.sweep_lock:
-            if self._unfinished:
-                await self._outbox_db(self._finish_unfinished)
             if self.webhook is not None:  # not mail: its own sweep, not held by SMTP trouble
                 try:
                     await self.webhook.sweep(self._outbox_db, limit)
                 except Exception as e:
                     log_sweep_failure(e, "webhook sweep")
+            if time.monotonic() < self._paused_until:
+                return 0, 0
+            if self._unfinished:
+                await self._outbox_db(self._finish_unfinished)
             return await self._sweep(limit)
 
     def _finish_unfinished(self) -> None:

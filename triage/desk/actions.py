@@ -154,9 +154,10 @@ class Desk:
                 user = s.scalar(select(User).where(User.name == assignee, User.active))
                 if user is None:
                     raise ActionError(f"no active staff user {assignee!r}")
+            was = wo.assignee_id
             wo.assignee_id = user.id if user else None
             self._event(s, wo, actor, "assigned", {"to": user.name if user else None}, now)
-            if user is not None and user.name != actor and user.email:
+            if user is not None and user.id != was and user.name != actor and user.email:
                 # Told by mail, through the outbox: it commits with the assignment or not
                 # at all, once per assignment (triage.notify).
                 enqueue(s.connection(), [notify.assigned(

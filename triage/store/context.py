@@ -57,12 +57,12 @@ class WorkOrderView:
     version: int  # the collision guard's count (``next_version``)
     merged_into_id: int | None  # merged into that work order (triage.desk.merge)
     client_key: str  # its client's ``clients.domain``
-    client_name: str
+    client_name: str | None
     assignee_email: str | None  # an active assignee's address (their notifications)
 
     def __init__(self, values: dict[str, Any]) -> None:
         # Every column, None unless given: a column added later reads as on a new row.
-        self.__dict__.update(dict.fromkeys(_WO_COLUMNS))
+        self.__dict__.update(dict.fromkeys(_WO_COLUMNS), client_name=None, assignee_email=None)
         self.__dict__.update(values)
 
     def copy(self) -> WorkOrderView:
