@@ -15,7 +15,7 @@ from tests.test_desk import FRI_10, MBOX, env, events, get, open_wo  # noqa: F40
 from tests.test_web import csrf_of, login, web  # noqa: F401  (the fixture)
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.merge import merge
-from triage.desk.queue import work_order_detail
+from triage.desk.queue import QueueFilter, queue_page, work_order_detail
 from triage.messages import RawMessage
 from triage.parse import parse
 from triage.slawatch import SlaWatch
@@ -58,6 +58,9 @@ def test_the_later_joins_the_earlier_and_is_closed_with_a_pointer(env) -> None: 
         assert subjects == ["Outlook broken", "Outlook still broken"]
         # Both acknowledgments stay in the conversation.
         assert sorted(t.kind for t in d.thread if t.outbox is not None) == ["ack", "ack"]
+        # The search finds the later one's words on the survivor (the index follows).
+        found = queue_page(s, policy, QueueFilter(q="still", status="all"), clock.t)
+        assert [r.wo.number for r in found.rows] == [first]
         gone = work_order_detail(s, policy, later, clock.t)
         assert gone is not None and gone.wo.merged_into is not None
         assert gone.wo.merged_into.number == first
