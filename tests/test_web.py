@@ -117,7 +117,9 @@ def csrf_of(html: str) -> str:
 def test_every_route_but_login_and_probes_requires_a_login(web) -> None:
     client, app, data = web
     # The stylesheet is public: the login page needs it.
-    open_paths = {"/login", "/healthz", "/readyz", "/metrics", "/static/app.css"}
+    # Scripts too: optional enhancements, no data.
+    open_paths = {"/login", "/healthz", "/readyz", "/metrics", "/static/app.css",
+                  "/static/js/{name}.js"}
     checked = 0
     # Pages are plain routes; the API router is listed by its OpenAPI document.
     routes = {(m, r.path) for r in app.routes if isinstance(r, Route)
@@ -386,3 +388,31 @@ def test_logging_the_call_back_from_the_page(web) -> None:
     assert "Log call" not in page.text
     assert "Called the client" in page.text and "restarted Outlook with Dana" in page.text
     assert client.get(f"/api/v1/work-orders/{n}").json()["called_back_at"] is not None
+
+
+def test_scripts_are_served_from_the_templates_js_folder_only(tmp_path: Path) -> None:
+    """A page's script is a same-origin file the CSP allows; nothing outside the folder's
+    listing (no traversal, no other file type) is served."""
+    import shutil
+
+    from triage.resources import TEMPLATES_DIR
+
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, templates)
+    (templates / "web" / "js").mkdir(exist_ok=True)
+    (templates / "web" / "js" / "probe.js").write_text("document.title = 'x';\n")
+    engine = make_engine(f"sqlite:///{tmp_path / 'js.db'}")
+    upgrade(engine)
+    sessions, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
+    policy, clock = load_policy(), Clock(NOW)
+    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net"), clock)
+    app = create_web_app(WebDeps(sessions, reads, policy, desk, tmp_path / "att", clock,
+                                 templates_dir=templates))
+    with TestClient(app, base_url="https://testserver") as client:
+        r = client.get("/static/js/probe.js")
+        assert r.status_code == 200 and "document.title" in r.text
+        assert r.headers["content-type"].startswith("text/javascript")
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+        for bad in ("/static/js/nope.js", "/static/js/..%2Fapp.js", "/static/js/app.css.js"):
+            assert client.get(bad).status_code == 404, bad
+    engine.dispose()

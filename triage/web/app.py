@@ -138,7 +138,8 @@ class SecurityHeaders(BaseHTTPMiddleware):
         h = response.headers
         for name, value in SECURITY_HEADERS.items():
             h.setdefault(name, value)
-        if request.url.path not in ("/metrics", "/healthz", "/readyz", "/static/app.css"):
+        if request.url.path not in ("/metrics", "/healthz", "/readyz", "/static/app.css") \
+                and not request.url.path.startswith("/static/js/"):
             h.setdefault("Cache-Control", "no-store")
         return response
 
@@ -393,6 +394,17 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     def css() -> Response:
         return FileResponse(deps.templates_dir / "web" / "app.css", media_type="text/css",
                             headers={"Cache-Control": "max-age=3600"})
+
+    scripts = {p.stem: p for p in (deps.templates_dir / "web" / "js").glob("*.js")}
+
+    @app.get("/static/js/{name}.js", include_in_schema=False)
+    def script(name: Annotated[str, PathParam(max_length=64)]) -> Response:
+        """The pages' optional enhancements, one same-origin file a feature (the CSP allows
+        only 'self'); a name outside the folder's listing at startup is a 404."""
+        if name not in scripts:
+            raise HTTPException(404, "no such script")
+        return FileResponse(scripts[name], media_type="text/javascript",
+                            headers={"Cache-Control": "max-age=300"})
 
     def queue_filter(
         type: Annotated[str | None, Query(max_length=64)] = None,
