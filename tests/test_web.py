@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -121,10 +122,13 @@ def test_every_route_but_login_and_probes_requires_a_login(web) -> None:
     open_paths = {"/login", "/healthz", "/readyz", "/metrics", "/static/app.css",
                   "/static/js/{name}.js"}
     checked = 0
-    # Pages are plain routes; the API router is listed by its OpenAPI document.
-    routes = {(m, r.path) for r in app.routes if isinstance(r, Route)
-              for m in r.methods or () if m != "HEAD"}
+    # Every route, those of the included routers too (FastAPI keeps an included router as one
+    # entry of app.routes), and the API as its OpenAPI document lists it.
+    routes = {(m, r.path) for r in iter_route_contexts(app.routes)
+              if isinstance(r.original_route, Route) for m in r.methods or () if m != "HEAD"}
     routes |= {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
+    assert {("GET", "/queue"), ("POST", "/work-orders/{number}/reply"), ("POST", "/logout"),
+            ("GET", "/screened/{message_id}"), ("GET", "/api/openapi.json")} <= routes
     for method, template in sorted(routes):
         if template in open_paths:
             continue
