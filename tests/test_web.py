@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from classifiers.types import Decision
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from triage.desk import logins, users
 from triage.desk.actions import Desk, DeskConfig
 from triage.messages import RawMessage
@@ -25,6 +25,8 @@ from triage.sla import load_policy
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.storage.models import AttachmentRow, Outbox, WorkOrder
+from triage.web.actions import ACTIONS
+from triage.web.alerts import done_text
 from triage.web.app import SESSION_COOKIE, WebDeps, clean_html, create_web_app, safe_next
 from triage.web.ops import create_ops_app
 from triage.workorders import Ingest, StoreConfig, WorkOrderStore
@@ -266,6 +268,18 @@ def test_api_errors_are_clear(web) -> None:
     r = client.post("/api/v1/work-orders/ITX-999999/notes", json={"text": "x"}, headers=h)
     assert r.status_code == 404
     assert client.get("/api/v1/work-orders?type=nope").status_code == 422
+
+
+def test_each_action_row_has_a_form_route_an_api_route_and_a_done_key(web) -> None:
+    """The action table drives both routes: a row is served as a form and as an API call,
+    and its redirect's done key is one the page shows."""
+    _, app, _ = web
+    routes = {(m, r.path) for r in iter_route_contexts(app.routes) for m in r.methods or ()}
+    assert len(ACTIONS) == 9
+    for a in ACTIONS:
+        assert ("POST", f"/work-orders/{{number}}/{a.name}") in routes, a.name
+        assert ("POST", f"/api/v1/work-orders/{{number}}/{a.api_name}") in routes, a.name
+        assert done_text(a.done) == a.done, a.done
 
 
 def test_openapi_is_served_to_staff(web) -> None:
