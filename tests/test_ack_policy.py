@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from tests.test_daemon import classifier, make_service, msg, received  # noqa: F401
+from tests.factories import msg, received
 from tests.test_workorders import NOW, ingest, mail, req
 from triage.parse import parse
 from triage.sla import load_policy
@@ -209,7 +209,7 @@ def request(n: int, frm: str) -> bytes:
 
 
 @pytest.mark.imap
-async def test_policy_and_limits_through_the_daemon(make_service, dovecot,  # noqa: F811
+async def test_policy_and_limits_through_the_daemon(make_service, dovecot,
                                                      smtp_sink) -> None:
     # per address 2, per domain 4, 10 in all; the lead's address is ours (Settings default)
     overrides = dict(ack_rate_per_hour=2, ack_rate_per_domain_per_hour=4,
