@@ -259,6 +259,7 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
             refusals=RefusalStreak(settings.relay_refusal_recipients,
                                    settings.relay_refusal_domains,
                                    settings.relay_refusal_window),
+            attachments_dir=settings.attachments_dir,
         ))
         for cfg in configs
     ]

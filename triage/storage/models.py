@@ -388,7 +388,7 @@ class OAuthToken(Base):
 
 
 __all__ = [
-    "AttachmentRow", "Base", "CannedReply", "Client", "Correction", "Event", "Fetch", "LoginThrottle",
-    "MailboxState", "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert", "User",
-    "WebSession", "WorkOrder", "utcnow",
+    "AttachmentRow", "Base", "CannedReply", "Client", "Correction", "Event", "Fetch",
+    "LoginThrottle", "MailboxState", "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert",
+    "User", "WebSession", "WorkOrder", "utcnow",
 ]
