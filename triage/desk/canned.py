@@ -179,6 +179,13 @@ def _view(row: CannedReply, request_type: str | None = None) -> Canned:
                   request_type is not None and request_type in types)
 
 
+def listing(s: Session, request_type: str | None = None) -> list[Canned]:
+    """Every template; those tagged with ``request_type`` first, then by name."""
+    rows = [_view(r, request_type) for r in
+            s.scalars(select(CannedReply).order_by(CannedReply.name, CannedReply.id))]
+    return sorted(rows, key=lambda c: not c.suggested)  # stable: names stay in order
+
+
 class CannedReplies:
     """Staff-managed templates: list, save, delete, render for a work order."""
 
@@ -189,10 +196,7 @@ class CannedReplies:
         self._clock = clock
 
     def listing(self, s: Session, request_type: str | None = None) -> list[Canned]:
-        """Every template; those tagged with ``request_type`` first, then by name."""
-        rows = [_view(r, request_type) for r in
-                s.scalars(select(CannedReply).order_by(CannedReply.name, CannedReply.id))]
-        return sorted(rows, key=lambda c: not c.suggested)  # stable: names stay in order
+        return listing(s, request_type)
 
     def get(self, s: Session, canned_id: int) -> Canned:
         row = s.get(CannedReply, canned_id)
@@ -284,5 +288,5 @@ def agent_name(s: Session, user_name: str) -> str:
 
 
 __all__ = ["FILTERS", "MAX_BODY", "MAX_NAME", "TESTS", "VARIABLES", "Canned", "CannedError",
-           "CannedReplies", "agent_name", "check_template", "render_template",
+           "CannedReplies", "agent_name", "check_template", "listing", "render_template",
            "variables"]

@@ -65,7 +65,9 @@ class StoredFile:
 
 
 def _size(n: int) -> str:
-    return f"{n / MB:g} MB" if n >= MB else f"{n / 1024:g} KB"
+    if n >= MB:
+        return f"{n / MB:.3g} MB"
+    return f"{n / 1024:.3g} KB" if n >= 1024 else f"{n} bytes"
 
 
 def safe_filename(name: str, index: int) -> str:

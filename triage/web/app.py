@@ -33,7 +33,7 @@ import re
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,6 +57,7 @@ from starlette.routing import BaseRoute
 from triage import security
 from triage.desk import logins, users
 from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Conflict, Desk, NotFound
+from triage.desk.canned import listing as canned_listing
 from triage.desk.queue import (
     ACTIVE,
     SLA_FILTERS,
@@ -72,11 +73,13 @@ from triage.desk.queue import (
 )
 from triage.desk.screened import Screening, awaiting_count
 from triage.desk.sent import SentAcks
+from triage.desk.uploads import UploadLimits
 from triage.metrics import Metrics
 from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
 from triage.storage.models import Outbox, WorkOrder
 from triage.web.alerts import LOGIN_ALERTS, bidi, done_text
+from triage.web.compose import ComposeRoutes
 from triage.web.params import known
 from triage.web.screened import ScreenedRoutes
 from triage.web.throttle import LoginBuckets, LoginThrottleMiddleware
@@ -118,6 +121,8 @@ class WebDeps:
     acks: SentAcks | None = None  # renders sent acknowledgments (None: shown without text)
     metrics: Metrics | None = None  # the failed-login counter (None: not counted)
     login_buckets: LoginBuckets | None = None  # None: the default limits
+    # Files on a reply (triage.web.compose).
+    upload_limits: UploadLimits = field(default_factory=UploadLimits)
 
 
 @dataclass(frozen=True)
@@ -470,7 +475,8 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                           types=policy.types,
                           priorities=policy.priorities, statuses=STATUSES,
                           done=done, error=error[:300], conflict=conflict,
-                          drafts=drafts or {})
+                          drafts=drafts or {}, canned=canned_listing(s, d.wo.request_type),
+                          upload_limits=deps.upload_limits)
 
     @app.get("/work-orders/{number}/attachments/{attachment_id}", include_in_schema=False)
     def attachment(who: Who, number: Number, attachment_id: RowId) -> Response:
@@ -547,16 +553,6 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         return act(who, number, csrf_token, "note added",
                    lambda: deps.desk.note(number, who.name, text, version=version),
                    drafts={"note": text})
-
-    @app.post("/work-orders/{number}/reply", include_in_schema=False)
-    def f_reply(who: Who, number: Number, csrf_token: Csrf,
-                body: Annotated[str, Form(max_length=50_000)],
-                wait: Annotated[str, Form(max_length=8)] = "",
-                version: Version = None) -> Response:
-        return act(who, number, csrf_token, "reply queued",
-                   lambda: deps.desk.reply(number, who.name, body, wait_for_client=bool(wait),
-                                           agent_name=who.display_name, version=version),
-                   drafts={"reply": body})
 
     @app.post("/work-orders/{number}/called-back", include_in_schema=False)
     def f_called_back(who: Who, number: Number, csrf_token: Csrf,
@@ -652,7 +648,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     def api_reply(who: ApiWho, number: Number, body: Reply) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.reply(
             number, who.name, body.body, wait_for_client=body.wait_for_client,
-            agent_name=who.display_name))
+            then=body.then, agent_name=who.display_name))
 
     @api.post("/work-orders/{number}/called-back", summary="Log the call back (stops the "
               "call-back clock)")
@@ -668,6 +664,8 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         return api_call(number, lambda: deps.desk.reopen(number, who.name))
 
     ScreenedRoutes(deps, render, principal, api_csrf, check_csrf, clean_html).add(app, api)
+    ComposeRoutes(deps, render, principal, api_csrf, check_csrf, act, work_order_view,
+                  deps.upload_limits, SECURITY_HEADERS).add(app, api)
     app.include_router(api)
 
     @app.get("/api/openapi.json", include_in_schema=False)
@@ -711,6 +709,8 @@ class CalledBack(BaseModel):
 class Reply(BaseModel):
     body: str = Field(max_length=50_000)
     wait_for_client: bool = False
+    then: str | None = Field(default=None, max_length=32,
+                             description="waiting_client | resolved: set with the reply")
 
 
 def _iso(t: datetime | None) -> str | None:
