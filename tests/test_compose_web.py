@@ -141,6 +141,15 @@ def test_the_canned_reply_api_lists_and_renders(web) -> None:
                       params={"work_order": "ITX-999999"}).status_code == 404
     assert bearer.get("/api/v1/canned-replies",
                       params={"work_order": "nonsense"}).status_code == 422
+    # A reply that resolves in the same call; a status a reply cannot set is a 422.
+    r = bearer.post(f"/api/v1/work-orders/{number}/replies",
+                    json={"body": "Done.", "then": "new"})
+    assert r.status_code == 422 and "cannot set the status" in r.json()["detail"]
+    r = bearer.post(f"/api/v1/work-orders/{number}/replies",
+                    json={"body": "Done.", "then": "resolved"})
+    assert r.status_code == 200 and r.json()["status"] == "resolved"
+    assert [e["action"] for e in r.json()["events"]][-2:] == ["replied", "resolved"]
+    assert r.json()["thread"][-1]["attachments"] == []
     # The page's script calls it with the session cookie.
     assert client.get(f"/api/v1/work-orders/{number}/canned-replies/{first}").json()[
         "text"] == "Hi DANA <OPS>"
