@@ -16,9 +16,11 @@ from sqlalchemy import select
 
 from tests.test_desk import FRI_10, env, events, get, open_wo  # noqa: F401 (fixture)
 from tests.test_reply_mail import REQUEST, deliver
+from triage.ack import make_env
 from triage.config import Settings
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.canned import CannedError, CannedReplies, check_template, render_template
+from triage.desk.mail import render_reply
 from triage.desk.queue import attachment_for, work_order_detail
 from triage.desk.uploads import Upload, UploadLimits, UploadRefused, check, safe_filename, store
 from triage.mailbox.maildir import MaildirMailbox
@@ -206,6 +208,21 @@ def test_a_stale_page_sends_nothing_and_stores_no_file_rows(env, tmp_path: Path)
     desk.reply(number, "bob", "please try again", then="waiting_client")
     wo = get(sessions, number)
     assert wo.status == "waiting_client" and wo.next_due is None  # paused
+
+
+def test_a_reply_whose_file_is_gone_is_not_rendered_without_it(tmp_path: Path) -> None:
+    ctx = {"number": "ITX-000001", "subject": "s", "body": "see attached", "agent": "Bob",
+           "at": FRI_10.isoformat(),
+           "attachments": [{"filename": "a.txt", "content_type": "text/plain", "size": 1,
+                            "sha256": hashlib.sha256(b"a").hexdigest()}]}
+    with pytest.raises(FileNotFoundError):  # the sweep dead-letters it: "cannot render"
+        render_reply(make_env(), ctx, "m@itx.net", "dana@harborview.com",
+                     from_address="helpdesk@itx.net", from_name="ITX", attachments_dir=tmp_path)
+    store([Upload("a.txt", "text/plain", b"a")], tmp_path, UploadLimits())
+    msg = render_reply(make_env(), ctx, "m@itx.net", "dana@harborview.com",
+                       from_address="helpdesk@itx.net", from_name="ITX",
+                       attachments_dir=tmp_path)
+    assert [p.get_filename() for p in msg.iter_attachments()] == ["a.txt"]
 
 
 # ---- through real SMTP ------------------------------------------------------------------

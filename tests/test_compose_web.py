@@ -159,6 +159,8 @@ def test_the_canned_reply_api_lists_and_renders(web) -> None:
 def test_a_reply_with_files_and_a_status_then_the_limits(web) -> None:
     client, number, _, sessions = web
     page = client.get(f"/work-orders/{number}").text
+    stale = re.search(r'name="version" value="(\d+)"', page)  # this page, before the reply
+    assert stale
     fields = {"csrf_token": csrf_of(page), "body": "Here are the steps.", "then": "resolved"}
     r = client.post(f"/work-orders/{number}/reply", data=fields, files=[
         ("files", ("steps.txt", b"1. restart\n", "text/plain")),
@@ -200,3 +202,11 @@ def test_a_reply_with_files_and_a_status_then_the_limits(web) -> None:
                              "content-length": str(2 * 1024 * 1024)})
     assert r.status_code == 413 and b"Too large: a reply takes at most 2 files" in r.content
     assert "default-src 'none'" in r.headers["content-security-policy"]
+    # From a stale page: refused with what changed; the text kept, the files named to choose
+    # again (a browser cannot refill a file input).
+    r = client.post(f"/work-orders/{number}/reply", files=[
+        ("files", ("again.txt", b"x", "text/plain"))], data={
+        "csrf_token": fields["csrf_token"], "body": "third try", "version": stale.group(1)})
+    assert r.status_code == 409
+    assert "choose the files again (<bdi>again.txt</bdi>)" in r.text
+    assert textarea(r.text) == "third try"

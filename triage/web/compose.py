@@ -133,11 +133,14 @@ class ComposeRoutes:
                                             drafts={"reply": body})
             label = {"waiting_client": "reply queued, waiting on client",
                      "resolved": "reply queued and resolved"}.get(then, "reply queued")
+            # A refused reply shows the page again: a browser cannot refill a file input,
+            # so the page names the files to choose again.
+            drafts = {"reply": body, "files": ", ".join(f.filename for f in stored)}
             return self.act(who, number, csrf_token, label,
                             lambda: deps.desk.reply(
                                 number, who.name, body, then=then or None, files=stored,
                                 agent_name=who.display_name, version=version),
-                            drafts={"reply": body})
+                            drafts=drafts)
 
         @app.post("/work-orders/{number}/reply/canned", include_in_schema=False)
         def f_insert(who: Who, number: Number, csrf_token: Csrf,
