@@ -12,6 +12,8 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from tests.browser import STAFF_DISPLAY, Site, log_in
+from tests.test_browser_layout import no_sideways_scroll
+from triage.desk.canned import CannedReplies, listing
 from triage.storage.models import AttachmentRow, Outbox, WorkOrder
 
 pytest_plugins = ["tests.browser"]  # fixtures: site, browser, page
@@ -128,3 +130,22 @@ def test_a_reply_with_an_attachment_is_listed_and_queued_with_it(site: Site,
         assert s.scalar(select(AttachmentRow.size).where(AttachmentRow.outbox_id == row.id)) \
             == len(b"server=mail.itx.net\n")
     assert site.work_order(wo.number).status == "resolved"
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_the_compose_pages_fit_the_window(site: Site, page: Page, width: int) -> None:
+    wo = open_work_order(site)
+    with site.c.reads() as s:
+        have = listing(s)
+    if not have:  # run alone: the reply form shows the picker only when there is one
+        CannedReplies(site.c.sessions, site.c.policy, site.c.clock).create(
+            "alice", "Layout", "Hello {{ client_name }}")
+    page.set_viewport_size({"width": width, "height": 900})
+    log_in(page, site, path="/canned")
+    no_sideways_scroll(page)
+    page.goto(site.url(f"/work-orders/{wo.number}"))
+    no_sideways_scroll(page)
+    for selector in ("button.insert-canned", "button.send", "button.send-wait",
+                     "#reply-files"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= width, (selector, box)
