@@ -73,10 +73,15 @@ def test_a_canned_reply_is_inserted_by_the_script_and_sent_with_a_status(
     page.click("button.insert-canned")
     expect(page.locator(".canned-status")).to_have_text("Inserted.")
     assert page.evaluate("window.__samePage") is True  # no page load: the script did it
-    value = page.locator("#reply-body").input_value()
     name = wo.requester_name or wo.requester
-    assert value.startswith("Thanks for writing.")
-    assert f"Hello {name}, {wo.number} is with us.\n{STAFF_DISPLAY}" in value
+    greeting = f"Hello {name}, {wo.number} is with us.\n{STAFF_DISPLAY}"
+    # After what was typed, as the server does it without script.
+    expect(page.locator("#reply-body")).to_have_value(f"Thanks for writing.\n\n{greeting}")
+    # Where the cursor is, when it was placed inside the text.
+    page.locator("#reply-body").evaluate("b => { b.focus(); b.setSelectionRange(0, 0); }")
+    page.click("button.insert-canned")
+    expect(page.locator("#reply-body")).to_have_value(
+        f"{greeting}Thanks for writing.\n\n{greeting}")
     with page.expect_navigation():
         page.click("button.send-wait")
     expect(page.locator(".flash.ok")).to_contain_text("reply queued, waiting on client")

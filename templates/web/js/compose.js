@@ -1,6 +1,7 @@
 // Canned replies without a page load: "Insert" fetches the reply rendered for this work
-// order (GET /api/v1/work-orders/N/canned-replies/ID) and puts it at the cursor. Without
-// this script the button posts the form and the server answers the page with the text added.
+// order (GET /api/v1/work-orders/N/canned-replies/ID) and puts it where the cursor was in
+// the reply box, or after what is there, as the server does without this script (the
+// button then posts the form and the page comes back with the text added).
 (function () {
   "use strict";
   var form = document.querySelector("form.reply[data-number]");
@@ -11,27 +12,24 @@
   var status = form.querySelector(".canned-status");
   if (!button || !pick || !box) { return; }
 
+  var cursor = null; // [start, end] when the box last had the focus
+  box.addEventListener("blur", function () { cursor = [box.selectionStart, box.selectionEnd]; });
+
   function say(text) { if (status) { status.textContent = text; } }
 
   function insert(text) {
-    var start = box.selectionStart, end = box.selectionEnd, value = box.value;
-    if (typeof start !== "number" || document.activeElement !== box && value.trim()) {
-      // Not placed by the user: after what is there, as the server does.
-      box.value = value.trim() ? value.replace(/\s+$/, "") + "\n\n" + text : text;
-      start = end = box.value.length;
-      box.setSelectionRange(start, end);
+    var value = box.value, at;
+    if (cursor && cursor[1] < value.replace(/\s+$/, "").length) {
+      box.value = value.slice(0, cursor[0]) + text + value.slice(cursor[1]);
+      at = cursor[0] + text.length;
     } else {
-      box.value = value.slice(0, start) + text + value.slice(end);
-      box.setSelectionRange(start + text.length, start + text.length);
+      box.value = value.trim() ? value.replace(/\s+$/, "") + "\n\n" + text : text;
+      at = box.value.length;
     }
-    box.dispatchEvent(new Event("input", { bubbles: true }));
     box.focus();
+    box.setSelectionRange(at, at);
+    cursor = [at, at];
   }
-
-  var lastCursor = null;
-  box.addEventListener("blur", function () {
-    lastCursor = [box.selectionStart, box.selectionEnd];
-  });
 
   button.addEventListener("click", function (event) {
     event.preventDefault();
@@ -46,14 +44,7 @@
           return body;
         });
       })
-      .then(function (body) {
-        if (lastCursor && box.value.trim()) {
-          box.focus();
-          box.setSelectionRange(lastCursor[0], lastCursor[1]);
-        }
-        insert(body.text);
-        say("Inserted.");
-      })
+      .then(function (body) { insert(body.text); say("Inserted."); })
       .catch(function (err) { say("Could not insert: " + err.message); })
       .then(function () { button.disabled = false; });
   });
