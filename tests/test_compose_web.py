@@ -13,7 +13,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from classifiers.types import Decision
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from tests.test_web import MBOX, NOW, PASSWORD, _mail, csrf_of, login
 from triage.desk import users
 from triage.desk.actions import Desk, DeskConfig
