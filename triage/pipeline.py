@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, TypeVar
 
 from jinja2 import Environment
@@ -93,11 +94,13 @@ class Runner:
         metrics: Metrics | None = None,
         address_policy: Callable[[Job], str | None] | None = None,
         refusals: RefusalStreak | None = None,
+        attachments_dir: Path | None = None,
     ) -> None:
         self.mailbox, self.ingest = mailbox, ingest
         self.outbox, self.transport, self.env = outbox, transport, env
         self.from_address, self.from_name, self.phone = from_address, from_name, phone
         self.batch_size = batch_size
+        self.attachments_dir = attachments_dir  # files on staff replies (triage.desk.mail)
         self.metrics = metrics or Metrics(process=False)
         self.counters = Counters()
         self.outbox_wakeup = asyncio.Event()
@@ -525,7 +528,7 @@ class Runner:
             if job.kind == "reply":  # staff replies (triage.desk.actions)
                 return render_reply(self.env, job.context, job.message_id, job.to_addr,
                                     from_address=self.from_address, from_name=self.from_name,
-                                    phone=self.phone)
+                                    phone=self.phone, attachments_dir=self.attachments_dir)
             if job.kind == NOTIFY:  # staff notifications (triage.notify)
                 return render_notify(self.env, job.context, job.message_id, job.to_addr,
                                      self.from_address)

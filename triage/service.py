@@ -267,6 +267,7 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
             refusals=RefusalStreak(settings.relay_refusal_recipients,
                                    settings.relay_refusal_domains,
                                    settings.relay_refusal_window),
+            attachments_dir=settings.attachments_dir,
         ))
         for cfg in configs
     ]
@@ -576,6 +577,7 @@ class Service:
         )
         if self.settings.web_enabled:
             from triage.desk.sent import SentAcks
+            from triage.desk.uploads import UploadLimits
             from triage.web.app import WebDeps, create_web_app
 
             app = create_web_app(WebDeps(
@@ -584,6 +586,9 @@ class Service:
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
                 screening=self.c.screening(), metrics=self.c.metrics,
+                upload_limits=UploadLimits(self.settings.reply_max_files,
+                                           self.settings.reply_max_file_bytes,
+                                           self.settings.reply_max_total_bytes),
                 templates_dir=self.settings.templates_dir or TEMPLATES_DIR,
                 acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
                               phone=self.settings.helpdesk_phone,
