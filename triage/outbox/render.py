@@ -15,7 +15,7 @@ from email.message import EmailMessage
 
 from jinja2 import Environment
 
-from triage.ack import ack_view, render_ack, render_ack_wire
+from triage.ack import AckView, ack_view, render_ack, render_ack_wire
 from triage.desk.mail import render_reply
 from triage.outbox.store import Job
 from triage.slawatch import render_escalation
@@ -71,13 +71,19 @@ class Renderers:
             log.exception("rendering outbox row %s failed", job.id)
             return None
 
-    def ack(self, job: Job) -> Rendered | None:
-        wo, p, lh = job.work_order, self.ack_policy, self.letterhead
+    def ack_view(self, job: Job) -> AckView | None:
+        """What the acknowledgment ``job`` says; None without its work order."""
+        wo, p = job.work_order, self.ack_policy
         if wo is None:
             return None
-        view = ack_view(job, wo, timezone=p.timezone_for(wo.contract),
+        return ack_view(job, wo, timezone=p.timezone_for(wo.contract),
                         priority_meaning=p.priority_meaning(wo.priority),
                         fulfil_within=p.fulfil_within(wo.request_type, wo.priority))
+
+    def ack(self, job: Job) -> Rendered | None:
+        view, lh = self.ack_view(job), self.letterhead
+        if view is None:
+            return None
         wire = render_ack_wire(self.env, view, from_address=lh.from_address,
                                from_name=lh.from_name, phone=lh.phone)
         if wire is not None:
