@@ -76,8 +76,9 @@ _CLAIM_COLUMNS = (Outbox.id, Outbox.kind, Outbox.to_addr, Outbox.attempts, Outbo
                   Outbox.context, Outbox.created_at, Outbox.work_order_id)
 # What an acknowledgment shows of its work order (triage.ack.AckView).
 ACK_COLUMNS = (WorkOrder.id, WorkOrder.number, WorkOrder.request_type, WorkOrder.priority,
-                   WorkOrder.contract, WorkOrder.response_due, WorkOrder.callback_due,
-                   WorkOrder.fulfil_due, WorkOrder.milestones, WorkOrder.requester_name)
+               WorkOrder.contract, WorkOrder.response_due, WorkOrder.callback_due,
+               WorkOrder.fulfil_due, WorkOrder.milestones, WorkOrder.requester_name)
+
 
 def answer_of(result: SendResult) -> str:
     """What the server said, for ``last_error``, logs and /readyz: ``550 5.1.1 ...``, or the
