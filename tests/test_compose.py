@@ -247,7 +247,7 @@ async def test_the_client_receives_the_files_through_real_smtp(tmp_path: Path,
                       settings.attachments_dir, UploadLimits())
         c.desk.reply(number, "bob", "The steps are attached.", then="waiting_client",
                      files=files, agent_name="Bob B")
-        sent, failed = await runner.drain_outbox()
+        sent, failed = await runner.sender.drain()
         assert (sent, failed) == (2, 0)
         await runner.mailbox.close()
     c.close()

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage import notify
-from triage.outbox_enqueue import Mail, enqueue, sender_domain
+from triage.outbox.enqueue import Mail, enqueue, sender_domain
 from triage.parse import clean_header
 from triage.sla import SlaPolicy
 from triage.slamarks import apply_marks, contract_calendar, end_pause, pauses_of, start_pause
