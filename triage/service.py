@@ -566,6 +566,7 @@ class Service:
         if self.settings.web_enabled:
             from triage.desk.sent import SentAcks
             from triage.web.app import WebDeps, create_web_app
+            from triage.web.throttle import LoginBuckets, LoginLimits
 
             app = create_web_app(WebDeps(
                 sessions=self.c.sessions, reads=self.c.reads, policy=self.c.policy,
@@ -573,6 +574,7 @@ class Service:
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
                 screening=self.c.screening(), metrics=self.c.metrics,
+                login_buckets=LoginBuckets(LoginLimits.from_settings(self.settings)),
                 templates_dir=self.settings.templates_dir or TEMPLATES_DIR,
                 acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
                               phone=self.settings.helpdesk_phone,

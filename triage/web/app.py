@@ -304,7 +304,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     def begin_login(name: str, client: str,
                     now: datetime) -> tuple[logins.Attempt, users.Credentials]:
         with deps.sessions.begin() as s:  # short: counts the attempt, then commits
-            attempt = logins.reserve(s, name, client, now)
+            attempt = logins.reserve(s, name, client, now, buckets.limits.delay)
         with deps.reads() as s:
             return attempt, users.credentials_for(s, name)
 
@@ -320,10 +320,6 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                 users.end_session(s, old_session)
             token, _ = users.create_session(s, user, now, deps.session_ttl)
             return token
-
-    def failed_login(user_id: int) -> None:
-        with deps.sessions.begin() as s:
-            users.record_failure(s, user_id)
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request, name: Annotated[str, Form(max_length=64)],
@@ -358,8 +354,6 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                                                   creds.password_hash, password)
             token = await run_in_threadpool(finish_login, creds, typed, client, now, new_hash,
                                             request.cookies.get(SESSION_COOKIE))
-        elif creds.user_id is not None:
-            await run_in_threadpool(failed_login, creds.user_id)
         if token is None:
             refused("credentials")
             security.event("login_failed", level=logging.WARNING, user=typed, client=client)
