@@ -28,7 +28,9 @@ others (``os.sched_setaffinity``); it does not keep other users of the machine o
 
 Reported: queue median / p99 / max, answers other than 200, the time to store the mails,
 the flood's answers by status and its rate, /readyz answers by status, and the server's CPU
-seconds in the phase (``/proc``), the figure a loaded machine sways least.
+seconds in the phase (``/proc``). Then, per database, a second table: the server's CPU per
+request for a refused login, ``/healthz``, the login form and the queue, asked one at a
+time (``--cost-requests`` each), the figures a loaded machine sways least.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from triage.parse import parse
 from triage.sla import load_policy
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
+from triage.web.throttle import LoginLimits
 from triage.workorders import Ingest, StoreConfig, WorkOrderStore
 
 PHASE_LIMIT = 60.0  # seconds, per phase, whatever happens
@@ -329,7 +332,47 @@ PHASES = (("quiet", ""), ("control: /healthz", "healthz"), ("flood, one address"
           ("flood, 60 addresses", "spread"))
 
 
-def run_db(db: str, args: argparse.Namespace) -> list[Phase]:
+@dataclass
+class Cost:
+    db: str
+    what: str
+    cpu_ms: float  # server CPU per request
+    answers: Counter[int]
+
+
+def costs(db: str, base: str, pid: int, n: int) -> list[Cost]:
+    """Server CPU per request by kind, one keep-alive client at a time (no concurrency, so
+    the machine's load sways it little): what each kind of flood costs the server."""
+    staff, other = httpx.Client(base_url=base), httpx.Client(base_url=base)
+    token = TOKEN.search(staff.get("/login").text)
+    assert token
+    r = staff.post("/login", data={"name": STAFF[0], "password": PASSWORD,
+                                   "csrf_token": token.group(1)})
+    assert r.status_code == 303, r.status_code
+    form = TOKEN.search(other.get("/login").text)
+    assert form
+    wrong = {"name": "nobody", "password": "wrong guess", "csrf_token": form.group(1)}
+    for _ in range(int(LoginLimits().per_client.burst) + 2):  # empty its address's bucket
+        if other.post("/login", data=wrong).status_code == 429:
+            break
+    kinds = (("POST /login refused by the throttle", lambda: other.post("/login", data=wrong)),
+             ("GET /healthz", lambda: other.get("/healthz")),
+             ("GET /login (the form)", lambda: other.get("/login")),
+             ("GET /queue (signed in)", lambda: staff.get("/queue")))
+    rows = []
+    for what, call in kinds:
+        count = n if "queue" not in what else max(1, n // 10)
+        answers: Counter[int] = Counter()
+        before = cpu_seconds(pid)
+        for _ in range(count):
+            answers[call().status_code] += 1
+        rows.append(Cost(db, what, (cpu_seconds(pid) - before) / count * 1000, answers))
+    staff.close()
+    other.close()
+    return rows
+
+
+def run_db(db: str, args: argparse.Namespace) -> tuple[list[Phase], list[Cost]]:
     phases: list[Phase] = []
     folder = Path(tempfile.mkdtemp(prefix="triage-flood-att-"))
     with database(db, None) as (url, _):
@@ -350,7 +393,20 @@ def run_db(db: str, args: argparse.Namespace) -> list[Phase]:
                   f"{dict(p.queue_bad)}); {args.mails} mails stored in {p.store_s:.2f} s; "
                   f"flood {dict(p.logins)} ({p.flood_rate():.0f}/s); readyz {dict(p.ready)}; "
                   f"server CPU {p.server_cpu_s:.1f} s; load {p.load:.1f}", flush=True)
-    return phases
+        with server(url, args.pin) as (base, pid):
+            cost = costs(db, base, pid, args.cost_requests)
+        for c in cost:
+            print(f"[{db}] {c.what:36s} server CPU {c.cpu_ms:6.2f} ms a request "
+                  f"{dict(c.answers)}", flush=True)
+    return phases, cost
+
+
+def cost_table(rows: list[Cost]) -> str:
+    lines = ["| database | request | server CPU ms a request | answers |", "|---|---|---:|---|"]
+    lines += [f"| {c.db} | {c.what} | {c.cpu_ms:.2f} | "
+              f"{', '.join(f'{k}: {v:,}' for k, v in sorted(c.answers.items()))} |"
+              for c in rows]
+    return "\n".join(lines)
 
 
 def table(phases: list[Phase], args: argparse.Namespace) -> str:
@@ -377,6 +433,8 @@ def main() -> int:
     ap.add_argument("--flood", type=int, default=60)
     ap.add_argument("--mails", type=int, default=50)
     ap.add_argument("--work-orders", type=int, default=2000)
+    ap.add_argument("--cost-requests", type=int, default=300,
+                    help="sequential requests per kind for the server-CPU-per-request table")
     ap.add_argument("--pin", action="store_true",
                     help="server on CPU 0, load generators on the other CPUs")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -390,9 +448,16 @@ def main() -> int:
     print(f"{machine()}; load {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
           f"{'; pinned: server CPU 0, load generators the others' if args.pin else ''}",
           flush=True)
-    phases = [p for db in args.db for p in run_db(db, args)]
+    phases: list[Phase] = []
+    cost: list[Cost] = []
+    for db in args.db:
+        p, c = run_db(db, args)
+        phases += p
+        cost += c
     print()
     print(table(phases, args))
+    print()
+    print(cost_table(cost))
     return 0
 
 
