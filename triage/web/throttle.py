@@ -29,7 +29,7 @@ check); one more is answered 429 at once rather than queued, so a burst never bu
 of argon2 work or holds more than ``pending`` pooled connections for logins.
 
 What a refused attempt costs, measured (``bench/bench_login_flood.py``, results in
-``bench/results.md``): about 0.2 ms of the event loop here, under 1 ms of server CPU with
+``bench/results.md``): 0.1–0.2 ms of the event loop here, under 1 ms of server CPU with
 uvicorn's HTTP parsing; a ``GET /healthz`` costs about twice that and the login form three
 times. Refusing connections or requests faster than that is a reverse proxy's job.
 """
