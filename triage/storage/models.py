@@ -292,8 +292,6 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), default="")
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column()
     api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     # Written at most once a minute per token (triage.desk.users.TOKEN_USE_RESOLUTION), so an
     # API script does not take SQLite's write lock on every call.
