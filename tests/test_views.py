@@ -21,7 +21,7 @@ from triage.desk.bulk import (
     parse_target,
     run_bulk,
 )
-from triage.desk.queue import QueueFilter, queue_page
+from triage.desk.queue import queue_page
 from triage.desk.views import (
     MAX_VIEWS,
     MINE,
@@ -59,7 +59,7 @@ def shown(sessions, policy, clock, args: dict[str, str]) -> int:  # type: ignore
 
 @pytest.fixture
 def desk_env(env):  # type: ignore[no-untyped-def]  # noqa: F811
-    store, desk, sessions, policy, clock = env
+    sessions = env[2]
     with sessions.begin() as s:
         users.add_user(s, "cara", "long enough password", display_name="Cara C")
     return env
@@ -161,7 +161,7 @@ def test_a_view_the_policy_no_longer_fits_says_so_in_place_of_its_count(desk_env
     with sessions.begin() as s:
         s.add(SavedView(user_id=bob, name="Fax", filters={"type": "fax_machine"}))
     with sessions() as s:
-        fax = [v for v in navigation(s, bob, "bob", policy, clock.t) if v.name == "Fax"][0]
+        fax = next(v for v in navigation(s, bob, "bob", policy, clock.t) if v.name == "Fax")
     assert fax.count is None and "unknown type 'fax_machine'" in fax.problem
 
 
