@@ -95,7 +95,7 @@ def args_of(f: QueueFilter) -> dict[str, str]:
     return f.query_args()
 
 
-def total_statement(s: Session, f: QueueFilter, now: datetime) -> Select[tuple[int]]:
+def total_statement(s: Session, f: QueueFilter, now: datetime) -> Select[int]:
     """The count of the work orders the queue shows for ``f`` (its ``total``)."""
     from triage.desk import search
     from triage.desk.queue import _NUMBERED, _where
