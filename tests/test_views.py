@@ -267,6 +267,7 @@ def test_a_bulk_status_change_reports_rows_already_so(desk_env) -> None:
     (BulkAction("reclassify"), 1, "a request type, a priority or both"),
     (BulkAction("reclassify", request_type="fax"), 1, "unknown request type"),
     (BulkAction("status", status="closed"), 1, "unknown status"),
+    (BulkAction("status"), 1, "choose a status"),
     (BulkAction("delete"), 1, "unknown bulk action"),
     (BulkAction("resolve"), 0, "no work orders selected"),
     (BulkAction("resolve"), MAX_ROWS + 1, f"at most {MAX_ROWS} work orders"),

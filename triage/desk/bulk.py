@@ -107,6 +107,8 @@ class BulkAction:
                 raise BulkError(f"unknown request type {self.request_type[:64]!r}")
             if self.priority is not None and self.priority not in policy.priorities:
                 raise BulkError(f"unknown priority {self.priority[:64]!r}")
+        if self.action == "status" and self.status is None:
+            raise BulkError("choose a status")
         if self.action == "status" and self.status not in STATUSES:
             raise BulkError(f"unknown status {str(self.status)[:32]!r}")
         if self.action == "assign" and self.assignee:

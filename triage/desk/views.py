@@ -42,6 +42,10 @@ class ViewError(ActionError):
     """The view cannot be saved or changed as asked; the message says why."""
 
 
+class ViewNameTaken(ViewError):
+    """The user has a view of that name already (or it is a default's)."""
+
+
 @dataclass(frozen=True)
 class View:
     id: int | None  # None: one of the defaults
@@ -155,7 +159,7 @@ def _check_free(s: Session, user_id: int, name: str, keep: int | None = None) ->
     taken = {n.lower() for n in DEFAULT_NAMES}
     taken |= {v.name.lower() for v in saved_views(s, user_id) if v.id != keep}
     if name.lower() in taken:
-        raise ViewError(f"you already have a view named {name!r}")
+        raise ViewNameTaken(f"you already have a view named {name!r}")
 
 
 def _flush(s: Session, name: str) -> None:
@@ -164,7 +168,7 @@ def _flush(s: Session, name: str) -> None:
         with s.begin_nested():
             s.flush()
     except IntegrityError:
-        raise ViewError(f"you already have a view named {name!r}") from None
+        raise ViewNameTaken(f"you already have a view named {name!r}") from None
 
 
 def save_view(s: Session, user_id: int, name: str, args: Mapping[str, str],
@@ -214,6 +218,6 @@ def view_json(v: View) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_NAMES", "MAX_VIEWS", "MINE", "UNASSIGNED_URGENT", "View", "ViewError",
-           "args_of", "change_view", "counted", "default_views", "delete_view",
-           "filter_from_args", "navigation", "own_view", "queue_total", "save_view",
-           "saved_views", "total_statement", "user_views", "view_json"]
+           "ViewNameTaken", "args_of", "change_view", "counted", "default_views",
+           "delete_view", "filter_from_args", "navigation", "own_view", "queue_total",
+           "save_view", "saved_views", "total_statement", "user_views", "view_json"]

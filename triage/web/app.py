@@ -33,6 +33,7 @@ import re
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,6 +81,7 @@ from triage.web.alerts import LOGIN_ALERTS, bidi, done_text
 from triage.web.params import known
 from triage.web.screened import ScreenedRoutes
 from triage.web.throttle import LoginBuckets, LoginThrottleMiddleware
+from triage.web.views import ViewRoutes, nav_views
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +213,10 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         """``session``: the caller's open read session, if any. A second one per request
         would let concurrent requests each hold one pooled connection while waiting for
         another, until the pool's timeout (20 concurrent queue requests did)."""
-        if ctx.get("who"):  # the navigation's count of screened mail awaiting a look
-            if session is not None:
-                ctx["screened_awaiting"] = awaiting_count(session, deps.clock())
-            else:
-                with deps.reads() as s:
-                    ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
+        if ctx.get("who"):  # the navigation's counts: screened mail awaiting, the views
+            with nullcontext(session) if session is not None else deps.reads() as s:
+                ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
+                ctx["nav_views"] = nav_views(s, ctx["who"], deps)
         html = templates.get_template(f"web/{name}.html.j2").render(**ctx)
         return HTMLResponse(html, status_code=status)
 
@@ -668,6 +668,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         return api_call(number, lambda: deps.desk.reopen(number, who.name))
 
     ScreenedRoutes(deps, render, principal, api_csrf, check_csrf, clean_html).add(app, api)
+    ViewRoutes(deps, render, principal, api_csrf, check_csrf).add(app, api)
     app.include_router(api)
 
     @app.get("/api/openapi.json", include_in_schema=False)
