@@ -4,7 +4,7 @@
   "use strict";
   const form = document.getElementById("bulk");
   if (!form) return;
-  const head = form.querySelector("th.col-select");
+  const head = form.querySelector("th.col-number");
   const legend = form.querySelector("fieldset.bulk-actions legend");
   const boxes = () => Array.from(form.querySelectorAll("tbody input[type=checkbox][name=wo]"));
   if (!head || boxes().length === 0) return;
@@ -12,7 +12,7 @@
   all.type = "checkbox";
   all.className = "select-all";
   all.setAttribute("aria-label", "Select all rows on this page");
-  head.replaceChildren(all);
+  head.prepend(all, " ");
   const count = document.createElement("span");
   count.className = "selected-count";
   if (legend) legend.append(" ", count);
