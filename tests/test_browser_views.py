@@ -1,12 +1,13 @@
 """Saved views and bulk actions in real Chromium (tests/browser.py: the sample mail and 50
-more requests ingested through the real pipeline into SQLite, the app on a real port): a
+more requests ingested through the real pipeline, the app on a real port): a
 bulk reassignment of 50 rows with the script's "select all", the same form without script
 reporting a row someone else changed meanwhile, and a view saved from the queue, counted in
-the navigation, renamed and deleted. The desk layer under them is tested on SQLite and
-PostgreSQL in test_views.py."""
+the navigation, renamed and deleted; each on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import re
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -16,6 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from tests.browser import OTHER_STAFF, Site, log_in, running_site
+from tests.conftest import throwaway_pg_database
 from triage.storage.models import Event, User, WorkOrder
 
 pytest_plugins = ["tests.browser"]  # fixtures: browser, page
@@ -35,11 +37,20 @@ def request_mail(i: int) -> bytes:
     return m.as_bytes()
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     extra = [request_mail(i) for i in range(EXTRA)]
-    with running_site(tmp_path_factory.mktemp("views"), extra=extra, spacing=600) as s:
-        yield s
+    with contextlib.ExitStack() as stack:
+        url = (stack.enter_context(throwaway_pg_database())
+               if request.param == "postgresql" else None)
+        site = running_site(tmp_path_factory.mktemp("views"), extra=extra, spacing=600,
+                            database_url=url)
+        # Seeding runs the pipeline under asyncio.run, which Playwright's loop (already
+        # running here for the second database) forbids on this thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            entered = pool.submit(stack.enter_context, site).result()
+        yield entered
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from triage.desk.actions import STATUS_LABELS, NotFound
+from triage.desk.actions import NotFound
 from triage.desk.bulk import (
     ACTIONS,
     MAX_ROWS,
@@ -172,6 +172,7 @@ class ViewRoutes:
                    back: Annotated[str, Form(max_length=2000)] = "/queue") -> Response:
             check_csrf(who, csrf_token)
             back = back if _QUEUE_LINK.match(back) else "/queue"
+            shown = action if action in ACTIONS else "action"  # the page's title
             try:
                 if action == "assign" and not assignee:  # "nobody" is a choice of its own
                     raise BulkError("choose whom to assign to (or nobody)")
@@ -182,9 +183,9 @@ class ViewRoutes:
                     priority=priority or None, status=status or None), targets)
             except BulkError as e:
                 return render("bulk", 422, who=who, result=None, error=str(e)[:300],
-                              back=back, action=action, labels=STATUS_LABELS)
+                              back=back, action=shown)
             return render("bulk", 200, who=who, result=result, error="", back=back,
-                          action=action, labels=STATUS_LABELS)
+                          action=shown)
 
         # ---- API --------------------------------------------------------------------------------
         def api_change(who: Any, fn: Callable[[Session], Any]) -> dict[str, Any]:
