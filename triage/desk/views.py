@@ -29,7 +29,7 @@ from triage.desk.queue import ACTIVE, SLA_FILTERS, STATUS_FILTERS, QueueFilter
 from triage.sla import SlaPolicy
 from triage.storage.models import SavedView, WorkOrder
 
-MAX_VIEWS = 30  # per user: every page counts each of them
+MAX_VIEWS = 15  # per user: every page counts each of them (bench/bench_views.py)
 MAX_NAME = 64
 MINE, UNASSIGNED_URGENT = "Mine", "Unassigned urgent"
 DEFAULT_NAMES = (MINE, UNASSIGNED_URGENT)
