@@ -8,7 +8,7 @@ request type removed from the policy since makes that view say so, not fail the 
 
 Counting is one query per view, each as the queue counts its own total: over the active work
 orders a view's filter reads a range of an index, no table row (``ix_work_orders_active_due``,
-``_counts`` of migration 0004, ``_assignee`` of 0017 for the assignee filters the defaults
+``_counts`` of migration 0004, ``_assignee`` of 0016 for the assignee filters the defaults
 use). ``MAX_VIEWS`` bounds the counts a page makes.
 """
 
