@@ -7,7 +7,7 @@ For each database: seeded as ``bench/bench_web.py`` seeds it (same function, sam
 70 % resolved, six staff, 60 % of the worked-on active orders assigned), then, in process:
 - the navigation of one user (``triage.desk.views.navigation``: "Mine", "Unassigned urgent"
   and five saved views), which every page computes, timed ``--runs`` times; each view alone;
-- the two defaults again without migration 0016's index (dropped, timed, created again);
+- the two defaults again without migration 0017's index (dropped, timed, created again);
 - a bulk assign of 50 rows and of 200 rows (``triage.desk.bulk.run_bulk``), each row its own
   transaction, with the versions a queue page would carry.
 Medians and p90 in milliseconds; the machine is shared, so run it a few times.

@@ -167,7 +167,7 @@ def test_a_view_the_policy_no_longer_fits_says_so_in_place_of_its_count(desk_env
 
 def test_the_defaults_are_counted_from_the_index_alone(desk_env) -> None:
     """The navigation counts on every page: "Mine" and "Unassigned urgent" read a range of
-    migration 0016's index over the active work orders."""
+    migration 0017's index over the active work orders."""
     store, _, sessions, policy, clock = desk_env
     open_wo(store, 1)
     with sessions() as s:

@@ -220,7 +220,7 @@ class WorkOrder(Base):
               "at_risk_at", "number",
               sqlite_where=text("status <> 'resolved'"),
               postgresql_where=text("status <> 'resolved'")),
-        # The saved views' counts (migration 0016): "Mine", "Unassigned urgent" and the like.
+        # The saved views' counts (migration 0017): "Mine", "Unassigned urgent" and the like.
         Index("ix_work_orders_active_assignee", "assignee_id", "priority", "status",
               "request_type", "needs_review", "next_due", "at_risk_at", "number",
               sqlite_where=text("status <> 'resolved'"),

@@ -1,7 +1,7 @@
 """saved views: a technician's named queue filters, and an index for the views' counts
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-01 18:30:00
 
 ``saved_views`` holds each user's views (a queue filter as its query arguments, under a name
@@ -20,8 +20,8 @@ from alembic import op
 
 import triage.storage.models
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
