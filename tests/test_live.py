@@ -115,7 +115,7 @@ def test_a_client_reply_is_a_change_and_too_many_changes_say_more(env) -> None:
 
 # ---- presence ---------------------------------------------------------------------------------
 def test_presence_lists_the_others_until_they_leave_or_go_quiet(env) -> None:
-    store, _, sessions, clock = env
+    store, _, sessions, _ = env
     number = open_wo(store, 1)
     bob, carol = user_id(sessions, "bob"), user_id(sessions, "carol")
     now = FRI_10

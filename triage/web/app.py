@@ -47,7 +47,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -57,6 +57,7 @@ from starlette.routing import BaseRoute
 from triage import security
 from triage.desk import logins, users
 from triage.desk.actions import STATUS_LABELS, STATUSES, ActionError, Conflict, Desk, NotFound
+from triage.desk.live import present
 from triage.desk.queue import (
     ACTIVE,
     SLA_FILTERS,
@@ -77,6 +78,7 @@ from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
 from triage.storage.models import Outbox, WorkOrder
 from triage.web.alerts import LOGIN_ALERTS, bidi, done_text
+from triage.web.live import CONFLICT_DOC, Guarded, IfMatch, LiveRoutes, conflict_error, guard
 from triage.web.params import known
 from triage.web.screened import ScreenedRoutes
 from triage.web.throttle import LoginBuckets, LoginThrottleMiddleware
@@ -465,7 +467,9 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
                     bodies[item.message.id] = clean_html(item.message.body_html)
                 if item.outbox is not None and item.kind == "ack" and deps.acks is not None:
                     ack_texts[item.outbox.id] = ack_text(deps.acks, item.outbox, d)
+            presence = present(s, number, now, besides=who.user_id).others
             return render("work_order", status, session=s, who=who, d=d, wo=d.wo, now=now,
+                          presence=presence,
                           bodies=bodies, ack_texts=ack_texts, staff=staff_names(s),
                           types=policy.types,
                           priorities=policy.priorities, statuses=STATUSES,
@@ -600,6 +604,8 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
             fn()
         except NotFound:
             raise HTTPException(404, f"no work order {number}") from None
+        except Conflict as e:
+            raise conflict_error(e) from None
         except ActionError as e:
             raise HTTPException(422, str(e)) from None
         with deps.reads() as s:
@@ -616,58 +622,80 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
         with deps.reads() as s:
             return _page_json(queue_page(s, policy, f, deps.clock()))
 
-    @api.get("/work-orders/{number}", summary="One work order with its thread and audit trail")
-    def api_work_order(who: ApiWho, number: Number) -> dict[str, Any]:
+    @api.get("/work-orders/{number}", summary="One work order with its thread and audit trail "
+             "(``ETag``: its version, for ``If-Match``)")
+    def api_work_order(who: ApiWho, number: Number, response: Response) -> dict[str, Any]:
         with deps.reads() as s:
             d = work_order_detail(s, policy, number, deps.clock())
             if d is None:
                 raise HTTPException(404, f"no work order {number}")
+            response.headers["ETag"] = f'"{d.wo.version}"'
             return _detail_json(d)
 
+    # Every action takes the collision guard's version (body or If-Match; triage.web.live).
     @api.post("/work-orders/{number}/reclassify", summary="Set type and priority (recomputes "
-              "the due dates; kept as training data)")
-    def api_reclassify(who: ApiWho, number: Number, body: Reclassify) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.reclassify(number, who.name,
-                                                             body.request_type, body.priority))
+              "the due dates; kept as training data)", responses=CONFLICT_DOC)
+    def api_reclassify(who: ApiWho, number: Number, body: Reclassify,
+                       if_match: IfMatch) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.reclassify(
+            number, who.name, body.request_type, body.priority, version=guard(body, if_match)))
 
-    @api.post("/work-orders/{number}/assign", summary="Assign (null: unassign)")
-    def api_assign(who: ApiWho, number: Number, body: Assign) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.assign(number, who.name, body.assignee))
+    @api.post("/work-orders/{number}/assign", summary="Assign (null: unassign)",
+              responses=CONFLICT_DOC)
+    def api_assign(who: ApiWho, number: Number, body: Assign,
+                   if_match: IfMatch) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.assign(number, who.name, body.assignee,
+                                                         version=guard(body, if_match)))
 
-    @api.post("/work-orders/{number}/promise", summary="Set or clear the promised date")
-    def api_promise(who: ApiWho, number: Number, body: Promise) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.promise(number, who.name, body.promised_at))
+    @api.post("/work-orders/{number}/promise", summary="Set or clear the promised date",
+              responses=CONFLICT_DOC)
+    def api_promise(who: ApiWho, number: Number, body: Promise,
+                    if_match: IfMatch) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.promise(number, who.name, body.promised_at,
+                                                          version=guard(body, if_match)))
 
     @api.post("/work-orders/{number}/status", summary="Change status (waiting_client pauses "
-              "the SLA clocks)")
-    def api_status(who: ApiWho, number: Number, body: StatusChange) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.set_status(number, who.name, body.status))
+              "the SLA clocks)", responses=CONFLICT_DOC)
+    def api_status(who: ApiWho, number: Number, body: StatusChange,
+                   if_match: IfMatch) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.set_status(number, who.name, body.status,
+                                                             version=guard(body, if_match)))
 
-    @api.post("/work-orders/{number}/notes", summary="Add an internal note")
-    def api_note(who: ApiWho, number: Number, body: Note) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.note(number, who.name, body.text))
+    @api.post("/work-orders/{number}/notes", summary="Add an internal note",
+              responses=CONFLICT_DOC)
+    def api_note(who: ApiWho, number: Number, body: Note, if_match: IfMatch) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.note(number, who.name, body.text,
+                                                       version=guard(body, if_match)))
 
     @api.post("/work-orders/{number}/replies", summary="Reply to the client (via the outbox; "
-              "the first reply stops the response clock)")
-    def api_reply(who: ApiWho, number: Number, body: Reply) -> dict[str, Any]:
+              "the first reply stops the response clock)", responses=CONFLICT_DOC)
+    def api_reply(who: ApiWho, number: Number, body: Reply, if_match: IfMatch) -> dict[str, Any]:
         return api_call(number, lambda: deps.desk.reply(
             number, who.name, body.body, wait_for_client=body.wait_for_client,
-            agent_name=who.display_name))
+            agent_name=who.display_name, version=guard(body, if_match)))
 
     @api.post("/work-orders/{number}/called-back", summary="Log the call back (stops the "
-              "call-back clock)")
-    def api_called_back(who: ApiWho, number: Number, body: CalledBack) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.called_back(number, who.name, body.text))
+              "call-back clock)", responses=CONFLICT_DOC)
+    def api_called_back(who: ApiWho, number: Number, body: CalledBack,
+                        if_match: IfMatch) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.called_back(number, who.name, body.text,
+                                                              version=guard(body, if_match)))
 
-    @api.post("/work-orders/{number}/resolve", summary="Resolve")
-    def api_resolve(who: ApiWho, number: Number) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.resolve(number, who.name))
+    @api.post("/work-orders/{number}/resolve", summary="Resolve", responses=CONFLICT_DOC)
+    def api_resolve(who: ApiWho, number: Number, if_match: IfMatch,
+                    body: Guarded | None = None) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.resolve(number, who.name,
+                                                          version=guard(body, if_match)))
 
-    @api.post("/work-orders/{number}/reopen", summary="Reopen a resolved work order")
-    def api_reopen(who: ApiWho, number: Number) -> dict[str, Any]:
-        return api_call(number, lambda: deps.desk.reopen(number, who.name))
+    @api.post("/work-orders/{number}/reopen", summary="Reopen a resolved work order",
+              responses=CONFLICT_DOC)
+    def api_reopen(who: ApiWho, number: Number, if_match: IfMatch,
+                   body: Guarded | None = None) -> dict[str, Any]:
+        return api_call(number, lambda: deps.desk.reopen(number, who.name,
+                                                         version=guard(body, if_match)))
 
     ScreenedRoutes(deps, render, principal, api_csrf, check_csrf, clean_html).add(app, api)
+    LiveRoutes(deps, api_csrf).add(api)
     app.include_router(api)
 
     @app.get("/api/openapi.json", include_in_schema=False)
@@ -680,35 +708,35 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
 
 
 # ---- API bodies and JSON shapes -------------------------------------------------------------
-class Reclassify(BaseModel):
+class Reclassify(Guarded):
     request_type: str = Field(max_length=64)
     priority: str = Field(max_length=64)
 
 
-class Assign(BaseModel):
+class Assign(Guarded):
     assignee: str | None = Field(default=None, max_length=64,
                                  description="a staff user name; null unassigns")
 
 
-class Promise(BaseModel):
+class Promise(Guarded):
     promised_at: datetime | None = Field(
         default=None, description="ISO 8601 with an offset, within the bounds of "
                                   "triage.desk.actions.PROMISE_WINDOW")
 
 
-class StatusChange(BaseModel):
+class StatusChange(Guarded):
     status: str = Field(max_length=32, description="new | open | waiting_client | resolved")
 
 
-class Note(BaseModel):
+class Note(Guarded):
     text: str = Field(max_length=20_000)
 
 
-class CalledBack(BaseModel):
+class CalledBack(Guarded):
     text: str = Field(default="", max_length=20_000, description="what was said (optional)")
 
 
-class Reply(BaseModel):
+class Reply(Guarded):
     body: str = Field(max_length=50_000)
     wait_for_client: bool = False
 
