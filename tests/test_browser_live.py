@@ -130,3 +130,5 @@ def test_two_technicians_see_each_other_on_a_work_order(
     expect(here.locator(".stale")).to_contain_text("changed since this page was loaded",
                                                    timeout=LIVE_WAIT)
     expect(here.locator(".stale a")).to_have_attribute("href", f"/work-orders/{number}")
+    # Ben's post brought him back to the page, so he is still here (no "left" on a post).
+    expect(here.locator(".who-here bdi")).to_have_text([OTHER_STAFF[2]])

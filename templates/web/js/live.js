@@ -179,7 +179,11 @@
       var typing = typedAt && Date.now() - typedAt < TYPING_MS && reply && reply.value.trim();
       beat(typing ? "replying" : "viewing");
     }, BEAT_MS);
-    window.addEventListener("pagehide", function () { beat("left", true); });
+    // Leaving says so at once; a form posted from this page comes back to it, so it does not
+    // (a late "left" would hide this technician until the next beat).
+    var posting = false;
+    document.addEventListener("submit", function () { posting = true; });
+    window.addEventListener("pagehide", function () { if (!posting) { beat("left", true); } });
     beat("viewing");
   }
 
