@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from triage.desk import logins, users
 from triage.desk.actions import ActionError, Desk, DeskConfig, NotFound
 from triage.desk.queue import QueueFilter, format_remaining, queue_page, work_order_detail

@@ -14,8 +14,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
+from tests.factories import Clock
 from tests.test_desk import FRI_10, MBOX, events, get, open_wo
-from tests.test_slawatch import Clock
 from triage.desk import live, users
 from triage.desk.actions import Desk, DeskConfig, NotFound
 from triage.messages import RawMessage

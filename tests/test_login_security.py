@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from triage.desk import logins, users
 from triage.desk.actions import Desk, DeskConfig
 from triage.logs import JsonFormatter

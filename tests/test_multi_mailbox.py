@@ -26,11 +26,6 @@ def deliver(inbox: Path, name: str, frm: str, subject: str) -> None:
     (inbox / "new" / f"{name}.host").write_bytes(data)
 
 
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
-
-
 def settings_for(tmp_path: Path) -> Settings:
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'm.db'}",

@@ -86,11 +86,6 @@ def request(n: int, sender: str) -> bytes:
             "Outlook cannot send any email since this morning, please help.\r\n").encode()
 
 
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
-
-
 @pytest.fixture
 def make_service(db_url: str, tmp_path: Path, smtp_sink: SmtpSink,
                  classifier: Classifier) -> Iterator[Callable[..., Service]]:

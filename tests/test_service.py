@@ -90,11 +90,6 @@ REQUEST = (b"From: dana@harborview.com\r\nSubject: cannot send email\r\nMessage-
            b"\r\n\r\nOutlook cannot send any email since this morning.\r\n")
 
 
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
-
-
 def make(tmp_path: Path, classifier: Classifier, mailbox: ScriptedMailbox, transport,
          **kw: object) -> Service:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 't.db'}",

@@ -15,7 +15,8 @@ The rules, in the order they apply:
    Subject, Date, body and attachments; not the trace headers a second delivery differs
    in). The same Message-ID with another fingerprint is another message: filed under a key
    of its own, decided by the rules below, and a ``message_id_reused`` event recorded;
-4. our own mail come back (our address, or a Message-ID we generated): a non-request;
+4. our own mail come back (from the helpdesk's address in any spelling, or a Message-ID
+   we generated): a non-request;
 5. screened by its headers (the classifier's header screen decided: auto-reply, bounce,
    list or bulk mail): a non-request. A text model calling a message an auto-reply or a
    bounce is only an opinion: such a message is threaded by rule 6 first, then rule 7;
@@ -187,7 +188,7 @@ class Decider:
                  fresh: bool) -> Plan | None:
         """Rules 4 to 8, for a message that is neither stored nor quarantined."""
         ctx, raw = self.ctx, item.raw
-        if p.from_addr == self.cfg.from_address or (p.message_id and p.message_id in ctx.own):
+        if self.cfg.from_mailbox(p.from_addr) or (p.message_id and p.message_id in ctx.own):
             return self._non_request(item, key, "own")
         if not d.is_request and d.screened_by == "header":
             return self._non_request(item, key, d.non_request_kind or "auto_reply")

@@ -1,0 +1,181 @@
+"""The work-order actions, one row each in ``ACTIONS``: the page's form route
+(``triage.web.pages``) and the JSON API route (``triage.web.api``) are both built from it.
+
+To add an action: a ``Desk`` method, then one row here (a form model, an API body, the desk
+call, the done key, which must also be in ``triage.web.alerts.DONE``). A form posts its
+fields plus ``csrf_token`` and ``version``; where the form's fields are the API's, the form
+model is the body model with ``ActionForm`` mixed in and the same call serves both.
+
+Every API body is ``Guarded``: it may carry the collision guard's ``version`` (the API
+takes it from ``If-Match`` too; ``triage.web.api``), as every form does.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, Field
+
+from triage.desk.actions import ActionError, Desk
+from triage.web.auth import Principal
+from triage.web.deps import ID_MAX
+
+VERSION_DOC = ("the work order's version the caller last saw (``version`` in its JSON; also "
+               "the ``ETag``); when the work order has changed since, nothing is done and "
+               "the answer is 409 with the changes. Absent: no check")
+
+
+class Guarded(BaseModel):
+    """A body that may carry the collision guard's version (a form: the version its page
+    showed)."""
+
+    version: int | None = Field(default=None, ge=1, le=ID_MAX, description=VERSION_DOC)
+
+
+class ActionForm(Guarded):
+    """What every action's form posts besides its own fields."""
+
+    csrf_token: str = Field(max_length=200)
+
+
+# ---- API bodies (and, with ActionForm, the forms that post the same fields) ---------------
+class Reclassify(Guarded):
+    request_type: str = Field(max_length=64)
+    priority: str = Field(max_length=64)
+
+
+class Assign(Guarded):
+    assignee: str | None = Field(default=None, max_length=64,
+                                 description="a staff user name; null unassigns")
+
+
+class Promise(Guarded):
+    promised_at: datetime | None = Field(
+        default=None, description="ISO 8601 with an offset, within the bounds of "
+                                  "triage.desk.actions.PROMISE_WINDOW")
+
+
+class StatusChange(Guarded):
+    status: str = Field(max_length=32, description="new | open | waiting_client | resolved")
+
+
+class Note(Guarded):
+    text: str = Field(max_length=20_000)
+
+
+class CalledBack(Guarded):
+    text: str = Field(default="", max_length=20_000, description="what was said (optional)")
+
+
+class Reply(Guarded):
+    body: str = Field(max_length=50_000)
+    wait_for_client: bool = False
+
+
+class ReclassifyForm(ActionForm, Reclassify):
+    pass
+
+
+class AssignForm(ActionForm, Assign):
+    pass
+
+
+class StatusForm(ActionForm):
+    status: str = Field(max_length=64)
+
+
+class NoteForm(ActionForm, Note):
+    pass
+
+
+class CalledBackForm(ActionForm, CalledBack):
+    pass
+
+
+class PromiseForm(ActionForm):
+    promised: str = Field(default="", max_length=64,
+                          description="a datetime-local value in the work order's zone")
+
+
+class ReplyForm(ActionForm):
+    body: str = Field(max_length=50_000)
+    wait: str = Field(default="", max_length=8, description="a checkbox: set means wait")
+
+
+def local_datetime(value: str, tz: str) -> datetime | None:
+    """A ``datetime-local`` form value read in the client's zone; empty clears."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+        t = t if t.tzinfo else t.replace(tzinfo=ZoneInfo(tz))
+        t.astimezone(UTC)  # the last hours of year 9999 overflow here
+    except (ValueError, OverflowError):
+        raise ActionError(f"not a date and time: {value[:40]!r}") from None
+    return t
+
+
+# The desk call: (desk, work order number, caller, API body or form, version) -> anything.
+Call = Callable[[Desk, str, Principal, Any, int | None], object]
+# A form's fields as the API body, given the work order's time zone (asked only if needed).
+FromForm = Callable[[Any, Callable[[], str]], BaseModel | None]
+
+
+def _same(form: Any, zone: Callable[[], str]) -> Any:
+    return form
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str  # the form posts to /work-orders/{number}/<name>
+    api_name: str  # the API: POST /api/v1/work-orders/{number}/<api_name>
+    done: str  # the key the form's redirect carries (triage.web.alerts.DONE)
+    summary: str  # the API route's summary in the OpenAPI document
+    form: type[ActionForm]
+    body: type[Guarded] | None  # the API's JSON body; None: only the optional version
+    call: Call
+    from_form: FromForm = _same
+    draft: tuple[str, str] | None = None  # (page's draft key, form field) kept on a conflict
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action("reclassify", "reclassify", "reclassified",
+           "Set type and priority (recomputes the due dates; kept as training data)",
+           ReclassifyForm, Reclassify,
+           lambda desk, n, who, b, v: desk.reclassify(n, who.name, b.request_type, b.priority,
+                                                      version=v)),
+    Action("assign", "assign", "assigned", "Assign (null: unassign)", AssignForm, Assign,
+           lambda desk, n, who, b, v: desk.assign(n, who.name, b.assignee or None, version=v)),
+    Action("promise", "promise", "promise set", "Set or clear the promised date",
+           PromiseForm, Promise,
+           lambda desk, n, who, b, v: desk.promise(n, who.name, b.promised_at, version=v),
+           from_form=lambda f, zone: Promise(promised_at=local_datetime(f.promised, zone()))),
+    Action("status", "status", "status changed",
+           "Change status (waiting_client pauses the SLA clocks)", StatusForm, StatusChange,
+           lambda desk, n, who, b, v: desk.set_status(n, who.name, b.status, version=v)),
+    Action("note", "notes", "note added", "Add an internal note", NoteForm, Note,
+           lambda desk, n, who, b, v: desk.note(n, who.name, b.text, version=v),
+           draft=("note", "text")),
+    Action("reply", "replies", "reply queued",
+           "Reply to the client (via the outbox; the first reply stops the response clock)",
+           ReplyForm, Reply,
+           lambda desk, n, who, b, v: desk.reply(n, who.name, b.body,
+                                                 wait_for_client=b.wait_for_client,
+                                                 agent_name=who.display_name, version=v),
+           from_form=lambda f, zone: Reply(body=f.body, wait_for_client=bool(f.wait)),
+           draft=("reply", "body")),
+    Action("called-back", "called-back", "call back logged",
+           "Log the call back (stops the call-back clock)", CalledBackForm, CalledBack,
+           lambda desk, n, who, b, v: desk.called_back(n, who.name, b.text, version=v),
+           draft=("call", "text")),
+    Action("resolve", "resolve", "resolved", "Resolve", ActionForm, None,
+           lambda desk, n, who, b, v: desk.resolve(n, who.name, version=v)),
+    Action("reopen", "reopen", "reopened", "Reopen a resolved work order", ActionForm, None,
+           lambda desk, n, who, b, v: desk.reopen(n, who.name, version=v)),
+)
+
+__all__ = ["ACTIONS", "Action", "ActionForm", "Assign", "CalledBack", "Guarded", "Note",
+           "Promise", "Reclassify", "Reply", "StatusChange", "local_datetime"]
