@@ -122,3 +122,28 @@ def test_token_last_use_revoke_and_disable(tmp_path: Path, monkeypatch: pytest.M
     assert run(monkeypatch, ["user", "enable", "eve"]) == 0
     assert users.check_password(sessions, "eve", "a long password", now) is not None
     engine.dispose()
+
+
+def test_user_email_sets_checks_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", url)
+    assert run(monkeypatch, ["user", "add", "kim", "--password-stdin", "--email",
+                             "kim at itx"], "a long password\n") == 2
+    assert "email: not one usable address" in capsys.readouterr().err
+    assert run(monkeypatch, ["user", "add", "kim", "--password-stdin"], "a long password\n") == 0
+    assert run(monkeypatch, ["user", "email", "kim", "Kim@itx.net, x@evil.example"]) == 2
+    assert "not one usable address" in capsys.readouterr().err
+    assert run(monkeypatch, ["user", "email", "kim", "kim@itx.net"]) == 0
+    out = capsys.readouterr()
+    assert "email of kim set to kim@itx.net" in out.out
+    assert _events(out.err) == [("user_email_set", "kim")]
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as s:
+        assert s.scalar(select(User.email).where(User.name == "kim")) == "kim@itx.net"
+    assert run(monkeypatch, ["user", "email", "kim", ""]) == 0
+    assert "cleared" in capsys.readouterr().out
+    with make_sessionmaker(engine)() as s:
+        assert s.scalar(select(User.email).where(User.name == "kim")) == ""
+    assert run(monkeypatch, ["user", "email", "nobody", "a@itx.net"]) == 2
+    engine.dispose()

@@ -56,6 +56,23 @@ def test_api_actions_take_a_version_and_refuse_a_stale_one_with_the_changes(web)
     assert r.status_code == 200
 
 
+
+def test_the_api_merge_takes_the_same_guard(web) -> None:  # noqa: F811
+    client, _, data = web
+    first, later, auth = data["plain"], data["hostile"], bearer(data)  # one client
+    client.post(f"/api/v1/work-orders/{later}/notes", headers=auth, json={"text": "x"})
+    stale = client.post(f"/api/v1/work-orders/{later}/merge", headers=auth,
+                        json={"other": first, "version": 1})
+    assert stale.status_code == 409 and stale.headers["etag"] == '"2"'
+    assert stale.json()["detail"]["changes"][0]["action"] == "note"
+    r = client.post(f"/api/v1/work-orders/{later}/merge", headers={**auth, "If-Match": '"1"'},
+                    json={"other": first})
+    assert r.status_code == 409
+    assert client.get(f"/api/v1/work-orders/{later}", headers=auth).json()["merged_into"] is None
+    r = client.post(f"/api/v1/work-orders/{later}/merge", headers={**auth, "If-Match": '"2"'},
+                    json={"other": first})
+    assert r.status_code == 200 and r.json()["survivor"] == first
+
 def test_api_versions_out_of_bounds_are_clear_4xx(web) -> None:  # noqa: F811
     client, _, data = web
     n, auth = data["plain"], bearer(data)
@@ -78,7 +95,7 @@ def test_the_openapi_document_describes_the_guard_and_the_live_routes(web) -> No
     doc = client.get("/api/openapi.json").json()
     paths = doc["paths"]
     for path in ("notes", "replies", "assign", "reclassify", "promise", "status",
-                 "called-back", "resolve", "reopen"):
+                 "called-back", "resolve", "reopen", "merge"):
         op = paths[f"/api/v1/work-orders/{{number}}/{path}"]["post"]
         assert "409" in op["responses"] and "changes" in op["responses"]["409"]["description"]
         assert any(p["name"].lower() == "if-match" and p["in"] == "header"

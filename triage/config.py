@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     at_risk_fraction: float = Field(default=0.75, gt=0, lt=1)
     lead_address: str = "helpdesk-lead@itx.net"
     oncall_address: str | None = None
+    # A Slack or Teams incoming-webhook URL: new urgent work orders and SLA breaches are
+    # posted there (triage.notify). Secret: the URL itself is the credential.
+    notify_webhook_url: SecretStr | None = None
     # Staff web app, served on the ops listener (ops_host:ops_port) beside /metrics.
     web_enabled: bool = True
     web_cookie_secure: bool = True  # browsers accept Secure cookies on http://localhost too
@@ -196,6 +199,16 @@ class Settings(BaseSettings):
     heldout_dir: Path | None = None
     keywords_path: Path | None = None
     retrain_hour: int = Field(default=2, ge=-1, le=23)
+
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        scheme = v.get_secret_value().strip().split(":", 1)[0].lower()
+        if scheme not in ("https", "http"):
+            raise ValueError("must be an https:// URL (a Slack or Teams incoming webhook)")
+        return SecretStr(v.get_secret_value().strip())
 
     @field_validator("from_address")
     @classmethod
@@ -425,7 +438,7 @@ def _read_toml(path: str, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: cannot be read: {e.strerror}") from e
 
 
-_SECRET_FIELDS = ("password", "token", "secret", "database_url", "mailboxes")
+_SECRET_FIELDS = ("password", "token", "secret", "database_url", "mailboxes", "webhook_url")
 
 
 def setting_name(field: str, toml_keys: Collection[str] = (), config_file: str | None = None,

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Kinds of mail that go to clients (the others, escalations and pages, go to our staff).
 CLIENT_KINDS = frozenset({"ack", "reply"})
+# Rows that are not mail: POSTed by their own sweep (triage.notify_send).
+WEBHOOK_KINDS = ("webhook",)
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,11 @@ class OutboxStore:
         return (row is not None and row.status == "sending"
                 and row.claimed_until == job.claimed_until)
 
-    def claim(self, limit: int = 10) -> list[Job]:
+    def claim(self, limit: int = 10, *, kinds: Sequence[str] | None = None) -> list[Job]:
         """Due rows, oldest first, leased to this sweep. Core statements, not the ORM: a
         sweep claims up to 50 rows, and ORM objects for them cost more than the SMTP work
-        (bench/results.md)."""
+        (bench/results.md). ``kinds``: only those (the webhook sweep's); None: all mail,
+        no webhook rows (``WEBHOOK_KINDS``, which are not sent over SMTP)."""
         now = self._clock()
         until = now + self._lease
         snapshots: list[Path] = []
@@ -202,9 +205,11 @@ class OutboxStore:
             # along (status, id) and cut at ``limit``; then the oldest ``limit`` of both. One
             # query with OR read every pending row and sorted them, per claim.
             rows: list[Row[*tuple[Any, ...]]] = []
+            which = (Outbox.kind.in_(kinds) if kinds is not None
+                     else Outbox.kind.not_in(WEBHOOK_KINDS))
             for due in ((Outbox.status == "pending") & (Outbox.next_attempt_at <= now),
                         (Outbox.status == "sending") & (Outbox.claimed_until < now)):
-                q = (select(*_CLAIM_COLUMNS).where(due, ~blocked).order_by(Outbox.id)
+                q = (select(*_CLAIM_COLUMNS).where(due, ~blocked, which).order_by(Outbox.id)
                      .limit(limit))
                 if c.dialect.name == "postgresql":
                     q = q.with_for_update(skip_locked=True)

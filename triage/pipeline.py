@@ -39,6 +39,8 @@ from triage.mailbox import Mailbox
 from triage.mailbox.backoff import Backoff
 from triage.messages import RawMessage
 from triage.metrics import Metrics
+from triage.notify import NOTIFY
+from triage.notify_send import WebhookSender, render_notify
 from triage.outbox import CLIENT_KINDS, Job, OutboxStore, answer_of
 from triage.relay import RELAY_STAGES, Held, RefusalStreak, recipient_key
 from triage.slawatch import render_escalation
@@ -127,6 +129,8 @@ class Runner:
         # (a delivered mail must not be sent again) and claimed rows to give back (None),
         # instead of leaving them to their lease (10 min). The next sweep writes them first.
         self._unfinished: list[tuple[Job, SendResult | None]] = []
+        # Posts the outbox's webhook rows (triage.notify_send); None: no webhook configured.
+        self.webhook: WebhookSender | None = None
         # One thread for ingestion and one for the outbox's database work, not the shared
         # pool: every thread that allocates gets its own glibc malloc arena, and batches of
         # mail spread over the pool's threads cost ~30 MB of peak RSS (bench/results.md).
@@ -273,9 +277,16 @@ class Runner:
         """One sweep: (sent, failed). One sweep at a time per process; it stops at the first
         transient failure (later mail never overtakes earlier), when asked to stop, or when
         the lease is too short to send one more message safely."""
-        if self.sweep_lock.locked() or time.monotonic() < self._paused_until:
+        if self.sweep_lock.locked():
             return 0, 0
         async with self.sweep_lock:
+            if self.webhook is not None:  # not mail: its own sweep, not held by SMTP trouble
+                try:
+                    await self.webhook.sweep(self._outbox_db, limit)
+                except Exception as e:
+                    log_sweep_failure(e, "webhook sweep")
+            if time.monotonic() < self._paused_until:
+                return 0, 0
             if self._unfinished:
                 await self._outbox_db(self._finish_unfinished)
             return await self._sweep(limit)
@@ -515,6 +526,9 @@ class Runner:
                 return render_reply(self.env, job.context, job.message_id, job.to_addr,
                                     from_address=self.from_address, from_name=self.from_name,
                                     phone=self.phone)
+            if job.kind == NOTIFY:  # staff notifications (triage.notify)
+                return render_notify(self.env, job.context, job.message_id, job.to_addr,
+                                     self.from_address)
             if job.kind != "ack":  # escalations and pages: SLA watch rows
                 return render_escalation(self.env, job.context, job.message_id, job.to_addr,
                                          self.from_address)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.installed import best_model_path
 from triage.ack import make_env
-from triage.addresses import SendPolicy
+from triage.addresses import SendPolicy, normalise
 from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
 from triage.desk.screened import Screening
@@ -46,6 +46,8 @@ from triage.lease import Lease, mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox, MailboxAuthError, MailboxError, PermanentMailboxError
 from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
+from triage.notify import NOTIFY
+from triage.notify_send import WebhookSender
 from triage.oauth import TokenSources
 from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy
 from triage.pipeline import Runner, log_sweep_failure
@@ -199,7 +201,13 @@ def send_policy(settings: Settings) -> Callable[[Job], str | None]:
                                   if a])
 
     def check(job: Job) -> str | None:
-        return policy.refusal(job.to_addr, to_staff=job.kind not in CLIENT_KINDS)
+        reason = policy.refusal(job.to_addr, to_staff=job.kind not in CLIENT_KINDS)
+        if (reason == "own_address" and job.kind == NOTIFY
+                and normalise(job.to_addr) not in policy.own_keys):
+            # A staff user's own address (written from the users table when queued): mail
+            # inside our domain is what it is for; the helpdesk's own addresses stay refused.
+            return None
+        return reason
 
     return check
 
@@ -265,10 +273,13 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
     runner = runners[0][1]
     for _, r in runners:
         r.sender = runner
+    if settings.notify_webhook_url is not None:
+        runner.webhook = WebhookSender(outbox, settings.notify_webhook_url.get_secret_value())
     watch = SlaWatch(
         sessions, policy, clock, at_risk_fraction=settings.at_risk_fraction,
         lead_address=settings.lead_address, oncall_address=settings.oncall_address,
         from_domain=settings.from_address.rsplit("@", 1)[-1], reads=reads,
+        webhook=settings.notify_webhook_url is not None,
     )
     desk = Desk(sessions, policy, DeskConfig(settings.from_address, settings.at_risk_fraction),
                 clock, on_first_response=metrics.observe_first_response)

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage import notify
 from triage.outbox_enqueue import Mail, enqueue, sender_domain
 from triage.parse import clean_header
 from triage.sla import SlaPolicy
@@ -96,6 +97,9 @@ class Desk:
         wo = s.scalar(select(WorkOrder).where(WorkOrder.number == number).with_for_update())
         if wo is None:
             raise NotFound(number)
+        if wo.merged_into_id is not None:
+            into = s.scalar(select(WorkOrder.number).where(WorkOrder.id == wo.merged_into_id))
+            raise ActionError(f"{number} was merged into {into}; act on that work order")
         if version is not None and wo.version != version:
             raise Conflict(number, version, wo.version, changes_since(s, wo.id, version))
         return wo
@@ -150,8 +154,15 @@ class Desk:
                 user = s.scalar(select(User).where(User.name == assignee, User.active))
                 if user is None:
                     raise ActionError(f"no active staff user {assignee!r}")
+            was = wo.assignee_id
             wo.assignee_id = user.id if user else None
             self._event(s, wo, actor, "assigned", {"to": user.name if user else None}, now)
+            if user is not None and user.id != was and user.name != actor and user.email:
+                # Told by mail, through the outbox: it commits with the assignment or not
+                # at all, once per assignment (triage.notify).
+                enqueue(s.connection(), [notify.assigned(
+                    wo, wo.client.name, user.email, _who(s, actor), wo.version, now)],
+                    domain=self._domain, now=now)
         return wo
 
     def promise(self, number: str, actor: str, when: datetime | None, *,
@@ -303,6 +314,12 @@ def changes_since(s: Session, wo_id: int, version: int) -> list[Change]:
             for e in s.scalars(select(Event).where(Event.work_order_id == wo_id,
                                                    Event.wo_version > version)
                                .order_by(Event.id).limit(50))]
+
+
+def _who(s: Session, name: str) -> str:
+    """A staff user's display name (their login name without one)."""
+    shown = s.scalar(select(User.display_name).where(User.name == name))
+    return shown or name
 
 
 def _note_text(text: str, *, required: bool) -> str:

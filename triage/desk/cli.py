@@ -128,6 +128,14 @@ def cmd_user_enable(ns: argparse.Namespace) -> int:
     return _change(ns, "enable", run, "user_enabled")
 
 
+def cmd_user_email(ns: argparse.Namespace) -> int:
+    def run(s: Session, user: User) -> str:
+        users.set_email(user, ns.address)
+        return (f"email of {user.name} set to {user.email}" if user.email
+                else f"email of {user.name} cleared (no notifications by mail)")
+    return _change(ns, "email", run, "user_email_set")
+
+
 def cmd_user_token_revoke(ns: argparse.Namespace) -> int:
     def run(s: Session, user: User) -> str:
         if users.revoke_api_token(s, user):

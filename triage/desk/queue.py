@@ -350,7 +350,10 @@ def work_order_detail(s: Session, policy: SlaPolicy, number: str,
         select(Message).where(Message.work_order_id == wo.id)
         .options(selectinload(Message.attachments))
         .order_by(Message.received_at, Message.id)))
-    outbox = list(s.scalars(select(Outbox).where(Outbox.work_order_id == wo.id)
+    # Our mail to the work orders merged into this one is part of its thread too.
+    merged = select(WorkOrder.id).where(WorkOrder.merged_into_id == wo.id)
+    outbox = list(s.scalars(select(Outbox).where(or_(Outbox.work_order_id == wo.id,
+                                                     Outbox.work_order_id.in_(merged)))
                             .order_by(Outbox.id)))
     events = list(s.scalars(select(Event).where(Event.work_order_id == wo.id)
                             .order_by(Event.at, Event.id)))

@@ -24,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage.addresses import AddressError, parse
 from triage.storage.models import User, WebSession
 
 SESSION_TTL = timedelta(hours=12)
@@ -51,11 +52,23 @@ def add_user(s: Session, name: str, password: str, *, display_name: str = "",
         raise UserError(f"password: at least {MIN_PASSWORD} characters")
     if s.scalar(select(User.id).where(User.name == name)) is not None:
         raise UserError(f"user {name!r} exists (use --reset to set a new password)")
-    user = User(name=name, display_name=display_name or name, email=email,
+    user = User(name=name, display_name=display_name or name, email="",
                 password_hash=_hasher.hash(password), active=True, failed_logins=0)
+    set_email(user, email)
     s.add(user)
     s.flush()
     return user
+
+
+def set_email(user: User, email: str) -> None:
+    """The address a user's notifications and escalations go to; "" clears it."""
+    email = email.strip()
+    if email:
+        try:
+            parse(email)
+        except AddressError as e:
+            raise UserError(f"email: not one usable address ({e.reason})") from None
+    user.email = email
 
 
 def random_password() -> str:

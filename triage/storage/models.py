@@ -199,9 +199,13 @@ class WorkOrder(Base):
     # Counts the changes staff or the client made (triage.desk.actions, a client's reply);
     # a page carries it, and an action sent from an older page is refused (collision guard).
     version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    # Set on a work order merged into another of the same client (triage.desk.merge): it is
+    # resolved, its thread lives on there, and mail answering it threads there.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("work_orders.id"), index=True)
 
     client: Mapped[Client] = relationship()
     assignee: Mapped[User | None] = relationship()
+    merged_into: Mapped[WorkOrder | None] = relationship(remote_side=[id])
 
     # The staff queue's indexes (migration 0004): partial, over the active work orders only.
     __table_args__ = (
@@ -243,6 +247,8 @@ class Outbox(Base):
     smtp_response: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # One notification to staff (triage.notify): unique, so it is never queued twice.
+    notify_key: Mapped[str | None] = mapped_column(String(255), unique=True)
 
     # The claim walks each status in id order (migration 0006); the store counts the last
     # hour's acknowledgments per address, per domain and in all (migration 0009).

@@ -50,6 +50,7 @@ from datetime import datetime
 from typing import Any
 
 from classifiers.types import Decision
+from triage import notify
 from triage.addresses import ACK_REASONS, AddressError, rate_keys, rate_refusal
 from triage.messages import DueDates, ParsedEmail
 from triage.parse import build_reply_headers, clean_header
@@ -298,6 +299,13 @@ class Decider:
         plan = Plan(Outcome(item.raw.uid, "reply", work_order=wo.number), message=message,
                     fetch=self._fetch(item, message.ref), events=events,
                     changes=[WorkOrderChange(wo.id, {c: getattr(after, c) for c in _CHANGED})])
+        if wo.assignee_email and item.parsed is not None:
+            # The assignee hears of it by mail, once per reply (the version it made).
+            plan.mails.append(NewMail(
+                notify.NOTIFY, wo.id, wo.assignee_email, notify.TEMPLATE,
+                notify.client_reply_context(wo, wo.client_name or wo.client_key,
+                                            item.parsed.text, now),
+                notify_key=f"client_reply:{wo.id}:{v}"))
         self.ctx.work_orders[wo.id] = after
         return self._accept(item, key, plan)
 
@@ -354,6 +362,11 @@ class Decider:
             events=[NewEvent(wo.ref, "created", {
                 "type": d.label, "priority": priority,
                 "confidence": round(float(d.confidence), 4), **(detail or {})}, now, actor)])
+        if priority == "urgent" and self.cfg.notify_webhook:
+            plan.mails.append(NewMail(
+                notify.WEBHOOK, wo.ref, notify.WEBHOOK_RECIPIENT, notify.WEBHOOK,
+                notify.urgent_context(None, p.subject, ckey, d.label, now),
+                notify_key="webhook:urgent:{wo}"))
         if refused is None:
             in_reply_to, references = build_reply_headers(p)
             plan.mails.append(NewMail("ack", wo.ref, p.from_addr, f"ack/{d.label}", {

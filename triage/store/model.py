@@ -86,6 +86,8 @@ class StoreConfig:
     ack_rate_global_per_hour: int = 1000
     own_addresses: tuple[str, ...] = ()
     own_domains: tuple[str, ...] = ()
+    # A webhook is configured: new urgent work orders queue a webhook row (triage.notify).
+    notify_webhook: bool = False
 
     @cached_property
     def send_policy(self) -> SendPolicy:

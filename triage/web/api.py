@@ -153,6 +153,7 @@ def _wo_json(wo: WorkOrder) -> dict[str, Any]:
         "next_due": _iso(wo.next_due), "promised_at": _iso(wo.promised_at),
         "first_response_at": _iso(wo.first_response_at), "resolved_at": _iso(wo.resolved_at),
         "called_back_at": _iso(wo.called_back_at), "version": wo.version,
+        "merged_into": wo.merged_into.number if wo.merged_into else None,
     }
 
 

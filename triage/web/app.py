@@ -47,7 +47,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from triage.web import api, auth, live, pages, screened
+from triage.web import api, auth, live, merge, pages, screened
 from triage.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, LoginRequired, safe_next
 from triage.web.deps import Renderer, WebDeps, make_templates
 from triage.web.pages import clean_html
@@ -58,8 +58,8 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
                     "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 
 # In this order: the pages, then the API (the OpenAPI document lists its paths in this order).
-ROUTERS: tuple[APIRouter, ...] = (auth.router, pages.router, screened.router, api.router,
-                                  screened.api, live.router, api.docs)
+ROUTERS: tuple[APIRouter, ...] = (auth.router, pages.router, screened.router, merge.router,
+                                  api.router, screened.api, merge.api, live.router, api.docs)
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
