@@ -456,7 +456,7 @@ async def test_tempfail_holds_only_the_same_recipients_later_mail(
     from triage.config import Settings
     from triage.service import Service, build
 
-    monkeypatch.setattr("triage.outbox.random.random", lambda: 0.5)  # jitter made exact
+    monkeypatch.setattr("triage.outbox.store.random.random", lambda: 0.5)  # jitter made exact
     settings = Settings(
         mailbox_url=f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
         mailbox_password=dovecot.password, smtp_url=sink.url,

@@ -23,7 +23,7 @@ from triage.config import Settings
 from triage.desk import users
 from triage.mailbox.maildir import MaildirMailbox
 from triage.notify import WEBHOOK_RECIPIENT, breached, webhook_text
-from triage.outbox_enqueue import enqueue
+from triage.outbox.enqueue import enqueue
 from triage.service import build
 from triage.slawatch import SlaWatch
 from triage.storage.models import Event, Outbox, SlaAlert, WorkOrder
@@ -136,9 +136,9 @@ async def test_assignee_mail_and_urgent_webhook_arrive_once(tmp_path: Path, db_u
             f"Subject: Re: [{number}] website\r\nMessage-ID: <n2@harborview.com>\r\n"
             f"In-Reply-To: <{ack.message_id}>\r\n\r\nIt is back up now, thanks!\r\n").encode())
         assert await runner.process_waiting() == 1
-        sent, failed = await runner.drain_outbox()
+        sent, failed = await runner.sender.drain()
         assert (sent, failed) == (4, 0)  # the ack, two assignments, bob's client reply
-        assert (await runner.drain_outbox()) == (0, 0)
+        assert (await runner.sender.drain()) == (0, 0)
         await runner.mailbox.close()
     mails = [email.message_from_bytes(r.data, policy=email.policy.default)
              for r in smtp_sink.received]
@@ -176,19 +176,19 @@ async def test_a_failing_webhook_is_retried_and_not_duplicated(
         await runner.mailbox.connect()
         assert await runner.process_waiting() == 1
         # The webhook fails twice (500, 503); the mail goes out regardless.
-        assert (await runner.drain_outbox()) == (1, 0)
+        assert (await runner.sender.drain()) == (1, 0)
         (row,) = rows(c, "webhook")
         assert (row.status, row.attempts) == ("pending", 1) and "500" in (row.last_error or "")
-        await runner.drain_outbox()
+        await runner.sender.drain()
         (row,) = rows(c, "webhook")
         assert (row.status, row.attempts) == ("pending", 2) and "503" in (row.last_error or "")
         # The SMTP server goes away and the outbox pauses: the webhook is not held by it.
         smtp_sink.stop()
         c.desk.reply(number_of(c), "bob", "On it.")
-        assert (await runner.drain_outbox()) == (0, 1)
+        assert (await runner.sender.drain()) == (0, 1)
         (row,) = rows(c, "webhook")
         assert row.status == "sent" and rows(c, "reply")[0].status == "pending"
-        await runner.drain_outbox()  # paused for mail; nothing left to post
+        await runner.sender.drain()  # paused for mail; nothing left to post
         smtp_sink.start()
         await runner.mailbox.close()
     (row,) = rows(c, "webhook")
@@ -210,8 +210,8 @@ async def test_a_webhook_that_refuses_for_good_is_dead_lettered(tmp_path: Path,
         async with c.transport:
             await c.runner.mailbox.connect()
             assert await c.runner.process_waiting() == 1
-            await c.runner.drain_outbox()
-            await c.runner.drain_outbox()
+            await c.runner.sender.drain()
+            await c.runner.sender.drain()
             await c.runner.mailbox.close()
         (row,) = rows(c, "webhook")
         assert row.status == "dead" and len(gone.posts) == 1

@@ -279,7 +279,11 @@ def test_each_action_row_has_a_form_route_an_api_route_and_a_done_key(web) -> No
     for a in ACTIONS:
         assert ("POST", f"/work-orders/{{number}}/{a.name}") in routes, a.name
         assert ("POST", f"/api/v1/work-orders/{{number}}/{a.api_name}") in routes, a.name
-        assert done_text(a.done) == a.done, a.done
+        for key in (a.done, *a.more_done):
+            assert done_text(key) == key, key
+    # One route each: no module registers an action's path a second time.
+    paths = [(m, r.path) for r in iter_route_contexts(app.routes) for m in r.methods or ()]
+    assert len(paths) == len(set(paths))
 
 
 def test_openapi_is_served_to_staff(web) -> None:

@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     web_enabled: bool = True
     web_cookie_secure: bool = True  # browsers accept Secure cookies on http://localhost too
     web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # Files staff attach to a reply (triage.desk.uploads): count, size each, size in all.
+    reply_max_files: int = Field(default=10, ge=0, le=100)
+    reply_max_file_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    reply_max_total_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     # Corrections become training data; a nightly retrain swaps the model in only when its
     # held-out macro-F1 is not worse. retrain_hour is UTC; -1 turns the job off.
     corrections_dir: Path = Path("var/corrections")

@@ -28,7 +28,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from triage.outbox_enqueue import Mail
+from triage.outbox.enqueue import Mail
 from triage.parse import clean_header
 
 NOTIFY = "notify"

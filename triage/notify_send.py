@@ -14,7 +14,7 @@ import httpx
 from jinja2 import Environment
 
 from triage.notify import TEMPLATE, WEBHOOK, webhook_text
-from triage.outbox import Job, OutboxStore
+from triage.outbox.store import Job, OutboxStore
 from triage.parse import clean_header
 from triage.smtp import SendResult
 
@@ -60,7 +60,7 @@ async def post(client: httpx.AsyncClient, url: str, job: Job) -> SendResult:
 
 
 class WebhookSender:
-    """Sends the outbox's webhook rows; run by the outbox sweep (``Runner.drain_outbox``).
+    """Sends the outbox's webhook rows; run by the outbox sweep (``Sender.drain``).
 
     ``run_db`` runs the outbox's database work where the sweep runs it (its own thread)."""
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from classifiers.installed import best_model_path
 from triage.ack import make_env
 from triage.addresses import SendPolicy, normalise
+from triage.backoff import Backoff
 from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
 from triage.desk.screened import Screening
@@ -44,16 +45,17 @@ from triage.ingest import (
 )
 from triage.lease import Lease, mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox, MailboxAuthError, MailboxError, PermanentMailboxError
-from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
 from triage.notify import NOTIFY
 from triage.notify_send import WebhookSender
 from triage.oauth import TokenSources
-from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy
-from triage.pipeline import Runner, log_sweep_failure
+from triage.outbox.recorders import recorder_for
+from triage.outbox.render import AckPolicy, Letterhead, Renderers
+from triage.outbox.sender import Sender, log_sweep_failure
+from triage.outbox.store import CLIENT_KINDS, Job, OutboxStore, RetryPolicy
+from triage.pipeline import Runner
 from triage.relay import RefusalStreak
 from triage.resources import TEMPLATES_DIR
-from triage.sentlog import SentLog
 from triage.sla import SlaPolicy, SlaPolicyError, load_policy
 from triage.slawatch import SlaWatch
 from triage.smtp import Transport
@@ -212,15 +214,6 @@ def send_policy(settings: Settings) -> Callable[[Job], str | None]:
     return check
 
 
-def sent_log_for(engine: Engine) -> SentLog | None:
-    """The file beside a SQLite database where the outbox logs deliveries; None for
-    PostgreSQL, whose row locks let the sender write beside ingestion."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return SentLog.beside(Path(url.database).resolve())
-
-
 def _wire(settings: Settings, worker: IngestWorker | None, classifier: ClassifierLike | None,
           model_path: Path | None, mailbox: Mailbox | None, transport: Transport | None,
           clock: Callable[[], datetime]) -> Components:
@@ -243,38 +236,36 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
         RetryPolicy(settings.outbox_max_attempts, settings.outbox_retry_base,
                     settings.outbox_retry_cap),
         clock,
-        timezone_for=lambda contract: policy.calendar(contract).tz.key,
-        priority_meaning=policy.priority_meaning,
-        sent_log=sent_log_for(engine),
-        fulfil_within=policy.fulfil_in_words,
+        recorder=recorder_for(engine),
     )
     metrics = Metrics()
     tokens = token_sources(settings, engine, metrics.observe_token_request)
     tokens.observe_refresh = metrics.observe_refresh_token
     transport = transport or make_transport(settings, tokens)
-    env = make_env(settings.templates_dir)
+    renderers = Renderers(
+        make_env(settings.templates_dir),
+        Letterhead(settings.from_address, settings.from_name, settings.helpdesk_phone),
+        AckPolicy(lambda contract: policy.calendar(contract).tz.key,
+                  policy.priority_meaning, policy.fulfil_in_words),
+        attachments_dir=settings.attachments_dir)
+    # One sender per process, whatever the number of mailboxes.
+    sender = Sender(outbox, transport, renderers, transport_pause=settings.outbox_retry_base,
+                    metrics=metrics, address_policy=send_policy(settings),
+                    refusals=RefusalStreak(settings.relay_refusal_recipients,
+                                           settings.relay_refusal_domains,
+                                           settings.relay_refusal_window))
+    if settings.notify_webhook_url is not None:
+        sender.webhook = WebhookSender(outbox, settings.notify_webhook_url.get_secret_value())
     configs = settings.mailbox_configs()
     if mailbox is not None:  # a test's own mailbox stands for the first configured one
         configs = configs[:1]
     runners = [
         (cfg, Runner(
             mailbox if mailbox is not None else make_mailbox(settings, cfg, tokens), ingest,
-            outbox, transport, env,
-            from_address=settings.from_address, from_name=settings.from_name,
-            phone=settings.helpdesk_phone, batch_size=settings.batch_size,
-            transport_pause=settings.outbox_retry_base, metrics=metrics,
-            address_policy=send_policy(settings),
-            refusals=RefusalStreak(settings.relay_refusal_recipients,
-                                   settings.relay_refusal_domains,
-                                   settings.relay_refusal_window),
-        ))
+            sender, batch_size=settings.batch_size, metrics=metrics))
         for cfg in configs
     ]
     runner = runners[0][1]
-    for _, r in runners:
-        r.sender = runner
-    if settings.notify_webhook_url is not None:
-        runner.webhook = WebhookSender(outbox, settings.notify_webhook_url.get_secret_value())
     watch = SlaWatch(
         sessions, policy, clock, at_risk_fraction=settings.at_risk_fraction,
         lead_address=settings.lead_address, oncall_address=settings.oncall_address,
@@ -325,7 +316,7 @@ class Poller:
         self.last_ok = time.monotonic()
         settings = service.settings
         self.backoff = Backoff(base=1.0, cap=min(300.0, max(30.0, settings.poll_interval * 5)))
-        runner.should_stop = service.should_exit.is_set
+        runner.should_stop = runner.sender.should_stop = service.should_exit.is_set
         url = cfg.parsed
         self.lease = make_lease(service.c.engine, mailbox_lease_name(
             url.scheme, url.host, url.port, url.user, url.folder, url.path))
@@ -522,11 +513,11 @@ class Service:
                 finally:
                     await p.lease.release()
             while True:
-                sent, failed = await self.c.runner.drain_outbox()
+                sent, failed = await self.c.runner.sender.drain()
                 if failed or not sent:
                     break
-        log.info("run --once: %d messages, counters %s", n,
-                 [p.runner.counters for p in self.pollers])
+        log.info("run --once: %d messages, counters %s %s", n,
+                 [p.runner.counters for p in self.pollers], self.c.runner.sender.counters)
         return n
 
     async def run(self) -> None:
@@ -557,7 +548,8 @@ class Service:
                         async with asyncio.timeout(10):
                             await ops
         await asyncio.to_thread(self.c.close)  # the ingest worker, then the pool
-        log.info("stopped; counters %s", [p.runner.counters for p in self.pollers])
+        log.info("stopped; counters %s %s", [p.runner.counters for p in self.pollers],
+                 self.c.runner.sender.counters)
         if self.fatal is not None:
             raise FatalMailboxError(str(self.fatal)) from self.fatal
 
@@ -576,6 +568,7 @@ class Service:
         )
         if self.settings.web_enabled:
             from triage.desk.sent import SentAcks
+            from triage.desk.uploads import UploadLimits
             from triage.web.app import WebDeps, create_web_app
 
             app = create_web_app(WebDeps(
@@ -584,6 +577,9 @@ class Service:
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
                 screening=self.c.screening(), metrics=self.c.metrics,
+                upload_limits=UploadLimits(self.settings.reply_max_files,
+                                           self.settings.reply_max_file_bytes,
+                                           self.settings.reply_max_total_bytes),
                 templates_dir=self.settings.templates_dir or TEMPLATES_DIR,
                 acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
                               phone=self.settings.helpdesk_phone,
@@ -609,7 +605,7 @@ class Service:
 
     async def _check_smtp(self) -> None:
         await self.c.transport.check()
-        trouble = self.c.runner.send_trouble
+        trouble = self.c.runner.sender.send_trouble
         if trouble:  # reachable, but refusing (4xx) or failing our mail
             raise SendFailing(trouble)
 
@@ -619,7 +615,7 @@ class Service:
         scheduler.pause()
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout):
-                async with self.c.runner.sweep_lock:
+                async with self.c.runner.sender.sweep_lock:
                     for p in self.pollers:
                         async with p.lock:
                             pass  # free: no batch in flight on this mailbox
@@ -627,10 +623,10 @@ class Service:
             log.warning("shutdown: work still running after %.0fs; cancelling it",
                         self.settings.shutdown_timeout)
         scheduler.shutdown(wait=False)
-        try:  # deliveries still only in the sent log go into the outbox table
-            await asyncio.to_thread(self.c.runner.outbox.flush)
+        try:  # deliveries not yet in the outbox table go into it
+            await asyncio.to_thread(self.c.runner.sender.outbox.flush)
         except Exception:
-            log.exception("shutdown: the sent log could not be applied; the next start will")
+            log.exception("shutdown: deliveries could not be applied; the next start will")
         for p in self.pollers:
             with contextlib.suppress(Exception):
                 await p.mailbox.close()
@@ -670,7 +666,7 @@ class Service:
     async def outbox_job(self) -> None:
         try:
             while not self.should_exit.is_set():
-                sent, failed = await self.c.runner.drain_outbox()
+                sent, failed = await self.c.runner.sender.drain()
                 if failed or not sent:
                     return
         except Exception as e:

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage import notify
 from triage.ack import quote_subject
 from triage.calendar import humanize_due
-from triage.outbox_enqueue import Mail, enqueue
+from triage.outbox.enqueue import Mail, enqueue
 from triage.sla import STANDARD, SlaPolicy
 from triage.slamarks import (
     ONCALL_RETURN,

@@ -145,15 +145,19 @@ class RawBlob(Base):
 
 
 class AttachmentRow(Base):
+    """A file on a client's message (``message_pk``) or on a staff reply (``outbox_id``, the
+    reply's outbox row; migration 0015); the file itself is content-addressed on disk."""
+
     __tablename__ = "attachments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(1024))
-    message: Mapped[Message] = relationship(back_populates="attachments")
+    message: Mapped[Message | None] = relationship(back_populates="attachments")
 
 
 class WorkOrder(Base):
@@ -249,6 +253,9 @@ class Outbox(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # One notification to staff (triage.notify): unique, so it is never queued twice.
     notify_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    # A reply's files (the context's "attachments" name them for the renderer).
+    attachments: Mapped[list[AttachmentRow]] = relationship(viewonly=True)
 
     # The claim walks each status in id order (migration 0006); the store counts the last
     # hour's acknowledgments per address, per domain and in all (migration 0009).
@@ -372,6 +379,21 @@ class Presence(Base):
                                        name="uq_presence_work_order_user"),)
 
 
+class CannedReply(Base):
+    """A staff-written reply template (triage.desk.canned): Jinja2 text rendered in a sandbox
+    over a work order's variables; ``request_types`` are the types it is suggested for."""
+
+    __tablename__ = "canned_replies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    request_types: Mapped[list[Any]] = mapped_column(default=list)
+    created_by: Mapped[str] = mapped_column(String(64))
+    updated_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OAuthToken(Base):
     """A delegated OAuth2 login (``triage oauth login``): the user's refresh token and the
     access token it last gave, both encrypted (triage.oauth_store), shared by every process
@@ -390,7 +412,7 @@ class OAuthToken(Base):
 
 
 __all__ = [
-    "AttachmentRow", "Base", "Client", "Correction", "Event", "Fetch", "LoginThrottle",
-    "MailboxState", "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert", "User",
-    "WebSession", "WorkOrder", "utcnow",
+    "AttachmentRow", "Base", "CannedReply", "Client", "Correction", "Event", "Fetch",
+    "LoginThrottle", "MailboxState", "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert",
+    "User", "WebSession", "WorkOrder", "utcnow",
 ]

@@ -230,7 +230,8 @@ def stored_fingerprints(conn: Connection, message_pks: Iterable[int]) -> dict[in
     for chunk in in_chunks(message_pks):
         for message_pk, sha in conn.execute(select(AttachmentRow.message_pk, AttachmentRow.sha256)
                                             .where(AttachmentRow.message_pk.in_(chunk))):
-            shas.setdefault(message_pk, []).append(sha)
+            if message_pk is not None:  # always, by the IN; reply files have none
+                shas.setdefault(message_pk, []).append(sha)
         for message_pk, headers, text, html in conn.execute(
                 select(Message.id, Message.headers, Message.body_text, Message.body_html)
                 .where(Message.id.in_(chunk))):

@@ -95,7 +95,7 @@ class WorkOrderChange:
 
 @dataclass
 class NewMail:
-    """An outbox row for ``triage.outbox_enqueue`` once its work order has an id."""
+    """An outbox row for ``triage.outbox.enqueue`` once its work order has an id."""
 
     kind: str
     work_order: RowId

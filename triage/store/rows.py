@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from triage.outbox_enqueue import Mail, enqueue
+from triage.outbox.enqueue import Mail, enqueue
 from triage.storage.models import (
     AttachmentRow,
     Client,

@@ -184,7 +184,9 @@ def _detail_json(d: Detail) -> dict[str, Any]:
         elif t.outbox is not None:
             o = t.outbox
             thread.append({"kind": o.kind, "at": _iso(t.at), "to": o.to_addr,
-                           "status": o.status, "text": (o.context or {}).get("body")})
+                           "status": o.status, "text": (o.context or {}).get("body"),
+                           "attachments": [{"id": a.id, "filename": a.filename,
+                                            "size": a.size} for a in o.attachments]})
         elif t.event is not None:
             thread.append({"kind": "note", "at": _iso(t.at), "by": t.event.actor,
                            "text": (t.event.detail or {}).get("text")})

@@ -8,6 +8,8 @@ beside the ops endpoints. This module only assembles it:
 - ``triage.web.screened``: the Screened pages and their API;
 - ``triage.web.live``: the live queue's poll and presence (the API's collision guard is in
   ``triage.web.api``);
+- ``triage.web.compose``: canned replies (pages, API, inserting into the reply form) and the
+  gate on a reply's upload size;
 - ``triage.web.actions``: the work-order actions, one row each, behind both a form and an
   API route.
 
@@ -47,7 +49,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from triage.web import api, auth, live, merge, pages, screened
+from triage.web import api, auth, compose, live, merge, pages, screened
 from triage.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, LoginRequired, safe_next
 from triage.web.deps import Renderer, WebDeps, make_templates
 from triage.web.pages import clean_html
@@ -59,7 +61,8 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
 
 # In this order: the pages, then the API (the OpenAPI document lists its paths in this order).
 ROUTERS: tuple[APIRouter, ...] = (auth.router, pages.router, screened.router, merge.router,
-                                  api.router, screened.api, merge.api, live.router, api.docs)
+                                  compose.router, api.router, screened.api, merge.api,
+                                  compose.api, live.router, api.docs)
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
@@ -82,6 +85,7 @@ def create_web_app(deps: WebDeps, *, extra_routes: list[BaseRoute] | None = None
     app.state.render = Renderer(deps)
     app.state.scripts = pages.list_scripts(deps.templates_dir)
     app.add_middleware(SecurityHeaders)
+    compose.gate_uploads(app, deps, headers=SECURITY_HEADERS)
     auth.throttle_logins(app, deps, headers=SECURITY_HEADERS)  # added last: outermost
     app.add_exception_handler(LoginRequired, auth.login_required)
     app.add_exception_handler(RequestValidationError, pages.invalid_request)

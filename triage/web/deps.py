@@ -8,7 +8,7 @@ This module imports no route module, so every route module can import it.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -25,6 +25,7 @@ from triage.desk.actions import STATUS_LABELS, Desk
 from triage.desk.queue import format_remaining
 from triage.desk.screened import Screening, awaiting_count
 from triage.desk.sent import SentAcks
+from triage.desk.uploads import UploadLimits
 from triage.metrics import Metrics
 from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
@@ -55,6 +56,7 @@ class WebDeps:
     acks: SentAcks | None = None  # renders sent acknowledgments (None: shown without text)
     metrics: Metrics | None = None  # the failed-login counter (None: not counted)
     login_buckets: LoginBuckets | None = None  # None: the default limits
+    upload_limits: UploadLimits = field(default_factory=UploadLimits)  # files on a reply
 
 
 def make_templates(templates_dir: Path = TEMPLATES_DIR) -> Environment:

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from triage.desk.actions import STATUSES, ActionError, Conflict, NotFound
+from triage.desk.canned import listing as canned_listing
 from triage.desk.live import present
 from triage.desk.queue import (
     ACTIVE,
@@ -34,8 +35,9 @@ from triage.desk.queue import (
     work_order_detail,
 )
 from triage.desk.sent import SentAcks
+from triage.desk.uploads import UploadRefused
 from triage.storage.models import Outbox, WorkOrder
-from triage.web.actions import ACTIONS, Action
+from triage.web.actions import ACTIONS, Action, FormContext
 from triage.web.alerts import done_text
 from triage.web.auth import Principal, Who, check_csrf
 from triage.web.deps import Deps, Number, Render, Renderer, RowId, WebDeps
@@ -183,7 +185,9 @@ def work_order_view(deps: WebDeps, render: Renderer, who: Principal, number: str
         return render("work_order", status, session=s, who=who, d=d, wo=d.wo, now=now,
                       presence=presence, bodies=bodies, ack_texts=ack_texts, staff=staff_names(s),
                       types=policy.types, priorities=policy.priorities, statuses=STATUSES,
-                      done=done, error=error[:300], conflict=conflict, drafts=drafts or {})
+                      done=done, error=error[:300], conflict=conflict, drafts=drafts or {},
+                      canned=canned_listing(s, d.wo.request_type),
+                      upload_limits=deps.upload_limits)
 
 
 @router.get("/work-orders/{number}/attachments/{attachment_id}")
@@ -218,21 +222,26 @@ def zone_of(deps: WebDeps, render: Renderer, number: str) -> str:
 def act(deps: WebDeps, render: Renderer, who: Principal, number: str, action: Action,
         form: Any) -> Response:
     """Run ``action`` from its form; back to the page with its done key, or the page again
-    with the error (after a conflict, with what changed and what was typed)."""
+    with the error and what was typed (after a conflict, with what changed too)."""
     check_csrf(who, form.csrf_token)
-    drafts = {action.draft[0]: getattr(form, action.draft[1])} if action.draft else None
+    drafts = action.drafts(form) if action.drafts else None
     try:
-        body = action.from_form(form, lambda: zone_of(deps, render, number))
+        body = action.from_form(form, FormContext(deps, lambda: zone_of(deps, render, number)))
         action.call(deps.desk, number, who, body, form.version)
     except NotFound:
         raise HTTPException(404, f"no work order {number}") from None
     except Conflict as e:  # the page was stale: show what changed, keep what was typed
         return work_order_view(deps, render, who, number, error=str(e), status=409,
                                conflict=e, drafts=drafts)
+    except UploadRefused as e:  # nothing was stored: the files to choose again are moot
+        typed = {k: v for k, v in (drafts or {}).items() if k != "files"}
+        return work_order_view(deps, render, who, number, error=str(e), status=e.status,
+                               drafts=typed)
     except ActionError as e:
         return work_order_view(deps, render, who, number, error=str(e), status=422)
+    done = action.done_of(body) if action.done_of else action.done
     target = f"/work-orders/{quote(number)}"
-    return RedirectResponse(f"{target}?{urlencode({'done': action.done})}", status_code=303)
+    return RedirectResponse(f"{target}?{urlencode({'done': done})}", status_code=303)
 
 
 def _form_route(action: Action) -> None:

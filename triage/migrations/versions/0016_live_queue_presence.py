@@ -1,7 +1,7 @@
 """live queue and presence: an index for "what changed since", and who has a work order open
 
 Revision ID: 0016
-Revises: 0018
+Revises: 0015
 Create Date: 2026-12-04 09:00:00
 
 ``ix_work_orders_changed`` (updated_at, number, version) answers the live queue's poll with
@@ -18,7 +18,7 @@ from alembic import op
 import triage.storage.models
 
 revision = "0016"
-down_revision = "0018"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
