@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from triage.cli import main
-from triage.desk import users
+from triage.desk import logins, users
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.models import User, WebSession
 
@@ -59,7 +59,13 @@ def test_user_add_reset_list_and_token(tmp_path: Path, monkeypatch: pytest.Monke
         found = users.user_for_api_token(s, token)
         assert found is not None and found.name == "eve"
     assert run(monkeypatch, ["user", "list"]) == 0
-    assert "eve\tEve E\teve@itx.net\tactive\ttoken: never used" in capsys.readouterr().out
+    assert "eve\tEve E\teve@itx.net\tactive\ttoken: never used\n" in capsys.readouterr().out
+    # Failed attempts are counted by the login delay (login_throttle), per address.
+    with sessions.begin() as s:
+        for address in ("198.51.100.1", "198.51.100.1", "198.51.100.2"):
+            logins.reserve(s, "eve", address, now)
+    assert run(monkeypatch, ["user", "list"]) == 0
+    assert "\ttoken: never used\t3 failed logins\n" in capsys.readouterr().out
     engine.dispose()
 
 

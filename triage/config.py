@@ -194,6 +194,19 @@ class Settings(BaseSettings):
     reply_max_files: int = Field(default=10, ge=0, le=100)
     reply_max_file_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     reply_max_total_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    # POST /login limits (triage.web.throttle, triage.desk.logins): token buckets per client
+    # address and overall (burst, attempts a second), checks in progress at once, and the
+    # progressive delay per name and address.
+    login_client_burst: float = Field(default=10.0, ge=1)
+    login_client_rate: float = Field(default=0.2, gt=0)
+    login_overall_burst: float = Field(default=20.0, ge=1)
+    login_overall_rate: float = Field(default=3.0, gt=0)
+    login_pending: int = Field(default=4, ge=1, le=1000)
+    login_clients: int = Field(default=10_000, ge=1)
+    login_free_attempts: int = Field(default=5, ge=1)
+    login_name_free_attempts: int = Field(default=20, ge=1)
+    login_first_delay: float = Field(default=2.0, gt=0, le=3600)
+    login_max_delay: float = Field(default=900.0, gt=0, le=86_400)
     # Corrections become training data; a nightly retrain swaps the model in only when its
     # held-out macro-F1 is not worse. retrain_hour is UTC; -1 turns the job off.
     corrections_dir: Path = Path("var/corrections")

@@ -570,6 +570,7 @@ class Service:
             from triage.desk.sent import SentAcks
             from triage.desk.uploads import UploadLimits
             from triage.web.app import WebDeps, create_web_app
+            from triage.web.throttle import LoginBuckets, LoginLimits
 
             app = create_web_app(WebDeps(
                 sessions=self.c.sessions, reads=self.c.reads, policy=self.c.policy,
@@ -580,6 +581,7 @@ class Service:
                 upload_limits=UploadLimits(self.settings.reply_max_files,
                                            self.settings.reply_max_file_bytes,
                                            self.settings.reply_max_total_bytes),
+                login_buckets=LoginBuckets(LoginLimits.from_settings(self.settings)),
                 templates_dir=self.settings.templates_dir or TEMPLATES_DIR,
                 acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
                               phone=self.settings.helpdesk_phone,

@@ -14,7 +14,7 @@ interval.
 
 **What a poll costs:** the session lookup every staff request makes, and one statement:
 ``SELECT updated_at, number, version FROM work_orders WHERE updated_at > :t ORDER BY
-updated_at DESC LIMIT 200``, a range scan of ``ix_work_orders_changed`` (migration 0016)
+updated_at DESC LIMIT 200``, a range scan of ``ix_work_orders_changed`` (migration 0017)
 that needs no table rows (PostgreSQL: an index-only scan once the table is vacuumed). It
 reads only the rows changed in the last ``OVERLAP``, at most ``LIMIT``. The queue itself is
 rendered again only when something changed.

@@ -220,7 +220,7 @@ class WorkOrder(Base):
               "at_risk_at", "number",
               sqlite_where=text("status <> 'resolved'"),
               postgresql_where=text("status <> 'resolved'")),
-        # The live queue's "what changed since" (triage.desk.live, migration 0016): a range
+        # The live queue's "what changed since" (triage.desk.live, migration 0017): a range
         # scan that also holds what the answer needs.
         Index("ix_work_orders_changed", "updated_at", "number", "version"),
     )
@@ -295,8 +295,6 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), default="")
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column()
     api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     # Written at most once a minute per token (triage.desk.users.TOKEN_USE_RESOLUTION), so an
     # API script does not take SQLite's write lock on every call.

@@ -146,10 +146,10 @@ def _refused(deps: WebDeps, reason: str) -> None:
         deps.metrics.observe_login_failure(reason)
 
 
-def _begin_login(deps: WebDeps, name: str, client: str,
-                 now: datetime) -> tuple[logins.Attempt, users.Credentials]:
+def _begin_login(deps: WebDeps, name: str, client: str, now: datetime,
+                 delay: logins.Delay) -> tuple[logins.Attempt, users.Credentials]:
     with deps.sessions.begin() as s:  # short: counts the attempt, then commits
-        attempt = logins.reserve(s, name, client, now)
+        attempt = logins.reserve(s, name, client, now, delay)
     with deps.reads() as s:
         return attempt, users.credentials_for(s, name)
 
@@ -166,11 +166,6 @@ def _finish_login(deps: WebDeps, creds: users.Credentials, name: str, client: st
             users.end_session(s, old_session)
         token, _ = users.create_session(s, user, now, deps.session_ttl)
         return token
-
-
-def _failed_login(deps: WebDeps, user_id: int) -> None:
-    with deps.sessions.begin() as s:
-        users.record_failure(s, user_id)
 
 
 @router.get("/login")
@@ -194,7 +189,9 @@ async def login(request: Request, deps: Deps, render: Render,
     if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
         return login_page(deps, render, next, "expired")
     now = deps.clock()
-    attempt, creds = await run_in_threadpool(_begin_login, deps, typed, client, now)
+    buckets = cast(LoginBuckets, request.app.state.login_buckets)
+    attempt, creds = await run_in_threadpool(_begin_login, deps, typed, client, now,
+                                             buckets.limits.delay)
     if not attempt.allowed:
         delay = attempt.retry_after.total_seconds()
         _refused(deps, "delayed")
@@ -214,14 +211,12 @@ async def login(request: Request, deps: Deps, render: Render,
                                               creds.password_hash, password)
         token = await run_in_threadpool(_finish_login, deps, creds, typed, client, now,
                                         new_hash, request.cookies.get(SESSION_COOKIE))
-    elif creds.user_id is not None:
-        await run_in_threadpool(_failed_login, deps, creds.user_id)
     if token is None:
         _refused(deps, "credentials")
         security.event("login_failed", level=logging.WARNING, user=typed, client=client)
         return login_page(deps, render, next, "credentials", 401)
     security.event("login", user=typed, client=client)
-    cast(LoginBuckets, request.app.state.login_buckets).known_good(client)
+    buckets.known_good(client)
     resp = RedirectResponse(safe_next(next), status_code=303)
     resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax",
                     secure=deps.cookie_secure, max_age=int(deps.session_ttl.total_seconds()),

@@ -1,7 +1,7 @@
 """live queue and presence: an index for "what changed since", and who has a work order open
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-04 09:00:00
 
 ``ix_work_orders_changed`` (updated_at, number, version) answers the live queue's poll with
@@ -17,8 +17,8 @@ from alembic import op
 
 import triage.storage.models
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
