@@ -4,10 +4,11 @@
 The 24 sample emails go through the real pipeline (parse, screen, classify, open work
 orders, acknowledge) into a throwaway SQLite database; a little staff activity is added with
 the real desk actions; then Debian's Chromium (headless, via Playwright) logs in and saves
-the queue, one work order and the Screened view at 1280x900, and the queue again at 800 px
-wide (queue-narrow.png, the layout under its breakpoint). The clock is set to a Tuesday
-afternoon in New York (and runs on from there), so the SLA column shows a working day, not
-the hour the script happens to run.
+the queue, one work order (with canned replies to insert and a second technician present),
+the Screened view, the canned replies and the result of a bulk action at 1280x900, and the
+queue again at 800 px wide (queue-narrow.png, the layout under its breakpoint). The clock
+is set to a Tuesday afternoon in New York (and runs on from there), so the SLA column shows
+a working day, not the hour the script happens to run.
 
     python scripts/screenshots.py [--out docs/screenshots] [--at 2026-11-24T14:40:00-05:00]
 """
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         running_site,
     )
     from triage.config import DATA_DIR
-    from triage.storage.models import WorkOrder
+    from triage.desk.canned import CannedReplies
+    from triage.desk.views import save_view
+    from triage.storage.models import User, WorkOrder
 
     if not CHROMIUM.exists():
         print(f"screenshots: {CHROMIUM} is missing (apt-get install chromium)", file=sys.stderr)
@@ -105,6 +108,23 @@ def main(argv: list[str] | None = None) -> int:
                    agent_name=STAFF_DISPLAY)
         desk.note(shown, STAFF, "Exchange shows the mailbox healthy; the Outlook profile's "
                                "cache is corrupt (OST 49.8 GB). Rebuild the profile.")
+        canned = CannedReplies(site.c.sessions, site.c.policy, site.c.clock)
+        canned.create(STAFF, "Outlook profile rebuild",
+                      "Hi {{ client_name }},\n\nYour mailbox is fine on the server; your "
+                      "Outlook profile needs rebuilding. I will connect to your computer to do "
+                      "it. Reply with a time that suits you.\n\n{{ agent }}, ITX Helpdesk",
+                      ["email_problem"])
+        canned.create(STAFF, "Password reset done",
+                      "Hi {{ client_name }},\n\nYour password for {{ company }} is reset; "
+                      "I have just called you with the temporary one.\n\n{{ agent }}",
+                      ["password_reset"])
+        canned.create(STAFF, "Waiting on your reply",
+                      "Hi {{ client_name }},\n\nWe are waiting on your answer to continue "
+                      "with {{ number }} ({{ subject }}).\n\n{{ agent }}, ITX Helpdesk")
+        with site.c.sessions.begin() as s:
+            alice = s.scalars(select(User).where(User.name == STAFF)).one()
+            save_view(s, alice.id, "Email, high", {"type": "email_problem",
+                                                   "priority": "high"}, site.c.policy)
 
         with sync_playwright() as p:
             browser = launch_chromium(p)
@@ -115,9 +135,33 @@ def main(argv: list[str] | None = None) -> int:
                 log_in(page, site)
                 page.wait_for_load_state("networkidle")
                 page.screenshot(path=str(ns.out / "queue.png"))
+                # A colleague has the same work order open: the page shows who (presence).
+                other = browser.new_context(viewport={"width": ns.width, "height": ns.height})
+                other_page = other.new_page()
+                log_in(other_page, site, name=ben, password=OTHER_STAFF[1])
+                other_page.goto(site.url(f"/work-orders/{shown}"))
+                other_page.wait_for_load_state("networkidle")
                 page.goto(site.url(f"/work-orders/{shown}"))
                 page.wait_for_load_state("networkidle")
+                page.select_option("#canned-pick", label="Outlook profile rebuild")
+                page.click("button.insert-canned")
+                page.wait_for_function(
+                    "document.querySelector('#reply-body').value.includes('Outlook profile')")
+                page.locator("form.reply").scroll_into_view_if_needed()
                 page.screenshot(path=str(ns.out / "work-order.png"))
+                other.close()
+                page.goto(site.url("/canned"))
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(ns.out / "canned.png"))
+                page.goto(site.url("/queue"))
+                page.wait_for_load_state("networkidle")
+                boxes = page.locator("form.bulk input[name='wo']")
+                for i in range(min(4, boxes.count())):
+                    boxes.nth(i).check()
+                page.select_option("form.bulk select[name='assignee']", ben)
+                page.click("form.bulk button[name='action'][value='assign']")
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(ns.out / "bulk.png"))
                 page.goto(site.url("/screened"))
                 page.wait_for_load_state("networkidle")
                 page.screenshot(path=str(ns.out / "screened.png"))
@@ -128,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 context.close()
             finally:
                 browser.close()
-    for name in ("queue.png", "work-order.png", "screened.png", "queue-narrow.png"):
+    for name in ("queue.png", "work-order.png", "screened.png", "canned.png", "bulk.png",
+                 "queue-narrow.png"):
         print(ns.out / name)
     return 0
 

@@ -225,6 +225,9 @@ class WorkOrder(Base):
               "request_type", "needs_review", "next_due", "at_risk_at", "number",
               sqlite_where=text("status <> 'resolved'"),
               postgresql_where=text("status <> 'resolved'")),
+        # The live queue's "what changed since" (triage.desk.live, migration 0018): a range
+        # scan that also holds what the answer needs.
+        Index("ix_work_orders_changed", "updated_at", "number", "version"),
     )
 
 
@@ -377,6 +380,21 @@ class Event(Base):
     # The work order's version this event produced; NULL for events that change nothing a
     # technician acts on (deliveries, suppressions), which therefore never refuse a page.
     wo_version: Mapped[int | None] = mapped_column(Integer)
+
+
+class Presence(Base):
+    """Who has a work order's page open, and whether they are typing a reply: one row per
+    work order and staff user, refreshed by the page's heartbeat (``triage.desk.live``)."""
+
+    __tablename__ = "presence"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    work_order_id: Mapped[int] = mapped_column(ForeignKey("work_orders.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    state: Mapped[str] = mapped_column(String(16))  # viewing | replying
+    seen_at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (UniqueConstraint("work_order_id", "user_id",
+                                       name="uq_presence_work_order_user"),)
 
 
 class CannedReply(Base):

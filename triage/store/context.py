@@ -151,10 +151,16 @@ def lookup(conn: Connection, items: Sequence[Ingest], now: datetime) -> BatchCon
             ctx.message_thread.setdefault(str(in_mid), int(in_wo_id or 0))
     wo_ids = set(ctx.outbox_thread.values()) | set(ctx.message_thread.values())
     tags = {m.group(1) for p in parsed if (m := TAG_RE.search(p.subject))}
+    # Under a row lock (PostgreSQL; SQLite's writers are serialised already): a staff action
+    # on one of these work orders waits for this batch, or this batch for it, so a reply's
+    # new version and status are computed from the row as it is, never from one a concurrent
+    # action has just changed (which would lose that action's version step). Ordered by id,
+    # so two batches lock in the same order.
     q = (select(WorkOrder.__table__, Client.domain.label("client_key"),
                 Client.name.label("client_name"), User.email.label("assignee_email"))
          .join(Client, Client.id == WorkOrder.client_id)
-         .outerjoin(User, (User.id == WorkOrder.assignee_id) & User.active))
+         .outerjoin(User, (User.id == WorkOrder.assignee_id) & User.active)
+         .order_by(WorkOrder.id).with_for_update(of=WorkOrder.__table__))
     for ids in in_chunks(wo_ids):
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.id.in_(ids))).mappings())
     for numbers in in_chunks(tags):

@@ -50,8 +50,10 @@ def write_rows(conn: Connection, plans: Sequence[Plan], *, domain: str,
         ]).scalars().all()
         for w, i in zip(wos, ids, strict=True):
             w.ref.id = i
+        # updated_at kept as inserted (the store's clock), not the column's onupdate default:
+        # the live queue's cursor compares it with other changes' times.
         conn.execute(update(t).where(t.c.id == bindparam("wo_id"))
-                     .values(number=bindparam("wo_number")),
+                     .values(number=bindparam("wo_number"), updated_at=t.c.updated_at),
                      [{"wo_id": i, "wo_number": format_number(i)} for i in ids])
     messages = [p.message for p in plans if p.message is not None]
     if messages:

@@ -6,6 +6,9 @@ call, the done key, which must also be in ``triage.web.alerts.DONE``). A form po
 fields plus ``csrf_token`` and ``version``; where the form's fields are the API's, the form
 model is the body model with ``ActionForm`` mixed in and the same call serves both.
 
+Every API body is ``Guarded``: it may carry the collision guard's ``version`` (the API
+takes it from ``If-Match`` too; ``triage.web.api``), as every form does.
+
 The reply is the row that uses every option: its form posts files (stored before the call,
 within ``WebDeps.upload_limits``; the API's JSON body has none) and a status to set with the
 reply (``then``), which picks the done key.
@@ -25,45 +28,54 @@ from triage.desk.uploads import StoredFile, Upload, UploadLimits, UploadRefused,
 from triage.web.auth import Principal
 from triage.web.deps import ID_MAX, WebDeps
 
+VERSION_DOC = ("the work order's version the caller last saw (``version`` in its JSON; also "
+               "the ``ETag``); when the work order has changed since, nothing is done and "
+               "the answer is 409 with the changes. Absent: no check")
 
-class ActionForm(BaseModel):
+
+class Guarded(BaseModel):
+    """A body that may carry the collision guard's version (a form: the version its page
+    showed)."""
+
+    version: int | None = Field(default=None, ge=1, le=ID_MAX, description=VERSION_DOC)
+
+
+class ActionForm(Guarded):
     """What every action's form posts besides its own fields."""
 
     csrf_token: str = Field(max_length=200)
-    # The work order's version the form's page showed (the collision guard); absent: no guard.
-    version: int | None = Field(default=None, ge=1, le=ID_MAX)
 
 
 # ---- API bodies (and, with ActionForm, the forms that post the same fields) ---------------
-class Reclassify(BaseModel):
+class Reclassify(Guarded):
     request_type: str = Field(max_length=64)
     priority: str = Field(max_length=64)
 
 
-class Assign(BaseModel):
+class Assign(Guarded):
     assignee: str | None = Field(default=None, max_length=64,
                                  description="a staff user name; null unassigns")
 
 
-class Promise(BaseModel):
+class Promise(Guarded):
     promised_at: datetime | None = Field(
         default=None, description="ISO 8601 with an offset, within the bounds of "
                                   "triage.desk.actions.PROMISE_WINDOW")
 
 
-class StatusChange(BaseModel):
+class StatusChange(Guarded):
     status: str = Field(max_length=32, description="new | open | waiting_client | resolved")
 
 
-class Note(BaseModel):
+class Note(Guarded):
     text: str = Field(max_length=20_000)
 
 
-class CalledBack(BaseModel):
+class CalledBack(Guarded):
     text: str = Field(default="", max_length=20_000, description="what was said (optional)")
 
 
-class Reply(BaseModel):
+class Reply(Guarded):
     body: str = Field(max_length=50_000)
     wait_for_client: bool = False
     then: str | None = Field(default=None, max_length=32,
@@ -199,7 +211,7 @@ class Action:
     done: str  # the key the form's redirect carries (triage.web.alerts.DONE)
     summary: str  # the API route's summary in the OpenAPI document
     form: type[ActionForm]
-    body: type[BaseModel] | None  # the API's JSON body; None: none
+    body: type[Guarded] | None  # the API's JSON body; None: only the optional version
     call: Call
     from_form: FromForm = _same
     # What was typed, given back to the page when the action is refused (form -> drafts).
@@ -245,5 +257,5 @@ ACTIONS: tuple[Action, ...] = (
 )
 
 __all__ = ["ACTIONS", "REPLY_DONE", "Action", "ActionForm", "Assign", "CalledBack", "FormContext",
-           "Note", "PageReply", "Promise", "Reclassify", "Reply", "StatusChange", "kept",
-           "local_datetime", "read_uploads"]
+           "Guarded", "Note", "PageReply", "Promise", "Reclassify", "Reply", "StatusChange",
+           "kept", "local_datetime", "read_uploads"]

@@ -1,26 +1,71 @@
 """The JSON API under /api/v1: the queue, one work order, and the work-order actions (one
 route per row of ``triage.web.actions.ACTIONS``), for an API token
 (``Authorization: Bearer itx_...``) or a signed-in session with ``X-CSRF-Token``.
+
+Every action route takes the collision guard: the work order's version the caller last saw,
+as ``version`` in the body or as ``If-Match`` (the ``ETag`` of ``GET`` on the work order);
+when the work order has changed since, nothing is done and the answer is 409 with the
+changes. Without either there is no check, so scripts written before the guard keep working.
 """
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from triage.desk.actions import ActionError, NotFound
+from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.queue import Detail, QueuePage, queue_page, work_order_detail
 from triage.storage.models import WorkOrder
-from triage.web.actions import ACTIONS, Action
+from triage.web.actions import ACTIONS, Action, Guarded
 from triage.web.auth import ApiWho, Who
-from triage.web.deps import Deps, Number, WebDeps
+from triage.web.deps import ID_MAX, Deps, Number, WebDeps
 from triage.web.pages import Filter
 
 router = APIRouter(prefix="/api/v1", tags=["work orders"])
 # The OpenAPI document, for a signed-in caller only (not part of the document itself).
 docs = APIRouter(include_in_schema=False)
+
+
+CONFLICT_DOC: dict[int | str, dict[str, Any]] = {409: {"description": (
+    "The work order changed after the version given (``version`` or ``If-Match``); nothing "
+    "was done. ``detail``: ``message``, ``number``, ``your_version``, ``current_version`` and "
+    "``changes`` (the audit events since, oldest first: ``at``, ``actor``, ``action``, "
+    "``detail``, ``version``). The ``ETag`` header holds the current version.")}}
+
+
+def if_match(if_match: Annotated[str | None, Header(
+        max_length=64, description="the version as an entity tag (``\"7\"``; ``*`` or "
+        "absent: no check); the same as ``version`` in the body")] = None) -> int | None:
+    """The version an ``If-Match`` header names (a quoted number, weak or strong)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit() or not 1 <= int(tag) <= ID_MAX:
+        raise HTTPException(422, "If-Match must be a work order version, e.g. \"7\"")
+    return int(tag)
+
+
+IfMatch = Annotated[int | None, Depends(if_match)]
+
+
+def guard(body: Guarded | None, header: int | None) -> int | None:
+    """The version to check: the body's or the header's (they must agree if both given)."""
+    given = body.version if body is not None else None
+    if given is not None and header is not None and given != header:
+        raise HTTPException(422, "version and If-Match name different versions")
+    return given if given is not None else header
+
+
+def conflict_error(e: Conflict) -> HTTPException:
+    """409 with what changed since the caller's version."""
+    return HTTPException(409, detail={
+        "message": str(e), "number": e.number, "your_version": e.seen,
+        "current_version": e.current,
+        "changes": [{"at": _iso(c.at), "actor": c.actor, "action": c.action,
+                     "detail": c.detail, "version": c.version} for c in e.changes]},
+        headers={"ETag": f'"{e.current}"'})
 
 
 @router.get("/me", summary="The caller")
@@ -34,21 +79,26 @@ def api_queue(deps: Deps, who: ApiWho, f: Filter) -> dict[str, Any]:
         return _page_json(queue_page(s, deps.policy, f, deps.clock()))
 
 
-@router.get("/work-orders/{number}", summary="One work order with its thread and audit trail")
-def api_work_order(deps: Deps, who: ApiWho, number: Number) -> dict[str, Any]:
+@router.get("/work-orders/{number}", summary="One work order with its thread and audit trail "
+            "(``ETag``: its version, for ``If-Match``)")
+def api_work_order(deps: Deps, who: ApiWho, number: Number,
+                   response: Response) -> dict[str, Any]:
     with deps.reads() as s:
         d = work_order_detail(s, deps.policy, number, deps.clock())
         if d is None:
             raise HTTPException(404, f"no work order {number}")
+        response.headers["ETag"] = f'"{d.wo.version}"'
         return _detail_json(d)
 
 
 def api_call(deps: WebDeps, number: str, fn: Callable[[], object]) -> dict[str, Any]:
-    """Run an action; the work order afterwards, or 404/422 with the desk's reason."""
+    """Run an action; the work order afterwards, or 404/409/422 with the desk's reason."""
     try:
         fn()
     except NotFound:
         raise HTTPException(404, f"no work order {number}") from None
+    except Conflict as e:
+        raise conflict_error(e) from None
     except ActionError as e:
         raise HTTPException(422, str(e)) from None
     with deps.reads() as s:
@@ -58,19 +108,23 @@ def api_call(deps: WebDeps, number: str, fn: Callable[[], object]) -> dict[str, 
 
 
 def _action_route(action: Action) -> None:
+    """POST /work-orders/{number}/<api_name>: the action's body (or, for an action without
+    one, an optional body with only ``version``) and the collision guard."""
     if action.body is None:
-        def endpoint(deps: Deps, who: ApiWho, number: Number) -> dict[str, Any]:
-            return api_call(deps, number,
-                            lambda: action.call(deps.desk, number, who, None, None))
+        def endpoint(deps: Deps, who: ApiWho, number: Number, if_match: IfMatch,
+                     body: Guarded | None = None) -> dict[str, Any]:
+            return api_call(deps, number, lambda: action.call(
+                deps.desk, number, who, None, guard(body, if_match)))
     else:
         def endpoint(deps: Deps, who: ApiWho, number: Number,  # type: ignore[misc]
-                     body: action.body) -> dict[str, Any]:  # type: ignore[name-defined]
-            return api_call(deps, number,
-                            lambda: action.call(deps.desk, number, who, body, None))
+                     body: action.body,  # type: ignore[name-defined]
+                     if_match: IfMatch) -> dict[str, Any]:
+            return api_call(deps, number, lambda: action.call(
+                deps.desk, number, who, body, guard(body, if_match)))
 
     endpoint.__name__ = f"api_{action.name.replace('-', '_')}"
     router.add_api_route(f"/work-orders/{{number}}/{action.api_name}", endpoint,
-                         methods=["POST"], summary=action.summary)
+                         methods=["POST"], summary=action.summary, responses=CONFLICT_DOC)
 
 
 for _action in ACTIONS:
@@ -155,4 +209,5 @@ def _detail_json(d: Detail) -> dict[str, Any]:
     }
 
 
-__all__ = ["api_call", "docs", "router"]
+__all__ = ["CONFLICT_DOC", "IfMatch", "api_call", "conflict_error", "docs", "guard",
+           "if_match", "router"]

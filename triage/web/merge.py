@@ -11,10 +11,12 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, HTTPException
 from fastapi.responses import RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.merge import merge
+from triage.web.actions import Guarded
+from triage.web.api import CONFLICT_DOC, IfMatch, conflict_error, guard
 from triage.web.auth import ApiWho, Who, check_csrf
 from triage.web.deps import ID_MAX, NUMBER_PATTERN, Csrf, Deps, Number, Render
 from triage.web.pages import work_order_view
@@ -28,7 +30,7 @@ Other = Annotated[str, Form(max_length=32)]
 Version = Annotated[int | None, Form(ge=1, le=ID_MAX)]
 
 
-class MergeBody(BaseModel):
+class MergeBody(Guarded):
     other: str = Field(max_length=32, pattern=NUMBER_PATTERN,
                        description="the other work order's number; the later of the two "
                                    "joins the earlier")
@@ -56,12 +58,16 @@ def f_merge(deps: Deps, render: Render, who: Who, number: Number, csrf_token: Cs
 
 @api.post("/work-orders/{number}/merge", summary="Merge with another work order of the "
           "same client: the later one's thread joins the earlier, the later one is resolved "
-          "with a pointer and its SLA clocks stop")
-def api_merge(deps: Deps, who: ApiWho, number: Number, body: MergeBody) -> dict[str, Any]:
+          "with a pointer and its SLA clocks stop (the collision guard: the version of "
+          "``number``)", responses=CONFLICT_DOC)
+def api_merge(deps: Deps, who: ApiWho, number: Number, body: MergeBody,
+              if_match: IfMatch) -> dict[str, Any]:
     try:
-        done = merge(deps.desk, number, body.other, who.name)
+        done = merge(deps.desk, number, body.other, who.name, version=guard(body, if_match))
     except NotFound:
         raise HTTPException(404, f"no work order {number}") from None
+    except Conflict as e:
+        raise conflict_error(e) from None
     except ActionError as e:
         raise HTTPException(422, str(e)) from None
     return {"survivor": done.survivor, "merged": done.merged,

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from triage.desk.actions import STATUSES, ActionError, Conflict, NotFound
 from triage.desk.canned import listing as canned_listing
+from triage.desk.live import present
 from triage.desk.queue import (
     ACTIVE,
     SLA_FILTERS,
@@ -179,8 +180,10 @@ def work_order_view(deps: WebDeps, render: Renderer, who: Principal, number: str
                 bodies[item.message.id] = clean_html(item.message.body_html)
             if item.outbox is not None and item.kind == "ack" and deps.acks is not None:
                 ack_texts[item.outbox.id] = ack_text(deps.acks, item.outbox, d)
+        # Who else has it open as the page is made (templates/web/js/live.js keeps it current).
+        presence = present(s, number, now, besides=who.user_id).others
         return render("work_order", status, session=s, who=who, d=d, wo=d.wo, now=now,
-                      bodies=bodies, ack_texts=ack_texts, staff=staff_names(s),
+                      presence=presence, bodies=bodies, ack_texts=ack_texts, staff=staff_names(s),
                       types=policy.types, priorities=policy.priorities, statuses=STATUSES,
                       done=done, error=error[:300], conflict=conflict, drafts=drafts or {},
                       canned=canned_listing(s, d.wo.request_type),
