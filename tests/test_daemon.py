@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 
 from classifiers.predict import Classifier
 from triage.config import Settings
-from triage.service import Service, build
+from triage.service import Service
 from triage.storage.models import Event, Fetch, Message, Outbox, RawBlob, WorkOrder
+from triage.wiring import build
 
 pytestmark = pytest.mark.imap
 

@@ -12,8 +12,9 @@ from sqlalchemy import select
 from classifiers.retrain import MODEL_FILE
 from tests.test_retrain import train_weak_model
 from triage.config import Settings
-from triage.service import Service, build
+from triage.service import Service
 from triage.storage.models import WorkOrder
+from triage.wiring import build
 
 SCANNER = (b"From: Karen <karen@harborviewdental.com>\r\nTo: helpdesk@itx.net\r\n"
            b"Subject: Scanner to folder\r\nMessage-ID: <k1@harborviewdental.com>\r\n\r\n"
@@ -50,7 +51,7 @@ async def test_a_correction_retrains_and_swaps_the_running_model(tmp_path: Path,
         c.desk.reclassify(wo.number, "bob", "printer_setup", "normal")
 
         old = c.ingest.model_version if c.ingest else None
-        await svc._retrain_job()
+        await svc.models.retrain()
         # The running ingestion (the ingest worker process here) classifies with the
         # retrained model now: it reports the new model's version.
         assert c.model_path == tmp_path / "model" / MODEL_FILE

@@ -16,8 +16,9 @@ from classifiers.predict import Classifier
 from triage.config import Settings
 from triage.mailbox import PermanentMailboxError, TransientMailboxError
 from triage.messages import RawMessage
-from triage.service import FatalMailboxError, Service, build
+from triage.service import FatalMailboxError, Service
 from triage.smtp import SendResult as Result
+from triage.wiring import build
 
 
 class ScriptedMailbox:
