@@ -105,17 +105,18 @@ class Service:
     async def serve(self, *, burst: bool = False) -> int:
         """Start, run until stopped (or, with ``burst``, until every mailbox has been read
         and the outbox swept), stop. Returns the messages handled."""
-        handled = sum(p.handled for p in self.pollers)
-        await self.startup(burst=burst)
+        before = sum(p.handled for p in self.pollers)
         try:
+            await self.startup(burst=burst)
             await self.main_loop(burst=burst)
         finally:
             await self.shutdown()
-        log.info("%s: counters %s", "run --once" if burst else "stopped",
-                 [p.runner.counters for p in self.pollers])
+        handled = sum(p.handled for p in self.pollers) - before
+        log.info("%s: %d messages, counters %s", "run --once" if burst else "stopped",
+                 handled, [p.runner.counters for p in self.pollers])
         if self.fatal is not None:
             raise FatalMailboxError(str(self.fatal)) from self.fatal
-        return sum(p.handled for p in self.pollers) - handled
+        return handled
 
     async def run(self) -> None:
         """The daemon."""
@@ -130,7 +131,7 @@ class Service:
         self.force_exit = False
         for p in self.pollers:
             p.fatal = None
-        self._install_signals()
+        self._install_signals()  # first: shutdown restores them whatever fails after
         self._stack = contextlib.AsyncExitStack()
         await self._stack.enter_async_context(self.c.transport)
         if burst:
