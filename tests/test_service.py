@@ -285,7 +285,7 @@ async def test_each_mail_is_handed_over_only_after_the_previous_one_is_recorded(
 async def test_run_once_is_a_burst_of_the_same_loop_and_leaves_nothing_behind(
         tmp_path: Path, classifier: Classifier) -> None:
     """One pass, the outbox swept, then the daemon's own shutdown: the mailbox closed, the
-    the signal handlers as they were; a second burst starts afresh."""
+    signal handlers as they were; a second burst starts afresh."""
     import signal
 
     transport = ScriptedTransport(Result(True, False, 250, "ok"))
