@@ -23,7 +23,6 @@ from triage.wiring import build
 
 class ScriptedMailbox:
     name = "scripted://test"
-    supports_idle = True
 
     def __init__(self, messages: list[bytes] | None = None, fail: type[Exception] | None = None,
                  fail_connect: bool = False) -> None:

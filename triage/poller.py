@@ -83,7 +83,7 @@ class Poller:
             # A cron job beside a running daemon must not poll the same mailbox in parallel.
             log.info("run --once: another process polls mailbox %s; skipped", self.id)
             return
-        idle = getattr(self.mailbox, "supports_idle", True) and self.use_idle
+        idle = self.use_idle  # IDLE, or Maildir's own wait (Mailbox.wait_for_new)
         while not self.should_exit.is_set() and self.stopped is None:
             await self.poll_job()
             if burst or self.should_exit.is_set():
