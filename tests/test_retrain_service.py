@@ -67,3 +67,26 @@ async def test_a_correction_retrains_and_swaps_the_running_model(tmp_path: Path,
         assert again.model_path == tmp_path / "model" / MODEL_FILE
     finally:
         again.close()
+
+
+def test_the_training_process_leaves_no_process_behind_and_reports_its_failure() -> None:
+    """The nightly job's child is a fresh interpreter that is gone when it answers; with
+    multiprocessing a resource tracker would stay beside the daemon for good."""
+    import os
+    import subprocess
+    import sys
+
+    from triage.retrain_job import in_subprocess
+
+    code = ("import os; from triage.retrain_job import in_subprocess\n"
+            "assert in_subprocess(os.getpid) != os.getpid()\n"
+            "me = f'/proc/{os.getpid()}/task'\n"
+            "print(sum(len(open(f'{me}/{t}/children').read().split()) for t in os.listdir(me)))")
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120, check=True)
+    assert done.stdout.strip() == "0", done.stderr
+    with pytest.raises(RuntimeError, match="FileNotFoundError"):
+        in_subprocess(os.listdir, "/nonexistent/folder")

@@ -2,28 +2,31 @@
 that picks up a model another process retrained.
 
 Training imports scikit-learn and peaks at ~300 MB; the daemon's main process, which never
-loads either, must not keep that afterwards, so training runs in a fresh (spawned) process
-whose memory is returned when it ends. The new model is swapped into the running ingestion
-only when the retrain says it is not worse on the held-out set (classifiers.retrain).
+loads either, must not keep that afterwards, so training runs in a fresh interpreter whose
+memory is returned when it ends (``in_subprocess``). The new model is swapped into the
+running ingestion only when the retrain says it is not worse on the held-out set
+(classifiers.retrain).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from classifiers.installed import best_model_path
 from triage.config import Settings
-from triage.ingest import Ingestor
 from triage.storage.engine import make_engine, make_read_sessionmaker
 
 if TYPE_CHECKING:
     from classifiers.retrain import RetrainResult
+    from triage.ingest import Ingestor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +95,39 @@ def retrain_from_database(database_url: str, corrections_dir: Path, retrained_di
 
 
 def in_subprocess(fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in a fresh (spawned) process; its memory is returned when it ends."""
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(fn, *args).result()
+    """``fn(*args)`` in a fresh interpreter, whose memory is returned when it ends.
+
+    Started as the ingest worker is (triage.ingest): ``subprocess`` and pickles over pipes
+    (the call on stdin, the answer on stdout; the child's own output goes to stderr), not
+    ``multiprocessing``, whose resource tracker, once started, stays beside the daemon for
+    the rest of its life (bench/results.md). ``fn`` is named by reference: a module-level
+    function of this package."""
+    here = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-c", _CHILD_COMMAND], input=pickle.dumps((fn, args)),
+                          stdout=subprocess.PIPE, env=env, check=False)
+    if done.returncode != 0 or not done.stdout:
+        raise RuntimeError(f"the subprocess for {fn.__name__} exited with code "
+                           f"{done.returncode}")
+    ok, value = pickle.loads(done.stdout)
+    if not ok:
+        raise RuntimeError(f"{fn.__name__} failed in its subprocess: {value}")
+    return value
+
+
+_CHILD_COMMAND = "from triage.retrain_job import _child_main; _child_main()"
+
+
+def _child_main() -> None:
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr  # whatever the work prints must not corrupt the answer
+    fn, args = pickle.load(sys.stdin.buffer)
+    result: tuple[bool, Any]
+    try:
+        result = (True, fn(*args))
+    except Exception as e:
+        log.exception("%s failed", getattr(fn, "__name__", fn))
+        result = (False, f"{type(e).__name__}: {e}")
+    answer.write(pickle.dumps(result))
+    answer.flush()
