@@ -65,6 +65,9 @@ def _now() -> datetime:
 
 
 class Service:
+    """Runs ``components`` (triage.wiring) as a daemon or a burst; ``serve`` is the one
+    lifecycle. The components stay open afterwards: their builder closes them."""
+
     def __init__(self, settings: Settings, components: Components) -> None:
         self.settings = settings
         self.c = components
