@@ -144,7 +144,9 @@ class Poller:
                 ok = await self._failed(e)
             if not ok:
                 await self.disconnect()
-        if self.runner.outbox_wakeup.is_set():
+        # A burst leaves the sweep to its end, after every mailbox: one sweep, in which a
+        # refused mail ends the attempt instead of a second sweep trying the rest again.
+        if self.runner.outbox_wakeup.is_set() and not self.burst:
             self.runner.outbox_wakeup.clear()
             await self.sweep()
         return ok
