@@ -269,7 +269,8 @@ class Service:
         for sig, previous in self._signals.items():
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
-                signal.signal(sig, previous)
+                if previous is not None:  # None: a handler not set from Python
+                    signal.signal(sig, previous)
         self._signals.clear()
 
     def _on_signal(self, sig: signal.Signals) -> None:
