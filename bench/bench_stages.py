@@ -8,12 +8,12 @@ On the corpus of bench/corpus.py, with the daemon's own code and its default bat
 - parse: ``triage.parse.parse`` per message;
 - classify: ``Classifier.classify_many`` per batch of 50, and all in one call;
 - store: ``WorkOrderStore.store_batch`` per batch of 50 (a fresh database each run);
-- outbox: ``OutboxStore.claim`` (as many a time as ``drain_outbox`` claims), ``render_ack``
+- outbox: ``OutboxStore.claim`` (as many a time as ``Sender.drain`` claims), ``render_ack``
   (an ``EmailMessage``) and ``render_ack_wire`` (the bytes, what the daemon sends),
   ``SmtpTransport.send`` of the wire bytes on one reused connection to the aiosmtpd sink, and
-  ``OutboxStore.record`` (on SQLite a line appended to the sent log, applied by the next
+  ``OutboxStore.record`` (on SQLite a row in the side database, applied by the next
   claim; on PostgreSQL one commit per row), each timed alone; then
-  ``Runner.drain_outbox`` as the daemon calls it, all four together.
+  ``Sender.drain`` as the daemon calls it, all four together.
 
 Prints msgs/s per stage (median of ``--runs``). The acknowledgment rate limits per domain
 and in all are set out of the way, as bench_backlog.py does (``BENCH_ACK_LIMITS``), so every
@@ -47,19 +47,19 @@ from triage.config import Settings
 from triage.ingest import to_input
 from triage.mailbox.imap import ImapMailbox
 from triage.messages import ParsedEmail, RawMessage
-from triage.outbox import Job
+from triage.outbox.sender import Sender
+from triage.outbox.store import Job
 from triage.parse import parse
-from triage.pipeline import Runner
 from triage.smtp import SendResult, SmtpSettings, SmtpTransport, WireMessage
 from triage.wiring import Components, build
 from triage.workorders import Ingest
 
 log = logging.getLogger("bench.stages")
 BATCH = 50  # the daemon's default batch_size
-RECORD = {"sqlite": "record, a sent-log line (the next claim applies it), sqlite",
+RECORD = {"sqlite": "record, a row in the side database (the next claim applies it), sqlite",
           "postgresql": "record, one commit per row, postgresql"}
 # Rows claimed per outbox sweep, as the daemon claims them.
-SWEEP: int = inspect.signature(Runner.drain_outbox).parameters["limit"].default
+SWEEP: int = inspect.signature(Sender.drain).parameters["limit"].default
 
 
 @dataclass
@@ -116,7 +116,8 @@ def store_stage(c: Components, items: list[Ingest]) -> float:
 
 def outbox_steps(srv: Servers, c: Components) -> dict[str, tuple[int, float]]:
     """Claim, render, send and record, each over every pending row before the next."""
-    outbox, env = c.runner.outbox, c.runner.env
+    outbox, renderers = c.runner.sender.outbox, c.runner.sender.renderers
+    env = renderers.env
     t = time.perf_counter()
     jobs: list[Job] = []
     while got := outbox.claim(SWEEP):
@@ -126,19 +127,21 @@ def outbox_steps(srv: Servers, c: Components) -> dict[str, tuple[int, float]]:
     t = time.perf_counter()
     msgs: list[EmailMessage] = []
     for j in jobs:
-        assert j.view is not None
-        msgs.append(render_ack(env, j.view, from_address="helpdesk@itx.net",
+        view = renderers.ack_view(j)
+        assert view is not None
+        msgs.append(render_ack(env, view, from_address="helpdesk@itx.net",
                                from_name="ITX Helpdesk", phone="800-600-7785"))
     render = time.perf_counter() - t
 
     t = time.perf_counter()
     wires: list[WireMessage] = []
     for j in jobs:
-        assert j.view is not None
-        data = render_ack_wire(env, j.view, from_address="helpdesk@itx.net",
+        view = renderers.ack_view(j)
+        assert view is not None
+        data = render_ack_wire(env, view, from_address="helpdesk@itx.net",
                                from_name="ITX Helpdesk", phone="800-600-7785")
         assert data is not None
-        wires.append(WireMessage(data, f"<{j.view.message_id}>"))
+        wires.append(WireMessage(data, f"<{view.message_id}>"))
     wire = time.perf_counter() - t
     del msgs
 
@@ -166,12 +169,12 @@ async def send_all(srv: Servers, msgs: list[WireMessage], jobs: list[Job]) -> li
 
 
 async def drain(c: Components) -> tuple[int, float]:
-    """``Runner.drain_outbox`` until empty, as ``run --once`` calls it."""
+    """``Sender.drain`` until empty, as ``run --once`` calls it."""
     total = 0
     t = time.perf_counter()
     async with c.transport:
         while True:
-            sent, failed = await c.runner.drain_outbox()
+            sent, failed = await c.runner.sender.drain()
             total += sent
             if failed or not sent:
                 break
@@ -200,7 +203,7 @@ def db_stages(srv: Servers, kind: str, items: list[Ingest], clf: Classifier,
         with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
             c = components(srv, url, Path(tmp), clf)
             store_stage(c, items)
-            add("outbox", f"drain_outbox (the four together), {kind}", *asyncio.run(drain(c)))
+            add("outbox", f"Sender.drain (the four together), {kind}", *asyncio.run(drain(c)))
             c.engine.dispose()
     return list(rows.values())
 

@@ -120,7 +120,7 @@ def seed(engine: Engine, policy: SlaPolicy, count: int, now: datetime,
     for i, name in enumerate(STAFF, 1):
         staff.append({"id": i, "name": name, "display_name": name.capitalize() + " Tech",
                       "email": f"{name}@itx.net", "password_hash": hashed, "active": True,
-                      "failed_logins": 0, "created_at": now - timedelta(days=400)})
+                      "created_at": now - timedelta(days=400)})
     with engine.begin() as conn:
         conn.execute(insert(Client.__table__), clients)
         conn.execute(insert(User.__table__), staff)

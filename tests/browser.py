@@ -140,7 +140,7 @@ def seed(root: Path, *, extra: Sequence[bytes] = (), spacing: float = 1800.0,
                     seed_clock.pinned = arrival + timedelta(seconds=40)
                     await runner.process_waiting()
                     while True:
-                        sent, failed = await runner.drain_outbox()
+                        sent, failed = await runner.sender.drain()
                         if failed or not sent:
                             break
             finally:

@@ -1,16 +1,24 @@
-"""Shared fixtures: a database URL for each backend (real SQLite file, real PostgreSQL)."""
+"""Shared fixtures: a database URL for each backend (real SQLite file, real PostgreSQL), the
+trained classifier, and a daemon ``Service`` on the real Dovecot and SMTP sink. Plain
+helpers are in ``tests/factories.py``; the servers' fixtures in their plugins (below)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
+
+from classifiers.predict import Classifier
+from triage.config import Settings
+from triage.service import Service
+from triage.wiring import build
 
 pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver"]
 
@@ -88,3 +96,37 @@ def pg_url() -> Iterator[str]:
     """For tests that are about PostgreSQL only."""
     with throwaway_pg_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def classifier() -> Classifier:
+    """The shipped model, loaded once for the run (read only)."""
+    return Classifier.load()
+
+
+@pytest.fixture
+def make_service(db_url: str, tmp_path: Path, dovecot: Any, smtp_sink: Any,
+                 classifier: Classifier) -> Iterator[Callable[..., Service]]:
+    """``make_service(**settings)``: a ``Service`` on the test's Dovecot, SMTP sink and
+    database (both backends); its engine is disposed at the end."""
+    made: list[Service] = []
+
+    def make(**overrides: object) -> Service:
+        clf = overrides.pop("classifier", classifier)
+        values: dict[str, object] = dict(
+            mailbox_url=f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
+            mailbox_password=dovecot.password,
+            smtp_url=smtp_sink.url,
+            database_url=db_url,
+            attachments_dir=tmp_path / "att",
+            outbox_retry_base=0.0,
+            poll_interval=2.0,
+        )
+        settings = Settings(**{**values, **overrides})  # type: ignore[arg-type]
+        svc = Service(settings, build(settings, classifier=clf))  # type: ignore[arg-type]
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.c.engine.dispose()

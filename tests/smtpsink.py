@@ -428,3 +428,72 @@ def smtp_sink_starttls(make_smtp_sink: Callable[..., SmtpSink]) -> SmtpSink:
 @pytest.fixture
 def smtp_sink_tls(make_smtp_sink: Callable[..., SmtpSink]) -> SmtpSink:
     return make_smtp_sink("tls", auth=True)
+
+
+# ---- a sink that knows whether a client is inside an SMTP transaction ------------------------
+@dataclass
+class TrackingHandler(SinkHandler):
+    """The test sink's handler, plus: per open session, where its transaction stands.
+
+    ``mail`` = MAIL seen, DATA not yet answered; ``data`` = DATA answered 250 and the client
+    has not moved on (no MAIL/RSET/NOOP/QUIT yet): it may not have recorded the send yet.
+    """
+
+    sessions: dict[int, tuple[SMTP, str]] = field(default_factory=dict)
+    tempfails: int = 0
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        self.sessions[id(server)] = (server, "mail")
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        answer = await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+        if answer == TEMPFAIL:
+            self.tempfails += 1
+        return answer
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        answer = await super().handle_DATA(server, session, envelope)
+        if answer.startswith("250"):
+            self.sessions[id(server)] = (server, "data")
+        return answer
+
+    async def _idle(self, server: SMTP) -> str:
+        self.sessions.pop(id(server), None)
+        return "250 OK"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return await self._idle(server)
+
+    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope,
+                          arg: str) -> str:
+        return await self._idle(server)
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.sessions.pop(id(server), None)
+        return "221 Bye"
+
+    def open_transactions(self) -> list[str]:
+        """States of the transactions on connections still open (dead sessions dropped)."""
+        return [state for server, state in list(self.sessions.values())
+                if server.transport is not None and not server.transport.is_closing()]
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """A sink whose handler tracks where each open session's transaction stands."""
+    s = SmtpSink("plain")
+    s.handler = TrackingHandler()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def handler(sink: SmtpSink) -> TrackingHandler:
+    """The tracking handler of the ``sink`` fixture."""
+    assert isinstance(sink.handler, TrackingHandler)
+    return sink.handler

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect
 
+from tests.factories import free_port
 from tests.smtpsink import SINK_PASSWORD, SINK_USER
 from triage.storage.engine import make_engine
 from triage.storage.migrate import upgrade
@@ -36,12 +36,6 @@ def lines(r: subprocess.CompletedProcess[str]) -> dict[str, str]:
         assert status in ("ok", "FAIL"), line
         out[rest.strip().split(":", 1)[0]] = line
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

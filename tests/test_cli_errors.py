@@ -5,7 +5,6 @@ never a traceback (that needs ``--debug``)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_ADMIN_URL, _pg_available
+from tests.factories import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,13 +44,6 @@ class Ctx:
         d = self.request.getfixturevalue("dovecot_without_tls")
         return {"TRIAGE_MAILBOX_URL": f"imap://{d.user}@127.0.0.1:{d.port}/INBOX",
                 "TRIAGE_MAILBOX_PASSWORD": d.password}
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

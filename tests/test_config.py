@@ -86,3 +86,26 @@ def test_bad_mailbox_urls(url: str, message: str) -> None:
 def test_bad_from_address() -> None:
     with pytest.raises(ValidationError):
         Settings(from_address="helpdesk@itx.net\r\nBcc: x@y.z")
+
+
+def test_login_limits_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from triage.web.throttle import LoginLimits, Rate
+
+    assert LoginLimits.from_settings(Settings()) == LoginLimits()  # the defaults agree
+    for name, value in (("CLIENT_BURST", "4"), ("CLIENT_RATE", "0.5"), ("OVERALL_BURST", "9"),
+                        ("OVERALL_RATE", "1.5"), ("PENDING", "2"), ("CLIENTS", "50"),
+                        ("FREE_ATTEMPTS", "3"), ("NAME_FREE_ATTEMPTS", "7"),
+                        ("FIRST_DELAY", "1"), ("MAX_DELAY", "60")):
+        monkeypatch.setenv(f"TRIAGE_LOGIN_{name}", value)
+    limits = LoginLimits.from_settings(Settings())
+    assert (limits.per_client, limits.overall) == (Rate(4, 0.5), Rate(9, 1.5))
+    assert (limits.pending, limits.clients) == (2, 50)
+    d = limits.delay
+    assert (d.free_attempts, d.name_free_attempts) == (3, 7)
+    assert [d.after(n) for n in (0, 1, 5, 6, 1000)] == [timedelta(seconds=s)
+                                                        for s in (1, 2, 32, 60, 60)]
+    monkeypatch.setenv("TRIAGE_LOGIN_PENDING", "0")
+    with pytest.raises(ValidationError, match="login_pending"):
+        Settings()

@@ -8,45 +8,15 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from classifiers.predict import Classifier
-from triage.config import Settings
-from triage.service import Service
+from tests.factories import count, free_port, msg, received, rows
 from triage.storage.models import Event, Fetch, Message, Outbox, RawBlob, WorkOrder
-from triage.wiring import build
 
 pytestmark = pytest.mark.imap
-
-
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
-
-
-def msg(
-    n: int,
-    frm: str,
-    subject: str,
-    body: str,
-    extra: str = "",
-    mid: str | None = "auto",
-    ctype: str = "text/plain; charset=utf-8",
-) -> bytes:
-    head = f"From: {frm}\r\nTo: helpdesk@itx.net\r\nSubject: {subject}\r\n"
-    head += "Date: Wed, 25 Nov 2026 14:00:00 -0500\r\n"
-    if mid == "auto":
-        mid = f"<m{n}.{abs(hash(subject)) % 10**8}@client.test>"
-    if mid:
-        head += f"Message-ID: {mid}\r\n"
-    head += f"MIME-Version: 1.0\r\nContent-Type: {ctype}\r\n{extra}\r\n"
-    return (head + body + "\r\n").encode()
 
 
 REQUESTS = [
@@ -97,50 +67,6 @@ NON_REQUESTS = [
         "List-Unsubscribe: <mailto:unsub@hostingdeals.example>\r\nPrecedence: bulk\r\n",
     ),
 ]
-
-
-@pytest.fixture
-def make_service(
-    db_url: str, tmp_path: Path, dovecot, smtp_sink, classifier
-) -> Iterator[Callable[..., Service]]:
-    made: list[Service] = []
-
-    def make(**overrides: object) -> Service:
-        clf = overrides.pop("classifier", classifier)
-        values: dict[str, object] = dict(
-            mailbox_url=f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
-            mailbox_password=dovecot.password,
-            smtp_url=smtp_sink.url,
-            database_url=db_url,
-            attachments_dir=tmp_path / "att",
-            outbox_retry_base=0.0,
-            poll_interval=2.0,
-        )
-        settings = Settings(**{**values, **overrides})  # type: ignore[arg-type]
-        svc = Service(settings, build(settings, classifier=clf))  # type: ignore[arg-type]
-        made.append(svc)
-        return svc
-
-    yield make
-    for svc in made:
-        svc.c.engine.dispose()
-
-
-def rows(svc: Service, model, *where) -> list:
-    with svc.c.sessions() as s:
-        return list(s.scalars(select(model).where(*where).order_by(model.id)))
-
-
-def count(svc: Service, model, *where) -> int:
-    with svc.c.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def received(sink) -> list[email.message.EmailMessage]:
-    return [
-        email.message_from_bytes(r.data, policy=email.policy.default)  # type: ignore[misc]
-        for r in sink.received
-    ]
 
 
 async def test_mixed_batch_then_reply(make_service, dovecot, smtp_sink) -> None:
@@ -306,12 +232,6 @@ async def test_bad_input_is_recorded_and_daemon_goes_on(make_service, dovecot, s
     assert any((m.reason or "").startswith("oversize") for m in quarantined)
     assert rows(svc, WorkOrder, WorkOrder.requester == "raj@patelcpa.com")
     assert await make_service().run_once() == 0  # all five marked, none lost
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_daemon_idle_survives_imap_restart_and_reports_it(make_service, dovecot,

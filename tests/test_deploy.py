@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.factories import free_port
 from triage.config import MailboxURL, Settings
 from triage.metrics import Metrics
 from triage.oauth import Credential
@@ -324,17 +324,11 @@ def test_entrypoint_once_outside_the_container(tmp_path: Path) -> None:
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == orders
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_entrypoint_daemon_answers_healthcheck_and_stops_on_sigterm(tmp_path: Path) -> None:
     """The default CMD: the HEALTHCHECK command passes against it, and SIGTERM to the
     process the entrypoint starts (triage itself; in the image tini passes it on) stops it
     with exit 0."""
-    port = _free_port()
+    port = free_port()
     env = _container_env(tmp_path, TRIAGE_OPS_HOST="127.0.0.1", TRIAGE_OPS_PORT=str(port),
                          TRIAGE_POLL_INTERVAL="1")
     argv = [*_triage_entrypoint(), *_exec_form("CMD")]
@@ -383,7 +377,7 @@ def test_healthcheck_with_the_ops_listener_off_says_why_it_fails(tmp_path: Path)
 
 
 def test_healthcheck_fails_when_nothing_answers(tmp_path: Path) -> None:
-    port = _free_port()  # bound and released: nothing listens there now
+    port = free_port()  # bound and released: nothing listens there now
     r = _healthcheck(tmp_path, TRIAGE_OPS_PORT=str(port))
     assert r.returncode == 1
     assert r.stdout.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz"), r.stdout

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from classifiers.types import Decision
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from triage.desk import users
 from triage.desk.actions import Conflict, Desk, DeskConfig
 from triage.messages import RawMessage

@@ -26,19 +26,17 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine, create_engine, func, select, text, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.pool import NullPool
 
-from tests.smtpsink import TEMPFAIL, SinkHandler, SmtpSink
-from tests.test_daemon import free_port
+from tests.factories import free_port
+from tests.smtpsink import SmtpSink, handler
 from tests.test_hostile import daemon_env, unmarked
 from triage.storage.models import Fetch, Message, Outbox, WorkOrder
 
@@ -70,73 +68,6 @@ def request(i: int, sender: str | None = None, auto: bool = False) -> bytes:
             f"Date: Wed, 25 Nov 2026 14:00:00 -0500\r\nMessage-ID: <k{i}@faults.test>\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\n{extra}\r\n{body} (ref {i})\r\n"
             ).encode()
-
-
-# ---- a sink that knows whether a client is inside an SMTP transaction ------------------------
-@dataclass
-class TrackingHandler(SinkHandler):
-    """The test sink's handler, plus: per open session, where its transaction stands.
-
-    ``mail`` = MAIL seen, DATA not yet answered; ``data`` = DATA answered 250 and the client
-    has not moved on (no MAIL/RSET/NOOP/QUIT yet): it may not have recorded the send yet.
-    """
-
-    sessions: dict[int, tuple[SMTP, str]] = field(default_factory=dict)
-    tempfails: int = 0
-
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
-        self.sessions[id(server)] = (server, "mail")
-        return await super().handle_MAIL(server, session, envelope, address, mail_options)
-
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        answer = await super().handle_RCPT(server, session, envelope, address, rcpt_options)
-        if answer == TEMPFAIL:
-            self.tempfails += 1
-        return answer
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        answer = await super().handle_DATA(server, session, envelope)
-        if answer.startswith("250"):
-            self.sessions[id(server)] = (server, "data")
-        return answer
-
-    async def _idle(self, server: SMTP) -> str:
-        self.sessions.pop(id(server), None)
-        return "250 OK"
-
-    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        return await self._idle(server)
-
-    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope,
-                          arg: str) -> str:
-        return await self._idle(server)
-
-    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.sessions.pop(id(server), None)
-        return "221 Bye"
-
-    def open_transactions(self) -> list[str]:
-        """States of the transactions on connections still open (dead sessions dropped)."""
-        return [state for server, state in list(self.sessions.values())
-                if server.transport is not None and not server.transport.is_closing()]
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink("plain")
-    s.handler = TrackingHandler()
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-def handler(sink: SmtpSink) -> TrackingHandler:
-    assert isinstance(sink.handler, TrackingHandler)
-    return sink.handler
 
 
 # ---- the daemon as a subprocess ---------------------------------------------------------------
@@ -526,7 +457,7 @@ async def test_tempfail_holds_only_the_same_recipients_later_mail(
     from triage.service import Service
     from triage.wiring import build
 
-    monkeypatch.setattr("triage.outbox.random.random", lambda: 0.5)  # jitter made exact
+    monkeypatch.setattr("triage.outbox.store.random.random", lambda: 0.5)  # jitter made exact
     settings = Settings(
         mailbox_url=f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
         mailbox_password=dovecot.password, smtp_url=sink.url,

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import time
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.factories import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "data" / "samples").glob("*.eml"))
@@ -65,12 +66,6 @@ def image() -> str:
                        capture_output=True, text=True, timeout=1800, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return tag
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _owned_dir(path: Path) -> Path:
@@ -151,7 +146,7 @@ def test_daemon_in_the_image_triages_a_mounted_maildir_and_stops_on_sigterm(
     for i, sample in enumerate(requests):
         shutil.copy(sample, inbox / "new" / f"{i}.imagetest:2,")
         os.chown(inbox / "new" / f"{i}.imagetest:2,", UID, UID)
-    port = _free_port()
+    port = free_port()
     env = {"TRIAGE_MAILBOX_URL": "maildir:///mail/inbox",
            "TRIAGE_SMTP_URL": f"smtp+plain://127.0.0.1:{smtp_sink.port}",
            "TRIAGE_OPS_PORT": str(port), "TRIAGE_POLL_INTERVAL": "1",
@@ -198,7 +193,7 @@ def test_sigterm_at_any_moment_of_start_up_is_a_clean_exit(image, tmp_path, afte
     running loop."""
     inbox = _maildir(tmp_path / "inbox")
     var = _owned_dir(tmp_path / "var")
-    env = {"TRIAGE_MAILBOX_URL": "maildir:///mail/inbox", "TRIAGE_OPS_PORT": str(_free_port())}
+    env = {"TRIAGE_MAILBOX_URL": "maildir:///mail/inbox", "TRIAGE_OPS_PORT": str(free_port())}
     with container(image, env=env, volumes={inbox: "/mail/inbox", var: "/app/var"}) as name:
         time.sleep(after)
         assert _stop(name) == 0, _logs(name)

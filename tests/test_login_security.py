@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from triage.desk import logins, users
 from triage.desk.actions import Desk, DeskConfig
 from triage.logs import JsonFormatter
@@ -32,11 +33,17 @@ from triage.storage.migrate import upgrade
 from triage.storage.models import LoginThrottle, User
 from triage.web.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE, WebDeps, create_web_app
 from triage.web.ops import serve
-from triage.web.throttle import LoginBuckets, LoginLimits, Rate
+from triage.web.throttle import (
+    LoginBuckets,
+    LoginLimits,
+    LoginThrottleMiddleware,
+    Rate,
+)
 
 NOW = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
 PASSWORD = "correct horse battery"
-GENEROUS = LoginLimits(per_client=Rate(1000, 1000), overall=Rate(1000, 1000))
+GENEROUS = LoginLimits(per_client=Rate(1000, 1000), overall=Rate(1000, 1000),
+                       pending=1000)
 
 
 @dataclass
@@ -105,9 +112,10 @@ async def test_fifty_parallel_guesses_get_five_checks(site: Site) -> None:
         codes = Counter(r.status_code for r in answers)
         assert codes == {401: logins.FREE_ATTEMPTS, 429: 50 - logins.FREE_ATTEMPTS}, codes
         assert all(r.headers["retry-after"] == "2" for r in answers if r.status_code == 429)
-        # Every checked failure was counted, none lost to a parallel write.
+        # Every checked attempt was counted, none lost to a parallel write.
         with site.sessions() as s:
-            assert s.scalar(select(User.failed_logins).where(User.name == "alice")) == 5
+            assert s.scalar(select(LoginThrottle.failures).where(
+                LoginThrottle.name == "alice", LoginThrottle.address != logins.ANY)) == 5
         # The right password from the same address waits as well ...
         r = await _login(c, token, cookie, "alice", PASSWORD)
         assert r.status_code == 429
@@ -185,6 +193,54 @@ def test_login_buckets_answer_429_with_retry_after(tmp_path: Path,
     one.close()
     two.close()
     sites.close()
+
+
+async def test_attempts_beyond_pending_are_refused_at_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At most ``pending`` attempts are past the throttle (database, argon2 queue, check);
+    one more is answered 429 by the throttle itself, not queued behind them."""
+    release, inside = asyncio.Event(), []
+
+    async def login_app(scope: Any, receive: Any, send: Any) -> None:
+        inside.append(scope["client"][0])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    throttle = LoginThrottleMiddleware(
+        login_app, LoginBuckets(LoginLimits(per_client=Rate(100, 1), overall=Rate(100, 1),
+                                            pending=2), lambda: 0.0))
+
+    async def attempt(address: str) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await throttle({"type": "http", "method": "POST", "path": "/login",
+                        "client": (address, 1)}, receive, send)
+        return sent
+
+    first = [asyncio.create_task(attempt(f"198.51.100.{i}")) for i in (1, 2)]
+    for _ in range(100):  # let both reach the app (a few loop turns)
+        await asyncio.sleep(0)
+    assert len(inside) == 2
+    with caplog.at_level(logging.INFO, logger="triage.security"):
+        third = asyncio.create_task(attempt("198.51.100.3"))
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert third.done()  # answered while the two still wait
+    start = third.result()[0]
+    assert start["status"] == 429 and (b"retry-after", b"1") in start["headers"]
+    assert inside == ["198.51.100.1", "198.51.100.2"]  # the app never saw the third
+    assert [r.bucket for r in caplog.records if r.msg == "login_throttled"] == ["pending"]
+    release.set()
+    assert [(await f)[0]["status"] for f in first] == [401, 401]
+    assert throttle.pending == 0
+    assert (await attempt("198.51.100.3"))[0]["status"] == 401  # room again
 
 
 def test_buckets_forget_the_least_recent_address() -> None:

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from triage.backoff import Backoff
 from triage.mailbox import Mailbox, PermanentMailboxError, TransientMailboxError
-from triage.mailbox.backoff import Backoff
 from triage.mailbox.imap import (
     KEYWORD,
     ImapMailbox,

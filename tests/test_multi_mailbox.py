@@ -27,11 +27,6 @@ def deliver(inbox: Path, name: str, frm: str, subject: str) -> None:
     (inbox / "new" / f"{name}.host").write_bytes(data)
 
 
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
-
-
 def settings_for(tmp_path: Path) -> Settings:
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'm.db'}",
@@ -104,23 +99,23 @@ def test_mailbox_ids_and_urls_must_be_distinct(tmp_path: Path) -> None:
 
 async def test_the_mailboxes_send_through_one_sender(tmp_path: Path,
                                                      classifier: Classifier) -> None:
-    """One outbox and one transport: a mailbox's sender beside its ingestion sweeps through
-    the first runner's, so it never runs a second sweep beside one in hand (nor past its
+    """One outbox and one transport: every mailbox's runner sweeps through the process's one
+    sender, so it never runs a second sweep beside one in hand (nor past its
     transport pause), and what it left is sent by the next sweep."""
     deliver(tmp_path / "b", "b3", "rick@palmertrucking.com", "email down")
     settings = settings_for(tmp_path)
     c = build(settings, classifier=classifier)
     (_, a), (_, b) = c.runners
-    assert b.sender is a and a.sender is a
+    assert b.sender is a.sender
     out = tmp_path / "out"
     async with c.transport:
         await b.mailbox.connect()
         try:
-            async with a.sweep_lock:  # a sweep of brand-a's in hand
+            async with a.sender.sweep_lock:  # a sweep of brand-a's in hand
                 assert await b.process_waiting(send=True) == 1
                 assert list(out.glob("*.eml")) == []  # no second sweep beside it
                 assert b.outbox_wakeup.is_set()  # the poll's own sweep will follow
-            assert await a.drain_outbox() == (1, 0)
+            assert await a.sender.drain() == (1, 0)
         finally:
             await b.mailbox.close()
     assert len(list(out.glob("*.eml"))) == 1

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from classifiers.predict import Classifier
 from tests.dovecot import DovecotUser
+from tests.factories import free_port
 from tests.oauthserver import BAD_SECRET, TokenServer
 from tests.smtpsink import SmtpSink, XOAuth2SinkHandler
 from triage.config import Settings, load_settings
@@ -270,11 +271,6 @@ async def test_smtp_server_refusing_every_token(
 
 
 # ---- the daemon: expiry mid-sweep and mid-IDLE ------------------------------------------------
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
-
-
 def request(n: int) -> bytes:
     return (f"From: Client {n} <pat{n}@client{n}.example.com>\r\nTo: helpdesk@itx.net\r\n"
             f"Subject: Printer {n} jammed again\r\nMessage-ID: <r{n}@client{n}.example.com>\r\n"
@@ -348,14 +344,6 @@ async def test_tokens_expiring_mid_sweep_and_mid_idle_are_refreshed_and_nothing_
 
 
 # ---- the daemon as users run it: a revoked credential ---------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
@@ -374,7 +362,7 @@ def test_a_revoked_credential_stops_its_mailbox_and_the_daemon_goes_on(
     acknowledged, and the web app still answers. No token or secret in any output."""
     other = DovecotUser(dovecot_oauth.server, dovecot_oauth.server.new_user())
     cid, secret = tokens.add_client(dovecot_oauth.user)
-    port = _free_port()
+    port = free_port()
     mailboxes = [
         {"id": "oauth", "auth": "xoauth2",
          "url": f"imap+plain://{dovecot_oauth.user}@127.0.0.1:{dovecot_oauth.port}/INBOX",

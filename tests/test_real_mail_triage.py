@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.test_daemon)
 """Issue 13 end to end: what the text model is unsure of still reaches staff and the client,
 and a closing note opens nothing. Real Dovecot, real aiosmtpd, the packaged model, SQLite
 and PostgreSQL."""
@@ -9,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from classifiers.predict import Classifier
-from tests.test_daemon import classifier, count, make_service, msg, received, rows  # noqa: F401
+from tests.factories import count, msg, received, rows
 from triage.storage.models import Event, Message, Outbox, WorkOrder
 
 pytestmark = pytest.mark.imap

@@ -20,7 +20,7 @@ from classifiers.predict import Classifier
 from tests.smtpsink import REJECT, SmtpSink
 from tests.test_service import ScriptedMailbox
 from triage.config import Settings
-from triage.outbox import Job
+from triage.outbox.store import Job
 from triage.relay import Held, RefusalStreak
 from triage.service import SendFailing, Service
 from triage.smtp import SmtpSettings, SmtpTransport
@@ -87,11 +87,6 @@ def request(n: int, sender: str) -> bytes:
             "Outlook cannot send any email since this morning, please help.\r\n").encode()
 
 
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
-
-
 @pytest.fixture
 def make_service(db_url: str, tmp_path: Path, smtp_sink: SmtpSink,
                  classifier: Classifier) -> Iterator[Callable[..., Service]]:
@@ -142,7 +137,7 @@ async def test_a_relay_refusing_everyone_pauses_and_then_delivers_everything(
     assert [(r.status, r.attempts) for r in rows] == [("pending", 0)] * 4
     assert all(r.last_error == ANSWER for r in rows[:3])
     assert events(svc, "ack_failed") == [] and smtp_sink.received == []
-    assert svc.c.runner.send_trouble == f"SMTP relay refuses every recipient: {ANSWER}"
+    assert svc.c.runner.sender.send_trouble == f"SMTP relay refuses every recipient: {ANSWER}"
     with pytest.raises(SendFailing, match=r"^SMTP relay refuses every recipient: 550 5\.1\.1"):
         await svc._check_smtp()  # what /readyz shows
     assert gauge(svc, "triage_smtp_relay_refusing") == 1.0
@@ -154,7 +149,7 @@ async def test_a_relay_refusing_everyone_pauses_and_then_delivers_everything(
     assert [r.status for r in rows] == ["sent"] * 4
     assert [r.rcpt_tos[0] for r in smtp_sink.received] == CLIENTS  # in order, once each
     assert events(fixed, "ack_failed") == []
-    assert fixed.c.runner.send_trouble is None
+    assert fixed.c.runner.sender.send_trouble is None
 
 
 async def test_the_daemon_pauses_names_the_relay_and_resumes_when_it_is_fixed(
@@ -164,7 +159,7 @@ async def test_the_daemon_pauses_names_the_relay_and_resumes_when_it_is_fixed(
     task = asyncio.create_task(svc.run())
     try:
         async with asyncio.timeout(30):
-            while svc.c.runner.relay_trouble is None:
+            while svc.c.runner.sender.relay_trouble is None:
                 await asyncio.sleep(0.05)
         assert gauge(svc, "triage_smtp_relay_refusing") == 1.0
         with pytest.raises(SendFailing, match="relay refuses every recipient: 550"):
@@ -182,7 +177,7 @@ async def test_the_daemon_pauses_names_the_relay_and_resumes_when_it_is_fixed(
     assert [r.rcpt_tos[0] for r in smtp_sink.received] == CLIENTS
     assert events(svc, "ack_failed") == []
     assert gauge(svc, "triage_smtp_relay_refusing") == 0.0
-    assert svc.c.runner.send_trouble is None
+    assert svc.c.runner.sender.send_trouble is None
     await svc._check_smtp()
 
 
@@ -198,7 +193,7 @@ async def test_a_single_bad_recipient_among_good_ones_is_dead_lettered(
         ["dana@harborview.com", "maria@sunriseproperty.com", "kim@harborview.com"], "sent")
     (failed,) = events(svc, "ack_failed")
     assert failed.detail["answer"] == ANSWER
-    assert svc.c.runner.send_trouble is None and svc.c.runner.relay_trouble is None
+    assert svc.c.runner.sender.send_trouble is None and svc.c.runner.sender.relay_trouble is None
     assert gauge(svc, "triage_smtp_relay_refusing") == 0.0
 
 
@@ -224,7 +219,7 @@ async def test_a_burst_of_bad_recipients_in_many_domains_is_not_taken_for_the_re
     svc = make_service(["dana@harborview.com", *bad, "raj@patelcpa.com"])
     await svc.run_once()
     assert [r.status for r in outbox(svc)] == ["sent", "dead", "dead", "dead", "sent"]
-    assert svc.c.runner.relay_trouble is None
+    assert svc.c.runner.sender.relay_trouble is None
     assert len(events(svc, "ack_failed")) == 3
 
 
@@ -248,7 +243,7 @@ async def test_connection_failures_read_cleanly(smtp_sink: SmtpSink) -> None:
         msg.set_content("x")
         result = await t.send(msg, sender="helpdesk@itx.net", recipients=["a@x.test"])
     assert result.code is None and result.answer.startswith("connection failed: ")
-    from triage.outbox import answer_of
+    from triage.outbox.store import answer_of
     assert answer_of(result) == result.answer and "None" not in answer_of(result)
 
 
@@ -277,7 +272,7 @@ async def test_the_sender_suppresses_what_the_policy_refuses(make_service,
                              message_id=f"<bad{i}@itx.net>", template="ack/email_problem",
                              context={"subject": "x"},
                              next_attempt_at=datetime(2026, 1, 1, tzinfo=UTC)))
-        sent, failed = await svc.c.runner.drain_outbox()
+        sent, failed = await svc.c.runner.sender.drain()
     assert (sent, failed) == (1, 0)
     assert [r.rcpt_tos for r in smtp_sink.received] == [("dana@harborview.com",)]
     rows = {r.to_addr: r for r in outbox(svc)}
@@ -288,7 +283,7 @@ async def test_the_sender_suppresses_what_the_policy_refuses(make_service,
     for reason in set(REFUSED.values()):
         want = sum(1 for r in REFUSED.values() if r == reason)
         assert gauge(svc, "triage_outbox_suppressed_total", reason=reason) == want
-    assert await svc.c.runner.drain_outbox() == (0, 0)  # never claimed again
+    assert await svc.c.runner.sender.drain() == (0, 0)  # never claimed again
 
 
 def test_staff_mail_may_reach_our_staff_addresses_and_client_mail_may_not() -> None:
@@ -297,7 +292,7 @@ def test_staff_mail_may_reach_our_staff_addresses_and_client_mail_may_not() -> N
                                  own_domains=["itx-partner.com"]))
 
     def job(kind: str, to: str) -> Job:
-        return Job(1, kind, to, 1, None, datetime(2026, 1, 1, tzinfo=UTC))
+        return Job(1, kind, to, 1, datetime(2026, 1, 1, tzinfo=UTC))
 
     assert check(job("escalation", "helpdesk-lead@itx.net")) is None
     assert check(job("page", "pager@oncall.example")) is None

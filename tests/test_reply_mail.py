@@ -42,7 +42,7 @@ async def test_reply_is_sent_threaded_and_the_answer_threads_back(tmp_path: Path
             number = s.scalar(select(WorkOrder.number))
         assert number
         c.desk.reply(number, "bob", "Hello Dana,\n\nplease restart Outlook.", agent_name="Bob B")
-        sent, failed = await runner.drain_outbox()
+        sent, failed = await runner.sender.drain()
         assert (sent, failed) == (2, 0)  # the acknowledgment, then the reply
         mails = [email.message_from_bytes(r.data, policy=email.policy.default)
                  for r in smtp_sink.received]

@@ -34,9 +34,10 @@ from classifiers.retrain import (
 )
 from classifiers.train import DEFAULT_HELDOUT, data_hash, train
 from classifiers.types import EmailInput
+from tests import factories
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
-from triage.storage.models import Client, Correction, Message, WorkOrder
+from triage.storage.models import Correction, Message
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -94,24 +95,10 @@ def add_work_order(
 ) -> int:
     """A work order and (unless ``opening`` is False) the message that opened it."""
     with sessions.begin() as s:
-        client = s.query(Client).filter_by(domain="harborviewdental.com").one_or_none()
-        if client is None:
-            client = Client(domain="harborviewdental.com", name="Harborview Dental")
-            s.add(client)
-            s.flush()
-        wo = WorkOrder(
-            client_id=client.id,
-            requester=from_addr,
-            subject=subject,
-            request_type=request_type,
-            confidence=0.4,
-            priority=priority,
-            received_at=T0,
-            clock_start=T0,
-            response_due=T0 + timedelta(hours=12),
-        )
-        s.add(wo)
-        s.flush()
+        wo = factories.add_work_order(
+            s, T0, domain="harborviewdental.com", client_name="Harborview Dental",
+            requester=from_addr, subject=subject, request_type=request_type,
+            priority=priority, confidence=0.4)
         if opening:
             s.add(
                 _message(

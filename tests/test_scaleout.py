@@ -20,15 +20,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.smtpsink import SmtpSink
+from tests.smtpsink import handler
 from tests.test_faults import (
     Daemon,
     Db,
-    TrackingHandler,
     ack_ids,
     assert_each_request_once,
     expire_leases,
-    handler,
     request,
     wait_until,
 )
@@ -41,17 +39,6 @@ pytestmark = [pytest.mark.imap, pytest.mark.slow]
 FIRST = 150  # delivered before the kill
 LATER = 50  # delivered after it
 AUTO_EVERY = 10  # every 10th message is an auto-reply, not a request
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink("plain")
-    s.handler = TrackingHandler()
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
 from classifiers.types import Decision, EmailInput, Evidence
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from triage.desk import users
 from triage.desk.actions import ActionError, Desk, DeskConfig, NotFound
 from triage.desk.screened import (

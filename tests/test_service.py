@@ -16,6 +16,7 @@ from classifiers.predict import Classifier
 from triage.config import Settings
 from triage.mailbox import PermanentMailboxError, TransientMailboxError
 from triage.messages import RawMessage
+from triage.outbox.recorders import InTable
 from triage.service import FatalMailboxError, Service
 from triage.smtp import SendResult as Result
 from triage.wiring import build
@@ -88,11 +89,6 @@ class ScriptedTransport:
 
 REQUEST = (b"From: dana@harborview.com\r\nSubject: cannot send email\r\nMessage-ID: <s1@h.com>"
            b"\r\n\r\nOutlook cannot send any email since this morning.\r\n")
-
-
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load()
 
 
 def make(tmp_path: Path, classifier: Classifier, mailbox: ScriptedMailbox, transport,
@@ -255,20 +251,21 @@ async def test_each_mail_is_handed_over_only_after_the_previous_one_is_recorded(
     transport = TimingTransport()
     svc = make(tmp_path, classifier, ScriptedMailbox(requests), transport)
     runner = svc.c.runner
-    # Records written to the database (as on PostgreSQL), not appended to the sent log.
-    runner.outbox.sent_log = None
+    outbox = runner.sender.outbox
+    # Records written to the outbox table (as on PostgreSQL), not deferred.
+    outbox.recorder = InTable()
     recorded: list[float] = []
-    record = runner.outbox.record
+    record = outbox.record
 
     def slow_record(job: object, result: object) -> None:
         time.sleep(0.03)  # a record that meets the ingest worker's write lock
         record(job, result)  # type: ignore[arg-type]
         recorded.append(time.monotonic())
 
-    runner.outbox.record = slow_record  # type: ignore[method-assign]
+    outbox.record = slow_record  # type: ignore[method-assign]
     await runner.mailbox.connect()
     assert await runner.process_waiting() == 6
-    assert await runner.drain_outbox() == (6, 0)
+    assert await runner.sender.drain() == (6, 0)
     assert len(recorded) == len(transport.handed) == 6
     for n in range(5):
         assert recorded[n] <= transport.handed[n + 1], n  # the rule

@@ -15,26 +15,19 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.factories import Clock, add_work_order
 from triage.ack import make_env
 from triage.sla import SlaPolicy, load_policy
 from triage.slawatch import SlaWatch, WatchResult, render_escalation
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
-from triage.storage.models import Client, Outbox, SlaAlert, WorkOrder
+from triage.storage.models import Outbox, SlaAlert, WorkOrder
 
 NY = ZoneInfo("America/New_York")
 LEAD = "lead@itx.net"
 ONCALL = "oncall@itx.net"
 FRI_10 = datetime(2026, 11, 27, 10, 0, tzinfo=NY)  # a Friday, office open
 SAT_03 = datetime(2026, 11, 28, 3, 0, tzinfo=NY)  # out of hours
-
-
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
 
 
 @pytest.fixture(scope="module")
@@ -56,38 +49,11 @@ def watch(sessions: Any, policy: SlaPolicy, clock: Clock, *, oncall: str | None 
                     from_domain="itx.net", reads=reads)
 
 
-def open_wo(
-    sessions: sessionmaker[Session],
-    policy: SlaPolicy,
-    received: datetime,
-    *,
-    request_type: str = "email_problem",
-    priority: str = "urgent",
-    contract: str = "standard",
-    domain: str = "harborview.com",
-    subject: str = "Outlook is broken",
-    status: str = "new",
-    first_response_at: datetime | None = None,
-) -> int:
-    due = policy.due(request_type, priority, contract, received)
+def open_wo(sessions: sessionmaker[Session], policy: SlaPolicy, received: datetime,
+            **fields: Any) -> int:
+    """A work order due by ``policy`` (``tests.factories.add_work_order``'s fields)."""
     with sessions.begin() as s:
-        client = s.scalar(select(Client).where(Client.domain == domain))
-        if client is None:
-            client = Client(domain=domain, name=domain, contract=contract)
-            s.add(client)
-            s.flush()
-        wo = WorkOrder(
-            client_id=client.id, requester=f"dana@{domain}", subject=subject,
-            request_type=request_type, confidence=0.9, priority=priority, status=status,
-            contract=contract, received_at=received.astimezone(UTC),
-            clock_start=due.clock_start, response_due=due.response_due,
-            callback_due=due.callback_due, fulfil_due=due.fulfil_due,
-            first_response_at=first_response_at,
-        )
-        s.add(wo)
-        s.flush()
-        wo.number = f"ITX-{wo.id:06d}"
-        return wo.id
+        return add_work_order(s, received, policy=policy, **fields).id
 
 
 def alerts(sessions: sessionmaker[Session]) -> list[tuple[int, str, str]]:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from triage.cli import main
-from triage.desk import users
+from triage.desk import logins, users
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.models import User, WebSession
 
@@ -59,7 +59,13 @@ def test_user_add_reset_list_and_token(tmp_path: Path, monkeypatch: pytest.Monke
         found = users.user_for_api_token(s, token)
         assert found is not None and found.name == "eve"
     assert run(monkeypatch, ["user", "list"]) == 0
-    assert "eve\tEve E\teve@itx.net\tactive\ttoken: never used" in capsys.readouterr().out
+    assert "eve\tEve E\teve@itx.net\tactive\ttoken: never used\n" in capsys.readouterr().out
+    # Failed attempts are counted by the login delay (login_throttle), per address.
+    with sessions.begin() as s:
+        for address in ("198.51.100.1", "198.51.100.1", "198.51.100.2"):
+            logins.reserve(s, "eve", address, now)
+    assert run(monkeypatch, ["user", "list"]) == 0
+    assert "\ttoken: never used\t3 failed logins\n" in capsys.readouterr().out
     engine.dispose()
 
 
@@ -121,4 +127,29 @@ def test_token_last_use_revoke_and_disable(tmp_path: Path, monkeypatch: pytest.M
     assert "eve\teve\t\tdisabled\ttoken: none" in capsys.readouterr().out
     assert run(monkeypatch, ["user", "enable", "eve"]) == 0
     assert users.check_password(sessions, "eve", "a long password", now) is not None
+    engine.dispose()
+
+
+def test_user_email_sets_checks_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", url)
+    assert run(monkeypatch, ["user", "add", "kim", "--password-stdin", "--email",
+                             "kim at itx"], "a long password\n") == 2
+    assert "email: not one usable address" in capsys.readouterr().err
+    assert run(monkeypatch, ["user", "add", "kim", "--password-stdin"], "a long password\n") == 0
+    assert run(monkeypatch, ["user", "email", "kim", "Kim@itx.net, x@evil.example"]) == 2
+    assert "not one usable address" in capsys.readouterr().err
+    assert run(monkeypatch, ["user", "email", "kim", "kim@itx.net"]) == 0
+    out = capsys.readouterr()
+    assert "email of kim set to kim@itx.net" in out.out
+    assert _events(out.err) == [("user_email_set", "kim")]
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as s:
+        assert s.scalar(select(User.email).where(User.name == "kim")) == "kim@itx.net"
+    assert run(monkeypatch, ["user", "email", "kim", ""]) == 0
+    assert "cleared" in capsys.readouterr().out
+    with make_sessionmaker(engine)() as s:
+        assert s.scalar(select(User.email).where(User.name == "kim")) == ""
+    assert run(monkeypatch, ["user", "email", "nobody", "a@itx.net"]) == 2
     engine.dispose()

@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from classifiers.types import Decision
-from tests.test_slawatch import Clock
+from tests.factories import Clock
 from triage.desk import logins, users
 from triage.desk.actions import Desk, DeskConfig
 from triage.messages import RawMessage
@@ -24,6 +25,8 @@ from triage.sla import load_policy
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.storage.models import AttachmentRow, Outbox, WorkOrder
+from triage.web.actions import ACTIONS
+from triage.web.alerts import done_text
 from triage.web.app import SESSION_COOKIE, WebDeps, clean_html, create_web_app, safe_next
 from triage.web.ops import create_ops_app
 from triage.workorders import Ingest, StoreConfig, WorkOrderStore
@@ -117,12 +120,17 @@ def csrf_of(html: str) -> str:
 def test_every_route_but_login_and_probes_requires_a_login(web) -> None:
     client, app, data = web
     # The stylesheet is public: the login page needs it.
-    open_paths = {"/login", "/healthz", "/readyz", "/metrics", "/static/app.css"}
+    # Scripts too: optional enhancements, no data.
+    open_paths = {"/login", "/healthz", "/readyz", "/metrics", "/static/app.css",
+                  "/static/js/{name}.js"}
     checked = 0
-    # Pages are plain routes; the API router is listed by its OpenAPI document.
-    routes = {(m, r.path) for r in app.routes if isinstance(r, Route)
-              for m in r.methods or () if m != "HEAD"}
+    # Every route, those of the included routers too (FastAPI keeps an included router as one
+    # entry of app.routes), and the API as its OpenAPI document lists it.
+    routes = {(m, r.path) for r in iter_route_contexts(app.routes)
+              if isinstance(r.original_route, Route) for m in r.methods or () if m != "HEAD"}
     routes |= {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
+    assert {("GET", "/queue"), ("POST", "/work-orders/{number}/reply"), ("POST", "/logout"),
+            ("GET", "/screened/{message_id}"), ("GET", "/api/openapi.json")} <= routes
     for method, template in sorted(routes):
         if template in open_paths:
             continue
@@ -262,6 +270,22 @@ def test_api_errors_are_clear(web) -> None:
     assert client.get("/api/v1/work-orders?type=nope").status_code == 422
 
 
+def test_each_action_row_has_a_form_route_an_api_route_and_a_done_key(web) -> None:
+    """The action table drives both routes: a row is served as a form and as an API call,
+    and its redirect's done key is one the page shows."""
+    _, app, _ = web
+    routes = {(m, r.path) for r in iter_route_contexts(app.routes) for m in r.methods or ()}
+    assert len(ACTIONS) == 9
+    for a in ACTIONS:
+        assert ("POST", f"/work-orders/{{number}}/{a.name}") in routes, a.name
+        assert ("POST", f"/api/v1/work-orders/{{number}}/{a.api_name}") in routes, a.name
+        for key in (a.done, *a.more_done):
+            assert done_text(key) == key, key
+    # One route each: no module registers an action's path a second time.
+    paths = [(m, r.path) for r in iter_route_contexts(app.routes) for m in r.methods or ()]
+    assert len(paths) == len(set(paths))
+
+
 def test_openapi_is_served_to_staff(web) -> None:
     client, _, _ = web
     assert client.get("/api/openapi.json").status_code == 401
@@ -386,3 +410,31 @@ def test_logging_the_call_back_from_the_page(web) -> None:
     assert "Log call" not in page.text
     assert "Called the client" in page.text and "restarted Outlook with Dana" in page.text
     assert client.get(f"/api/v1/work-orders/{n}").json()["called_back_at"] is not None
+
+
+def test_scripts_are_served_from_the_templates_js_folder_only(tmp_path: Path) -> None:
+    """A page's script is a same-origin file the CSP allows; nothing outside the folder's
+    listing (no traversal, no other file type) is served."""
+    import shutil
+
+    from triage.resources import TEMPLATES_DIR
+
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, templates)
+    (templates / "web" / "js").mkdir(exist_ok=True)
+    (templates / "web" / "js" / "probe.js").write_text("document.title = 'x';\n")
+    engine = make_engine(f"sqlite:///{tmp_path / 'js.db'}")
+    upgrade(engine)
+    sessions, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
+    policy, clock = load_policy(), Clock(NOW)
+    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net"), clock)
+    app = create_web_app(WebDeps(sessions, reads, policy, desk, tmp_path / "att", clock,
+                                 templates_dir=templates))
+    with TestClient(app, base_url="https://testserver") as client:
+        r = client.get("/static/js/probe.js")
+        assert r.status_code == 200 and "document.title" in r.text
+        assert r.headers["content-type"].startswith("text/javascript")
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+        for bad in ("/static/js/nope.js", "/static/js/..%2Fapp.js", "/static/js/app.css.js"):
+            assert client.get(bad).status_code == 404, bad
+    engine.dispose()

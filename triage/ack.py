@@ -88,6 +88,35 @@ _NOT_A_FIRST_NAME = frozenset({
 })
 
 
+def ack_view(row: Any, wo: Any, *, timezone: str, priority_meaning: str,
+             fulfil_within: str | None) -> AckView:
+    """What an acknowledgment says, from its outbox row and its work order's values (ORM
+    objects or Core rows): the sender renders from this, and so does the work-order page
+    (``triage.desk.sent``), so the page shows the words that were sent."""
+    ctx = row.context or {}
+    return AckView(
+        number=wo.number,
+        request_type=wo.request_type,
+        priority=wo.priority,
+        priority_meaning=priority_meaning,
+        to_addr=row.to_addr,
+        message_id=row.message_id,
+        in_reply_to=ctx.get("in_reply_to"),
+        references=tuple(ctx.get("references") or ()),
+        subject=str(ctx.get("subject") or ""),
+        timezone=timezone,
+        response_due=wo.response_due,
+        callback_due=wo.callback_due,
+        fulfil_due=wo.fulfil_due,
+        milestones=tuple(
+            (m["name"], datetime.fromisoformat(m["due"])) for m in (wo.milestones or [])
+        ),
+        date=row.created_at,
+        requester_name=wo.requester_name or "",
+        fulfil_within=fulfil_within,
+    )
+
+
 def greeting_name(display_name: str) -> str:
     """The client's first name for "Hello Dana,", or "" when there is none to use.
 

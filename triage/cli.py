@@ -28,6 +28,7 @@ HANDLERS: dict[str, str] = {
     "oauth login": "triage.oauth_cli:cmd_login",
     "user disable": "triage.desk.cli:cmd_user_disable",
     "user enable": "triage.desk.cli:cmd_user_enable",
+    "user email": "triage.desk.cli:cmd_user_email",
     "user token revoke": "triage.desk.cli:cmd_user_token_revoke",
 }
 
@@ -194,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     ua = user_sub.add_parser("add", help="add a staff user (asks for the password)")
     ua.add_argument("name", help="login name: a-z, 0-9, . _ -")
     ua.add_argument("--display-name", help="name shown to colleagues and signed on replies")
-    ua.add_argument("--email", help="address for SLA escalations of assigned work orders")
+    ua.add_argument("--email", help="address for notifications and SLA escalations of "
+                                    "assigned work orders")
     ua.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of standard input")
     ua.add_argument("--no-password", action="store_true",
@@ -210,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     ud.add_argument("name", help="login name")
     ue = user_sub.add_parser("enable", help="let a disabled user log in again")
     ue.add_argument("name", help="login name")
+    um = user_sub.add_parser("email", help="set the address NAME's notifications (assignments, "
+                                           "client replies) and escalations go to")
+    um.add_argument("name", help="login name")
+    um.add_argument("address", help='e.g. bob@itx.net; "" clears it')
     tok = user_sub.add_parser("token", help="API tokens")
     tok_sub = tok.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
     tr = tok_sub.add_parser("revoke", help="revoke NAME's API token (scripts using it get 401)")

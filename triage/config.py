@@ -184,10 +184,30 @@ class Settings(BaseSettings):
     at_risk_fraction: float = Field(default=0.75, gt=0, lt=1)
     lead_address: str = "helpdesk-lead@itx.net"
     oncall_address: str | None = None
+    # A Slack or Teams incoming-webhook URL: new urgent work orders and SLA breaches are
+    # posted there (triage.notify). Secret: the URL itself is the credential.
+    notify_webhook_url: SecretStr | None = None
     # Staff web app, served on the ops listener (ops_host:ops_port) beside /metrics.
     web_enabled: bool = True
     web_cookie_secure: bool = True  # browsers accept Secure cookies on http://localhost too
     web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # Files staff attach to a reply (triage.desk.uploads): count, size each, size in all.
+    reply_max_files: int = Field(default=10, ge=0, le=100)
+    reply_max_file_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    reply_max_total_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    # POST /login limits (triage.web.throttle, triage.desk.logins): token buckets per client
+    # address and overall (burst, attempts a second), checks in progress at once, and the
+    # progressive delay per name and address.
+    login_client_burst: float = Field(default=10.0, ge=1)
+    login_client_rate: float = Field(default=0.2, gt=0)
+    login_overall_burst: float = Field(default=20.0, ge=1)
+    login_overall_rate: float = Field(default=3.0, gt=0)
+    login_pending: int = Field(default=4, ge=1, le=1000)
+    login_clients: int = Field(default=10_000, ge=1)
+    login_free_attempts: int = Field(default=5, ge=1)
+    login_name_free_attempts: int = Field(default=20, ge=1)
+    login_first_delay: float = Field(default=2.0, gt=0, le=3600)
+    login_max_delay: float = Field(default=900.0, gt=0, le=86_400)
     # Corrections become training data; a nightly retrain swaps the model in only when its
     # held-out macro-F1 is not worse. retrain_hour is UTC; -1 turns the job off.
     corrections_dir: Path = Path("var/corrections")
@@ -197,6 +217,16 @@ class Settings(BaseSettings):
     heldout_dir: Path | None = None
     keywords_path: Path | None = None
     retrain_hour: int = Field(default=2, ge=-1, le=23)
+
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        scheme = v.get_secret_value().strip().split(":", 1)[0].lower()
+        if scheme not in ("https", "http"):
+            raise ValueError("must be an https:// URL (a Slack or Teams incoming webhook)")
+        return SecretStr(v.get_secret_value().strip())
 
     @field_validator("from_address")
     @classmethod
@@ -429,7 +459,7 @@ def _read_toml(path: str, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: cannot be read: {e.strerror}") from e
 
 
-_SECRET_FIELDS = ("password", "token", "secret", "database_url", "mailboxes")
+_SECRET_FIELDS = ("password", "token", "secret", "database_url", "mailboxes", "webhook_url")
 
 
 def setting_name(field: str, toml_keys: Collection[str] = (), config_file: str | None = None,

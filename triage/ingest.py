@@ -166,7 +166,8 @@ def make_store(settings: Settings, sessions: sessionmaker[Session], policy: SlaP
                     own_domains=tuple(settings.own_domain_names()),
                     attachments_dir=settings.attachments_dir,
                     review_threshold=settings.review_threshold,
-                    at_risk_fraction=settings.at_risk_fraction),
+                    at_risk_fraction=settings.at_risk_fraction,
+                    notify_webhook=settings.notify_webhook_url is not None),
         clock, reads,
     )
 

@@ -15,9 +15,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from triage.backoff import Backoff
 from triage.lease import Lease
 from triage.mailbox import Mailbox, MailboxAuthError, MailboxError, PermanentMailboxError
-from triage.mailbox.backoff import Backoff
 from triage.metrics import Metrics
 from triage.pipeline import Runner
 from triage.workorders import RetryBatch
@@ -64,7 +64,7 @@ class Poller:
         self.fatal: PermanentMailboxError | None = None
         self.last_ok = time.monotonic()
         self.backoff = Backoff(base=1.0, cap=min(300.0, max(30.0, poll_interval * 5)))
-        runner.should_stop = should_exit.is_set
+        runner.should_stop = runner.sender.should_stop = should_exit.is_set
 
     @property
     def mailbox(self) -> Mailbox:

@@ -21,7 +21,7 @@ log = logging.getLogger("triage.security")
 EVENTS = frozenset({
     "login", "login_failed", "login_delayed", "login_delay_started", "login_throttled",
     "logout", "api_token_used", "api_token_refused",
-    "user_added", "user_password_reset", "user_disabled", "user_enabled",
+    "user_added", "user_password_reset", "user_disabled", "user_enabled", "user_email_set",
     "api_token_issued", "api_token_revoked",
 })
 

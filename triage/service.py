@@ -33,7 +33,7 @@ from triage.errors import ConfigError, RunFailure
 from triage.ingest import IngestWorker, IngestWorkerError
 from triage.lease import Lease
 from triage.mailbox import MailboxAuthError, MailboxError, PermanentMailboxError
-from triage.pipeline import log_sweep_failure
+from triage.outbox.sender import log_sweep_failure
 from triage.poller import MailboxStopped, Poller
 from triage.resources import TEMPLATES_DIR
 from triage.retrain_job import ModelJobs
@@ -115,8 +115,9 @@ class Service:
         finally:
             await self.shutdown()
         handled = sum(p.handled for p in self.pollers) - before
-        log.info("%s: %d messages, counters %s", "run --once" if burst else "stopped",
-                 handled, [p.runner.counters for p in self.pollers])
+        log.info("%s: %d messages, counters %s %s", "run --once" if burst else "stopped",
+                 handled, [p.runner.counters for p in self.pollers],
+                 self.c.runner.sender.counters)
         if self.fatal is not None:
             raise FatalMailboxError(str(self.fatal)) from self.fatal
         return handled
@@ -156,7 +157,7 @@ class Service:
             scheduler.pause()
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout):
-                async with self.c.runner.sweep_lock:
+                async with self.c.runner.sender.sweep_lock:
                     for p in self.pollers:
                         async with p.lock:
                             pass  # free: no batch in flight on this mailbox
@@ -165,10 +166,10 @@ class Service:
                         self.settings.shutdown_timeout)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
-        try:  # deliveries still only in the sent log go into the outbox table
-            await asyncio.to_thread(self.c.runner.outbox.flush)
+        try:  # deliveries not yet in the outbox table go into it
+            await asyncio.to_thread(self.c.runner.sender.outbox.flush)
         except Exception:
-            log.exception("shutdown: the sent log could not be applied; the next start will")
+            log.exception("shutdown: deliveries could not be applied; the next start will")
         for p in self.pollers:
             with contextlib.suppress(Exception):
                 await p.mailbox.close()
@@ -218,7 +219,9 @@ class Service:
         )
         if self.settings.web_enabled:
             from triage.desk.sent import SentAcks
+            from triage.desk.uploads import UploadLimits
             from triage.web.app import WebDeps, create_web_app
+            from triage.web.throttle import LoginBuckets, LoginLimits
 
             app = create_web_app(WebDeps(
                 sessions=self.c.sessions, reads=self.c.reads, policy=self.c.policy,
@@ -226,6 +229,10 @@ class Service:
                 clock=self.c.clock, cookie_secure=self.settings.web_cookie_secure,
                 session_ttl=timedelta(hours=self.settings.web_session_hours),
                 screening=self.c.screening(), metrics=self.c.metrics,
+                upload_limits=UploadLimits(self.settings.reply_max_files,
+                                           self.settings.reply_max_file_bytes,
+                                           self.settings.reply_max_total_bytes),
+                login_buckets=LoginBuckets(LoginLimits.from_settings(self.settings)),
                 templates_dir=self.settings.templates_dir or TEMPLATES_DIR,
                 acks=SentAcks(self.c.policy, from_address=self.settings.from_address,
                               phone=self.settings.helpdesk_phone,
@@ -252,7 +259,7 @@ class Service:
 
     async def _check_smtp(self) -> None:
         await self.c.transport.check()
-        trouble = self.c.runner.send_trouble
+        trouble = self.c.runner.sender.send_trouble
         if trouble:  # reachable, but refusing (4xx) or failing our mail
             raise SendFailing(trouble)
 
@@ -298,7 +305,7 @@ class Service:
         sender in the service)."""
         try:
             while not self.should_exit.is_set():
-                sent, failed = await self.c.runner.drain_outbox()
+                sent, failed = await self.c.runner.sender.drain()
                 if failed or not sent:
                     return
         except Exception as e:

@@ -27,9 +27,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage import notify
 from triage.ack import quote_subject
 from triage.calendar import humanize_due
-from triage.outbox_enqueue import Mail, enqueue
+from triage.outbox.enqueue import Mail, enqueue
 from triage.sla import STANDARD, SlaPolicy
 from triage.slamarks import (
     ONCALL_RETURN,
@@ -98,7 +99,9 @@ class SlaWatch:
         oncall_address: str | None,
         from_domain: str,
         reads: sessionmaker[Session] | None = None,
+        webhook: bool = False,
     ) -> None:
+        """``webhook``: one is configured; a breach also queues a webhook row (triage.notify)."""
         if not 0.0 < at_risk_fraction < 1.0:
             raise ValueError("at_risk_fraction must be between 0 and 1 (exclusive)")
         if not lead_address:
@@ -112,6 +115,7 @@ class SlaWatch:
         self._oncall = oncall_address or None
         self._domain = from_domain
         self._standard = policy.calendar(STANDARD)
+        self._webhook = webhook
 
     # ---- the run ---------------------------------------------------------------------------
     def run_once(self) -> WatchResult:
@@ -211,6 +215,9 @@ class SlaWatch:
                     kind=kind, work_order_id=wo.id, number=str(wo.number), to_addr=to,
                     template=TEMPLATE, context=_context(wo, domain, n, kind, now),
                     serial=alert.id)], domain=self._domain, now=now)
+                if n.state == BREACHED and self._webhook:
+                    enqueue(s.connection(), [notify.breached(wo, domain, n.target, n.due, now)],
+                            domain=self._domain, now=now)
         except IntegrityError:
             log.debug("SLA notice %s/%s/%s already queued", wo.number, n.target, n.state)
             return False

@@ -1,9 +1,10 @@
 """Wiring: the one module that knows the concrete classes of the daemon's parts.
 
 ``build(settings)`` opens the database (and migrates it), loads the SLA policy, starts the
-ingest worker (or loads the classifier here), and makes the mailboxes, the transport, one
-``Runner`` per mailbox, the SLA watch and the desk; ``Components`` holds them for the
-service (triage.service), which only runs them.
+ingest worker (or loads the classifier here), and makes the mailboxes, the transport, the
+outbox's one ``Sender`` (triage.outbox.sender), one ``Runner`` per mailbox sharing it, the
+SLA watch and the desk; ``Components`` holds them for the service (triage.service), which
+only runs them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.installed import best_model_path
 from triage.ack import make_env
-from triage.addresses import SendPolicy
+from triage.addresses import SendPolicy, normalise
 from triage.config import MailboxConfig, Settings
 from triage.desk.actions import Desk, DeskConfig
 from triage.desk.screened import Screening
@@ -33,11 +34,15 @@ from triage.ingest import (
 from triage.lease import Lease, mailbox_lease_name, make_lease
 from triage.mailbox import Mailbox
 from triage.metrics import Metrics
+from triage.notify import NOTIFY
+from triage.notify_send import WebhookSender
 from triage.oauth import TokenSources
-from triage.outbox import CLIENT_KINDS, Job, OutboxStore, RetryPolicy
+from triage.outbox.recorders import recorder_for
+from triage.outbox.render import AckPolicy, Letterhead, Renderers
+from triage.outbox.sender import Sender
+from triage.outbox.store import CLIENT_KINDS, Job, OutboxStore, RetryPolicy
 from triage.pipeline import Runner
 from triage.relay import RefusalStreak
-from triage.sentlog import SentLog
 from triage.sla import SlaPolicy, load_policy
 from triage.slawatch import SlaWatch
 from triage.smtp import Transport
@@ -107,7 +112,7 @@ class Components:
     desk: Desk
     sessions: sessionmaker[Session]
     clock: Callable[[], datetime] = utcnow
-    # One runner per configured mailbox (``runner`` is the first; it also sends the outbox).
+    # One runner per configured mailbox (``runner`` is the first); all share one sender.
     runners: list[tuple[MailboxConfig, Runner]] = field(default_factory=list)
     ingest: Ingestor | None = None  # where batches are parsed, classified and stored
     store: WorkOrderStore | None = None  # this process's work-order store
@@ -191,18 +196,15 @@ def send_policy(settings: Settings) -> Callable[[Job], str | None]:
                                   if a])
 
     def check(job: Job) -> str | None:
-        return policy.refusal(job.to_addr, to_staff=job.kind not in CLIENT_KINDS)
+        reason = policy.refusal(job.to_addr, to_staff=job.kind not in CLIENT_KINDS)
+        if (reason == "own_address" and job.kind == NOTIFY
+                and normalise(job.to_addr) not in policy.own_keys):
+            # A staff user's own address (written from the users table when queued): mail
+            # inside our domain is what it is for; the helpdesk's own addresses stay refused.
+            return None
+        return reason
 
     return check
-
-
-def sent_log_for(engine: Engine) -> SentLog | None:
-    """The file beside a SQLite database where the outbox logs deliveries; None for
-    PostgreSQL, whose row locks let the sender write beside ingestion."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return SentLog.beside(Path(url.database).resolve())
 
 
 def _wire(settings: Settings, worker: IngestWorker | None, classifier: ClassifierLike | None,
@@ -227,40 +229,41 @@ def _wire(settings: Settings, worker: IngestWorker | None, classifier: Classifie
         RetryPolicy(settings.outbox_max_attempts, settings.outbox_retry_base,
                     settings.outbox_retry_cap),
         clock,
-        timezone_for=lambda contract: policy.calendar(contract).tz.key,
-        priority_meaning=policy.priority_meaning,
-        sent_log=sent_log_for(engine),
-        fulfil_within=policy.fulfil_in_words,
+        recorder=recorder_for(engine),
     )
     metrics = Metrics()
     tokens = token_sources(settings, engine, metrics.observe_token_request)
     tokens.observe_refresh = metrics.observe_refresh_token
     transport = transport or make_transport(settings, tokens)
-    env = make_env(settings.templates_dir)
+    renderers = Renderers(
+        make_env(settings.templates_dir),
+        Letterhead(settings.from_address, settings.from_name, settings.helpdesk_phone),
+        AckPolicy(lambda contract: policy.calendar(contract).tz.key,
+                  policy.priority_meaning, policy.fulfil_in_words),
+        attachments_dir=settings.attachments_dir)
+    # One sender per process, whatever the number of mailboxes.
+    sender = Sender(outbox, transport, renderers, transport_pause=settings.outbox_retry_base,
+                    metrics=metrics, address_policy=send_policy(settings),
+                    refusals=RefusalStreak(settings.relay_refusal_recipients,
+                                           settings.relay_refusal_domains,
+                                           settings.relay_refusal_window))
+    if settings.notify_webhook_url is not None:
+        sender.webhook = WebhookSender(outbox, settings.notify_webhook_url.get_secret_value())
     configs = settings.mailbox_configs()
     if mailbox is not None:  # a test's own mailbox stands for the first configured one
         configs = configs[:1]
     runners = [
         (cfg, Runner(
             mailbox if mailbox is not None else make_mailbox(settings, cfg, tokens), ingest,
-            outbox, transport, env,
-            from_address=settings.from_address, from_name=settings.from_name,
-            phone=settings.helpdesk_phone, batch_size=settings.batch_size,
-            transport_pause=settings.outbox_retry_base, metrics=metrics,
-            address_policy=send_policy(settings),
-            refusals=RefusalStreak(settings.relay_refusal_recipients,
-                                   settings.relay_refusal_domains,
-                                   settings.relay_refusal_window),
-        ))
+            sender, batch_size=settings.batch_size, metrics=metrics))
         for cfg in configs
     ]
     runner = runners[0][1]
-    for _, r in runners:
-        r.sender = runner
     watch = SlaWatch(
         sessions, policy, clock, at_risk_fraction=settings.at_risk_fraction,
         lead_address=settings.lead_address, oncall_address=settings.oncall_address,
         from_domain=settings.from_address.rsplit("@", 1)[-1], reads=reads,
+        webhook=settings.notify_webhook_url is not None,
     )
     desk = Desk(sessions, policy, DeskConfig(settings.from_address, settings.at_risk_fraction),
                 clock, on_first_response=metrics.observe_first_response)

@@ -15,24 +15,31 @@ technicians acting on the same page cannot both succeed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.outbox_enqueue import Mail, enqueue, sender_domain
+from triage import notify
+from triage.outbox.enqueue import Mail, enqueue, sender_domain
 from triage.parse import clean_header
 from triage.sla import SlaPolicy
 from triage.slamarks import apply_marks, contract_calendar, end_pause, pauses_of, start_pause
-from triage.storage.models import Correction, Event, Message, User, WorkOrder
+from triage.storage.models import AttachmentRow, Correction, Event, Message, User, WorkOrder
 from triage.store.model import next_version
+
+if TYPE_CHECKING:
+    from triage.desk.uploads import StoredFile
 
 STATUSES = ("new", "open", "waiting_client", "resolved")
 STATUS_LABELS = {"new": "New", "open": "Open", "waiting_client": "Waiting on client",
                  "resolved": "Resolved"}
+# What a reply may set in the same action ("Send and mark waiting on client", "Send and
+# resolve"); without one, a reply opens a new or resolved work order.
+REPLY_THEN = ("waiting_client", "resolved")
 MAX_NOTE = 20_000
 # A promise date within a year back and five years ahead: enough for any real promise, and a
 # bound that keeps 0001-01-01 or 9999-12-31 (which no time zone can show) out of the table.
@@ -96,6 +103,9 @@ class Desk:
         wo = s.scalar(select(WorkOrder).where(WorkOrder.number == number).with_for_update())
         if wo is None:
             raise NotFound(number)
+        if wo.merged_into_id is not None:
+            into = s.scalar(select(WorkOrder.number).where(WorkOrder.id == wo.merged_into_id))
+            raise ActionError(f"{number} was merged into {into}; act on that work order")
         if version is not None and wo.version != version:
             raise Conflict(number, version, wo.version, changes_since(s, wo.id, version))
         return wo
@@ -150,8 +160,15 @@ class Desk:
                 user = s.scalar(select(User).where(User.name == assignee, User.active))
                 if user is None:
                     raise ActionError(f"no active staff user {assignee!r}")
+            was = wo.assignee_id
             wo.assignee_id = user.id if user else None
             self._event(s, wo, actor, "assigned", {"to": user.name if user else None}, now)
+            if user is not None and user.id != was and user.name != actor and user.email:
+                # Told by mail, through the outbox: it commits with the assignment or not
+                # at all, once per assignment (triage.notify).
+                enqueue(s.connection(), [notify.assigned(
+                    wo, wo.client.name, user.email, _who(s, actor), wo.version, now)],
+                    domain=self._domain, now=now)
         return wo
 
     def promise(self, number: str, actor: str, when: datetime | None, *,
@@ -246,38 +263,55 @@ class Desk:
         return wo
 
     def reply(self, number: str, actor: str, body: str, *, wait_for_client: bool = False,
+              then: str | None = None, files: Sequence[StoredFile] = (),
               agent_name: str = "", version: int | None = None) -> WorkOrder:
-        """Queue a reply to the requester; the first stops the response clock."""
+        """Queue a reply to the requester; the first stops the response clock.
+
+        ``then``: a status (``REPLY_THEN``) set in the same transaction, one version step
+        with the reply, so the collision guard sees one action. ``files``: already written
+        to disk (``triage.desk.uploads.store``); their rows are added here, on the reply's
+        outbox row, and the context names them for the renderer."""
         body = body.replace("\r\n", "\n").strip()
         if not body:
             raise ActionError("an empty reply")
         if len(body) > MAX_REPLY:
             raise ActionError(f"a reply is at most {MAX_REPLY} characters")
+        if wait_for_client and then is None:
+            then = "waiting_client"
+        if then is not None and then not in REPLY_THEN:
+            raise ActionError(f"a reply cannot set the status {then[:32]!r}")
         now = self._clock()
         with self._sessions.begin() as s:
             wo = self._locked(s, number, version)
             if not wo.requester:
                 raise ActionError("this work order has no sender address to reply to")
             in_reply_to, references = self._thread_ids(s, wo)
+            context: dict[str, Any] = {
+                "number": wo.number, "subject": clean_header(wo.subject, 200),
+                "in_reply_to": in_reply_to, "references": references, "body": body,
+                "agent": agent_name or actor, "at": now.astimezone(UTC).isoformat()}
+            if files:
+                context["attachments"] = [f.context() for f in files]
             (outbox_id,) = enqueue(s.connection(), [Mail(
                 kind="reply", work_order_id=wo.id, number=str(wo.number),
-                to_addr=wo.requester, template="reply",
-                context={"number": wo.number, "subject": clean_header(wo.subject, 200),
-                         "in_reply_to": in_reply_to, "references": references,
-                         "body": body, "agent": agent_name or actor,
-                         "at": now.astimezone(UTC).isoformat()})],
+                to_addr=wo.requester, template="reply", context=context)],
                 domain=self._domain, now=now)
+            s.add_all(AttachmentRow(message_pk=None, outbox_id=outbox_id, filename=f.filename,
+                                    content_type=f.content_type, size=f.size,
+                                    sha256=f.sha256, path=f.path) for f in files)
             first = wo.first_response_at is None
             if first:
                 wo.first_response_at = now
                 waited = contract_calendar(self._policy, wo.contract).business_time_between(
                     wo.received_at, now, pauses_of(wo))
-            self._event(s, wo, actor, "replied",
-                        {"outbox_id": outbox_id, "first_response": first}, now)
+            detail: dict[str, Any] = {"outbox_id": outbox_id, "first_response": first}
+            if files:
+                detail["attachments"] = len(files)
+            self._event(s, wo, actor, "replied", detail, now)
             if wo.status == "new":
                 wo.status = "open"
-            if wait_for_client:
-                self._set_status(s, wo, actor, "waiting_client", now)
+            if then is not None:
+                self._set_status(s, wo, actor, then, now)
             elif wo.status == "resolved":
                 self._set_status(s, wo, actor, "open", now)
             self._marks(wo)
@@ -305,6 +339,12 @@ def changes_since(s: Session, wo_id: int, version: int) -> list[Change]:
                                .order_by(Event.id).limit(50))]
 
 
+def _who(s: Session, name: str) -> str:
+    """A staff user's display name (their login name without one)."""
+    shown = s.scalar(select(User.display_name).where(User.name == name))
+    return shown or name
+
+
 def _note_text(text: str, *, required: bool) -> str:
     text = text.strip()
     if required and not text:
@@ -314,5 +354,5 @@ def _note_text(text: str, *, required: bool) -> str:
     return text
 
 
-__all__ = ["STATUSES", "STATUS_LABELS", "ActionError", "Change", "Conflict", "Desk",
+__all__ = ["REPLY_THEN", "STATUSES", "STATUS_LABELS", "ActionError", "Change", "Conflict", "Desk",
            "DeskConfig", "NotFound", "changes_since"]

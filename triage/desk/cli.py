@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from triage import security
-from triage.desk import users
+from triage.desk import logins, users
 from triage.storage.models import User
 
 
@@ -85,6 +85,7 @@ def cmd_user_add(ns: argparse.Namespace) -> int:
 
 def cmd_user_list(ns: argparse.Namespace) -> int:
     with _session(ns) as s:
+        failures = logins.failures(s)
         for u in s.scalars(select(User).order_by(User.name)):
             state = "active" if u.active else "disabled"
             if u.api_token_hash is None:
@@ -93,7 +94,8 @@ def cmd_user_list(ns: argparse.Namespace) -> int:
                 token = "token: never used"
             else:
                 token = f"token: last used {u.api_token_used_at:%Y-%m-%d %H:%M} UTC"
-            failed = f"\t{u.failed_logins} failed logins" if u.failed_logins else ""
+            n = failures.get(u.name, 0)
+            failed = f"\t{n} failed logins" if n else ""
             print(f"{u.name}\t{u.display_name}\t{u.email}\t{state}\t{token}{failed}")
     return 0
 
@@ -126,6 +128,14 @@ def cmd_user_enable(ns: argparse.Namespace) -> int:
         users.enable_user(s, user)
         return f"user {user.name} enabled (an API token needs --api-token again)"
     return _change(ns, "enable", run, "user_enabled")
+
+
+def cmd_user_email(ns: argparse.Namespace) -> int:
+    def run(s: Session, user: User) -> str:
+        users.set_email(user, ns.address)
+        return (f"email of {user.name} set to {user.email}" if user.email
+                else f"email of {user.name} cleared (no notifications by mail)")
+    return _change(ns, "email", run, "user_email_set")
 
 
 def cmd_user_token_revoke(ns: argparse.Namespace) -> int:

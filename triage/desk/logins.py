@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,25 @@ MAX_DELAY = timedelta(minutes=15)
 FORGET = timedelta(days=1)  # a counter quiet this long starts again from zero
 ANY = "*"  # the address of the per-name counter
 NAME_MAX = 64
+
+
+@dataclass(frozen=True)
+class Delay:
+    """The progressive delay's settings (``TRIAGE_LOGIN_*``); the defaults are the above."""
+
+    free_attempts: int = FREE_ATTEMPTS
+    name_free_attempts: int = NAME_FREE_ATTEMPTS
+    first_delay: timedelta = FIRST_DELAY
+    max_delay: timedelta = MAX_DELAY
+
+    def after(self, failures_over: int) -> timedelta:
+        """The wait after the ``failures_over``-th attempt past the free ones (0 = the last
+        free one)."""
+        # 2**30 times any allowed first delay is past any allowed cap, and within timedelta.
+        return min(self.max_delay, self.first_delay * (2 ** min(failures_over, 30)))
+
+
+DEFAULT_DELAY = Delay()
 
 
 @dataclass(frozen=True)
@@ -55,12 +74,11 @@ def normal_name(name: str) -> str:
 
 def delay_after(failures_over: int) -> timedelta:
     """The wait after the ``failures_over``-th attempt past the free ones (0 = the last free)."""
-    if failures_over >= 20:  # 2 s * 2**20 is far past the cap; keep the arithmetic small
-        return MAX_DELAY
-    return min(MAX_DELAY, FIRST_DELAY * (2 ** failures_over))
+    return DEFAULT_DELAY.after(failures_over)
 
 
-def reserve(s: Session, name: str, address: str, now: datetime) -> Attempt:
+def reserve(s: Session, name: str, address: str, now: datetime,
+            delay: Delay = DEFAULT_DELAY) -> Attempt:
     """Count an attempt for ``name`` from ``address`` before its password is checked.
 
     Call in a short write transaction of its own and commit before checking the password."""
@@ -71,9 +89,9 @@ def reserve(s: Session, name: str, address: str, now: datetime) -> Attempt:
         .where(LoginThrottle.name == name, LoginThrottle.address.in_((address, ANY)))
         .order_by(LoginThrottle.address).with_for_update())}
     pair, per_name = rows[address], rows[ANY]
-    counted = [(pair, FREE_ATTEMPTS)]
+    counted = [(pair, delay.free_attempts)]
     if not pair.known:
-        counted.append((per_name, NAME_FREE_ATTEMPTS))
+        counted.append((per_name, delay.name_free_attempts))
     for row, _ in counted:
         if row.last_at < now - FORGET:
             row.failures, row.not_before = 0, now
@@ -85,7 +103,7 @@ def reserve(s: Session, name: str, address: str, now: datetime) -> Attempt:
         row.failures += 1
         row.last_at = now
         if row.failures >= free:
-            row.not_before = now + delay_after(row.failures - free)
+            row.not_before = now + delay.after(row.failures - free)
             started = started or row.failures == free
     s.flush()
     s.execute(delete(LoginThrottle).where(
@@ -103,6 +121,15 @@ def succeeded(s: Session, name: str, address: str, now: datetime) -> None:
     row.failures, row.not_before, row.known, row.last_at = 0, now, True, now
 
 
+def failures(s: Session) -> dict[str, int]:
+    """Attempts since the last success, by name, summed over the addresses tried from (for
+    ``triage user list``; names nobody logged in as are there too)."""
+    return {name: int(n) for name, n in s.execute(
+        select(LoginThrottle.name, func.sum(LoginThrottle.failures))
+        .where(LoginThrottle.address != ANY, LoginThrottle.failures > 0)
+        .group_by(LoginThrottle.name))}
+
+
 def _ensure(s: Session, name: str, addresses: tuple[str, ...], now: datetime) -> None:
     """The rows exist (inserted if missing; a concurrent insert of the same row is fine)."""
     dialect = s.get_bind().dialect.name
@@ -112,5 +139,6 @@ def _ensure(s: Session, name: str, addresses: tuple[str, ...], now: datetime) ->
     s.execute(insert(LoginThrottle).values(values).on_conflict_do_nothing())
 
 
-__all__ = ["ANY", "FIRST_DELAY", "FORGET", "FREE_ATTEMPTS", "MAX_DELAY", "NAME_FREE_ATTEMPTS",
-           "Attempt", "delay_after", "normal_name", "reserve", "succeeded"]
+__all__ = ["ANY", "DEFAULT_DELAY", "FIRST_DELAY", "FORGET", "FREE_ATTEMPTS", "MAX_DELAY",
+           "NAME_FREE_ATTEMPTS", "Attempt", "Delay", "delay_after", "failures", "normal_name",
+           "reserve", "succeeded"]

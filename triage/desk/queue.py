@@ -350,8 +350,11 @@ def work_order_detail(s: Session, policy: SlaPolicy, number: str,
         select(Message).where(Message.work_order_id == wo.id)
         .options(selectinload(Message.attachments))
         .order_by(Message.received_at, Message.id)))
-    outbox = list(s.scalars(select(Outbox).where(Outbox.work_order_id == wo.id)
-                            .order_by(Outbox.id)))
+    # Our mail to the work orders merged into this one is part of its thread too.
+    merged = select(WorkOrder.id).where(WorkOrder.merged_into_id == wo.id)
+    outbox = list(s.scalars(select(Outbox).where(or_(Outbox.work_order_id == wo.id,
+                                                     Outbox.work_order_id.in_(merged)))
+                            .options(selectinload(Outbox.attachments)).order_by(Outbox.id)))
     events = list(s.scalars(select(Event).where(Event.work_order_id == wo.id)
                             .order_by(Event.at, Event.id)))
     corrections = list(s.scalars(select(Correction).where(Correction.work_order_id == wo.id)
@@ -376,11 +379,13 @@ def work_order_detail(s: Session, policy: SlaPolicy, number: str,
 
 
 def attachment_for(s: Session, number: str, attachment_id: int) -> AttachmentRow | None:
-    """The attachment, only if it belongs to a message of this work order."""
+    """The attachment, only if it belongs to a message or a staff reply of this work order."""
     return s.scalar(
         select(AttachmentRow)
-        .join(Message, Message.id == AttachmentRow.message_pk)
-        .join(WorkOrder, WorkOrder.id == Message.work_order_id)
+        .outerjoin(Message, Message.id == AttachmentRow.message_pk)
+        .outerjoin(Outbox, Outbox.id == AttachmentRow.outbox_id)
+        .join(WorkOrder, WorkOrder.id == func.coalesce(Message.work_order_id,
+                                                       Outbox.work_order_id))
         .where(AttachmentRow.id == attachment_id, WorkOrder.number == number))
 
 

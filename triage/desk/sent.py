@@ -1,7 +1,7 @@
 """The words of an acknowledgment, for the work-order page.
 
 An acknowledgment is rendered when it is sent, from its outbox row and the work order's
-values then (``triage.outbox.ack_view``); nothing of the mail is stored but those inputs.
+values then (``triage.ack.ack_view``); nothing of the mail is stored but those inputs.
 The page renders it again the same way, with the work order as it was at the send: a
 reclassification after it (new type, priority, due dates) is undone from its audit event's
 ``was_type``/``was_priority``, and the due dates are computed again from the arrival time, as
@@ -18,8 +18,7 @@ from typing import Any
 
 from jinja2 import Environment
 
-from triage.ack import make_env, render_ack_text
-from triage.outbox import ack_view
+from triage.ack import ack_view, make_env, render_ack_text
 from triage.sla import SlaPolicy
 from triage.storage.models import Event, Outbox, WorkOrder
 

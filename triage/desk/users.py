@@ -2,9 +2,9 @@
 (password reset, token revocation, disabling a user).
 
 A password is checked outside any write transaction (argon2 takes ~0.1 s of CPU; inside a
-SQLite write transaction it would hold the database's only write lock that long), and the
-failure is then counted in SQL. Repeated failures are slowed by ``triage.desk.logins``, not
-by locking the account. A wrong name costs the same argon2 verify as a wrong password, so
+SQLite write transaction it would hold the database's only write lock that long). Attempts
+are counted, and repeated failures slowed, by ``triage.desk.logins``, not by locking the
+account. A wrong name costs the same argon2 verify as a wrong password, so
 timing does not tell which names exist. Session and API tokens are 256-bit random strings;
 only their SHA-256 is stored, and a password reset or a disable ends both.
 """
@@ -24,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage.addresses import AddressError, parse
 from triage.storage.models import User, WebSession
 
 SESSION_TTL = timedelta(hours=12)
@@ -51,11 +52,23 @@ def add_user(s: Session, name: str, password: str, *, display_name: str = "",
         raise UserError(f"password: at least {MIN_PASSWORD} characters")
     if s.scalar(select(User.id).where(User.name == name)) is not None:
         raise UserError(f"user {name!r} exists (use --reset to set a new password)")
-    user = User(name=name, display_name=display_name or name, email=email,
-                password_hash=_hasher.hash(password), active=True, failed_logins=0)
+    user = User(name=name, display_name=display_name or name, email="",
+                password_hash=_hasher.hash(password), active=True)
+    set_email(user, email)
     s.add(user)
     s.flush()
     return user
+
+
+def set_email(user: User, email: str) -> None:
+    """The address a user's notifications and escalations go to; "" clears it."""
+    email = email.strip()
+    if email:
+        try:
+            parse(email)
+        except AddressError as e:
+            raise UserError(f"email: not one usable address ({e.reason})") from None
+    user.email = email
 
 
 def random_password() -> str:
@@ -69,7 +82,6 @@ def set_password(s: Session, user: User, password: str) -> None:
     if len(password) < MIN_PASSWORD:
         raise UserError(f"password: at least {MIN_PASSWORD} characters")
     user.password_hash = _hasher.hash(password)
-    user.failed_logins, user.locked_until = 0, None
     user.api_token_hash, user.api_token_used_at = None, None
     end_sessions(s, user)
 
@@ -91,7 +103,6 @@ def disable_user(s: Session, user: User) -> None:
 def enable_user(s: Session, user: User) -> None:
     """Logins again with the same password (the old sessions and token stay ended)."""
     user.active = True
-    user.failed_logins, user.locked_until = 0, None
 
 
 def revoke_api_token(s: Session, user: User) -> bool:
@@ -130,19 +141,13 @@ def rehash_if_needed(hashed: str, password: str) -> str | None:
     return _hasher.hash(password) if _hasher.check_needs_rehash(hashed) else None
 
 
-def record_failure(s: Session, user_id: int) -> None:
-    """One more consecutive failure, counted in SQL so parallel failures all count."""
-    s.execute(update(User).where(User.id == user_id)
-              .values(failed_logins=User.failed_logins + 1))
-
-
 def record_success(s: Session, user_id: int, now: datetime,
                    new_hash: str | None = None) -> User | None:
     """The user after a right password, or None if they were disabled meanwhile."""
     user = s.get(User, user_id)
     if user is None or not user.active:
         return None
-    user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
+    user.last_login_at = now
     if new_hash is not None:
         user.password_hash = new_hash
     return user
@@ -150,17 +155,17 @@ def record_success(s: Session, user_id: int, now: datetime,
 
 def check_password(sessions: sessionmaker[Session], name: str, password: str,
                    now: datetime) -> User | None:
-    """Read, verify outside any transaction, record: for the command line and tests (the web
-    login adds the progressive delay of ``triage.desk.logins`` around the same steps)."""
+    """Read, verify outside any transaction, record a success: for the command line and
+    tests (the web login adds the progressive delay of ``triage.desk.logins``, which also
+    counts the failures)."""
     with sessions() as s:
         creds = credentials_for(s, name)
     ok = verify_password(creds.password_hash, password)
     if creds.user_id is None:
         return None
+    if not ok:
+        return None
     with sessions.begin() as s:
-        if not ok:
-            record_failure(s, creds.user_id)
-            return None
         return record_success(s, creds.user_id, now,
                               rehash_if_needed(creds.password_hash, password))
 
@@ -223,6 +228,6 @@ __all__ = [
     "SESSION_TTL", "TOKEN_USE_RESOLUTION", "Credentials", "UserError", "add_user",
     "check_password", "create_session", "credentials_for", "disable_user", "enable_user",
     "end_session", "end_sessions", "issue_api_token", "note_token_use", "random_password",
-    "record_failure", "record_success", "rehash_if_needed", "revoke_api_token", "session_for",
+    "record_success", "rehash_if_needed", "revoke_api_token", "session_for",
     "set_password", "token_hash", "user_for_api_token", "verify_password",
 ]

@@ -145,15 +145,19 @@ class RawBlob(Base):
 
 
 class AttachmentRow(Base):
+    """A file on a client's message (``message_pk``) or on a staff reply (``outbox_id``, the
+    reply's outbox row; migration 0015); the file itself is content-addressed on disk."""
+
     __tablename__ = "attachments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(1024))
-    message: Mapped[Message] = relationship(back_populates="attachments")
+    message: Mapped[Message | None] = relationship(back_populates="attachments")
 
 
 class WorkOrder(Base):
@@ -199,9 +203,13 @@ class WorkOrder(Base):
     # Counts the changes staff or the client made (triage.desk.actions, a client's reply);
     # a page carries it, and an action sent from an older page is refused (collision guard).
     version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    # Set on a work order merged into another of the same client (triage.desk.merge): it is
+    # resolved, its thread lives on there, and mail answering it threads there.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("work_orders.id"), index=True)
 
     client: Mapped[Client] = relationship()
     assignee: Mapped[User | None] = relationship()
+    merged_into: Mapped[WorkOrder | None] = relationship(remote_side=[id])
 
     # The staff queue's indexes (migration 0004): partial, over the active work orders only.
     __table_args__ = (
@@ -240,6 +248,11 @@ class Outbox(Base):
     smtp_response: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # One notification to staff (triage.notify): unique, so it is never queued twice.
+    notify_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    # A reply's files (the context's "attachments" name them for the renderer).
+    attachments: Mapped[list[AttachmentRow]] = relationship(viewonly=True)
 
     # The claim walks each status in id order (migration 0006); the store counts the last
     # hour's acknowledgments per address, per domain and in all (migration 0009).
@@ -279,8 +292,6 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), default="")
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column()
     api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     # Written at most once a minute per token (triage.desk.users.TOKEN_USE_RESOLUTION), so an
     # API script does not take SQLite's write lock on every call.
@@ -348,6 +359,21 @@ class Event(Base):
     wo_version: Mapped[int | None] = mapped_column(Integer)
 
 
+class CannedReply(Base):
+    """A staff-written reply template (triage.desk.canned): Jinja2 text rendered in a sandbox
+    over a work order's variables; ``request_types`` are the types it is suggested for."""
+
+    __tablename__ = "canned_replies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    request_types: Mapped[list[Any]] = mapped_column(default=list)
+    created_by: Mapped[str] = mapped_column(String(64))
+    updated_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OAuthToken(Base):
     """A delegated OAuth2 login (``triage oauth login``): the user's refresh token and the
     access token it last gave, both encrypted (triage.oauth_store), shared by every process
@@ -366,7 +392,7 @@ class OAuthToken(Base):
 
 
 __all__ = [
-    "AttachmentRow", "Base", "Client", "Correction", "Event", "Fetch", "LoginThrottle",
-    "MailboxState", "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert", "User",
-    "WebSession", "WorkOrder", "utcnow",
+    "AttachmentRow", "Base", "CannedReply", "Client", "Correction", "Event", "Fetch",
+    "LoginThrottle", "MailboxState", "Message", "OAuthToken", "Outbox", "RawBlob", "SlaAlert",
+    "User", "WebSession", "WorkOrder", "utcnow",
 ]

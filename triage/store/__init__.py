@@ -14,7 +14,7 @@ tested in one place. Two writers carry plans out and decide nothing:
   fails.
 
 Both use the same row inserts (``rows``), and outbox rows and their Message-IDs come from
-``triage.outbox_enqueue``, as for every other mail we queue.
+``triage.outbox.enqueue``, as for every other mail we queue.
 
 Knows nothing of IMAP or SMTP: it takes plain data (``Ingest``) and returns plain data
 (``Outcome``). The caller marks the mailbox only after ``store_batch`` has committed.

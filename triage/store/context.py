@@ -25,7 +25,7 @@ from sqlalchemy import Connection, func, select
 from triage.addresses import AddressError, rate_keys
 from triage.messages import ParsedEmail
 from triage.storage.engine import in_chunks
-from triage.storage.models import AttachmentRow, Client, Fetch, Message, Outbox, WorkOrder
+from triage.storage.models import AttachmentRow, Client, Fetch, Message, Outbox, User, WorkOrder
 from triage.store.model import (
     TAG_RE,
     FetchKey,
@@ -55,11 +55,14 @@ class WorkOrderView:
     at_risk_at: datetime | None
     updated_at: datetime
     version: int  # the collision guard's count (``next_version``)
+    merged_into_id: int | None  # merged into that work order (triage.desk.merge)
     client_key: str  # its client's ``clients.domain``
+    client_name: str | None
+    assignee_email: str | None  # an active assignee's address (their notifications)
 
     def __init__(self, values: dict[str, Any]) -> None:
         # Every column, None unless given: a column added later reads as on a new row.
-        self.__dict__.update(dict.fromkeys(_WO_COLUMNS))
+        self.__dict__.update(dict.fromkeys(_WO_COLUMNS), client_name=None, assignee_email=None)
         self.__dict__.update(values)
 
     def copy(self) -> WorkOrderView:
@@ -148,14 +151,35 @@ def lookup(conn: Connection, items: Sequence[Ingest], now: datetime) -> BatchCon
             ctx.message_thread.setdefault(str(in_mid), int(in_wo_id or 0))
     wo_ids = set(ctx.outbox_thread.values()) | set(ctx.message_thread.values())
     tags = {m.group(1) for p in parsed if (m := TAG_RE.search(p.subject))}
-    q = select(WorkOrder.__table__, Client.domain.label("client_key")).join(
-        Client, Client.id == WorkOrder.client_id)
+    q = (select(WorkOrder.__table__, Client.domain.label("client_key"),
+                Client.name.label("client_name"), User.email.label("assignee_email"))
+         .join(Client, Client.id == WorkOrder.client_id)
+         .outerjoin(User, (User.id == WorkOrder.assignee_id) & User.active))
     for ids in in_chunks(wo_ids):
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.id.in_(ids))).mappings())
     for numbers in in_chunks(tags):
         _add_work_orders(ctx, conn.execute(q.where(WorkOrder.number.in_(numbers))).mappings())
+    _follow_merges(ctx, conn, q)
     _add_senders(ctx, conn, [p.from_addr for p in parsed], now)
     return ctx
+
+
+def _follow_merges(ctx: BatchContext, conn: Connection, q: Any) -> None:
+    """Mail answering a merged work order (its Message-IDs, its tag) threads into the one it
+    was merged into: every key that leads to it leads there instead. A merge repoints the
+    work orders merged into the one it closes, so one step always reaches an open end."""
+    into = {v.id: v.merged_into_id for v in ctx.work_orders.values() if v.merged_into_id}
+    if not into:
+        return
+    missing = set(into.values()) - set(ctx.work_orders)
+    for ids in in_chunks(missing):
+        _add_work_orders(ctx, conn.execute(q.where(WorkOrder.id.in_(ids))).mappings())
+    for mapping in (ctx.outbox_thread, ctx.message_thread, ctx.numbers):
+        for key, wo_id in mapping.items():
+            if wo_id in into:
+                mapping[key] = into[wo_id]
+    for wo_id in into:
+        del ctx.work_orders[wo_id]
 
 
 def lookup_sender(conn: Connection, from_addr: str, now: datetime) -> BatchContext:
@@ -200,7 +224,8 @@ def stored_fingerprints(conn: Connection, message_pks: Iterable[int]) -> dict[in
     for chunk in in_chunks(message_pks):
         for message_pk, sha in conn.execute(select(AttachmentRow.message_pk, AttachmentRow.sha256)
                                             .where(AttachmentRow.message_pk.in_(chunk))):
-            shas.setdefault(message_pk, []).append(sha)
+            if message_pk is not None:  # always, by the IN; reply files have none
+                shas.setdefault(message_pk, []).append(sha)
         for message_pk, headers, text, html in conn.execute(
                 select(Message.id, Message.headers, Message.body_text, Message.body_html)
                 .where(Message.id.in_(chunk))):

@@ -15,7 +15,8 @@ The rules, in the order they apply:
    Subject, Date, body and attachments; not the trace headers a second delivery differs
    in). The same Message-ID with another fingerprint is another message: filed under a key
    of its own, decided by the rules below, and a ``message_id_reused`` event recorded;
-4. our own mail come back (our address, or a Message-ID we generated): a non-request;
+4. our own mail come back (from the helpdesk's address in any spelling, or a Message-ID
+   we generated): a non-request;
 5. screened by its headers (the classifier's header screen decided: auto-reply, bounce,
    list or bulk mail): a non-request. A text model calling a message an auto-reply or a
    bounce is only an opinion: such a message is threaded by rule 6 first, then rule 7;
@@ -49,6 +50,7 @@ from datetime import datetime
 from typing import Any
 
 from classifiers.types import Decision
+from triage import notify
 from triage.addresses import ACK_REASONS, AddressError, rate_keys, rate_refusal
 from triage.messages import DueDates, ParsedEmail
 from triage.parse import build_reply_headers, clean_header
@@ -187,7 +189,7 @@ class Decider:
                  fresh: bool) -> Plan | None:
         """Rules 4 to 8, for a message that is neither stored nor quarantined."""
         ctx, raw = self.ctx, item.raw
-        if p.from_addr == self.cfg.from_address or (p.message_id and p.message_id in ctx.own):
+        if self.cfg.from_mailbox(p.from_addr) or (p.message_id and p.message_id in ctx.own):
             return self._non_request(item, key, "own")
         if not d.is_request and d.screened_by == "header":
             return self._non_request(item, key, d.non_request_kind or "auto_reply")
@@ -297,6 +299,13 @@ class Decider:
         plan = Plan(Outcome(item.raw.uid, "reply", work_order=wo.number), message=message,
                     fetch=self._fetch(item, message.ref), events=events,
                     changes=[WorkOrderChange(wo.id, {c: getattr(after, c) for c in _CHANGED})])
+        if wo.assignee_email and item.parsed is not None:
+            # The assignee hears of it by mail, once per reply (the version it made).
+            plan.mails.append(NewMail(
+                notify.NOTIFY, wo.id, wo.assignee_email, notify.TEMPLATE,
+                notify.client_reply_context(wo, wo.client_name or wo.client_key,
+                                            item.parsed.text, now),
+                notify_key=f"client_reply:{wo.id}:{v}"))
         self.ctx.work_orders[wo.id] = after
         return self._accept(item, key, plan)
 
@@ -353,6 +362,11 @@ class Decider:
             events=[NewEvent(wo.ref, "created", {
                 "type": d.label, "priority": priority,
                 "confidence": round(float(d.confidence), 4), **(detail or {})}, now, actor)])
+        if priority == "urgent" and self.cfg.notify_webhook:
+            plan.mails.append(NewMail(
+                notify.WEBHOOK, wo.ref, notify.WEBHOOK_RECIPIENT, notify.WEBHOOK,
+                notify.urgent_context(None, p.subject, ckey, d.label, now),
+                notify_key="webhook:urgent:{wo}"))
         if refused is None:
             in_reply_to, references = build_reply_headers(p)
             plan.mails.append(NewMail("ack", wo.ref, p.from_addr, f"ack/{d.label}", {

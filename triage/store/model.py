@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from classifiers.types import Decision
-from triage.addresses import RateLimits, SendPolicy
+from triage.addresses import AddressError, RateLimits, SendPolicy, normalise
 from triage.messages import ParsedEmail, RawMessage
 
 TAG_RE = re.compile(r"\[(ITX-\d{6,})\]")
@@ -86,13 +86,36 @@ class StoreConfig:
     ack_rate_global_per_hour: int = 1000
     own_addresses: tuple[str, ...] = ()
     own_domains: tuple[str, ...] = ()
+    # A webhook is configured: new urgent work orders queue a webhook row (triage.notify).
+    notify_webhook: bool = False
 
     @cached_property
     def send_policy(self) -> SendPolicy:
         """Whom no acknowledgment may go to: the policy the outbox applies at send time,
-        built from the same settings (triage.service.send_policy)."""
+        built from the same settings (triage.wiring.send_policy)."""
         return SendPolicy.of((self.from_address, *self.own_addresses),
                              (*self.own_domains, domain_of(self.from_address)))
+
+    @cached_property
+    def mailbox_key(self) -> str:
+        """The helpdesk mailbox's own address as ``normalise`` keys it, so that mail from it
+        in any spelling (``helpdesk+x@itx.net``, ``HelpDesk@itx.net``) is known as ours.
+        Only this address: staff addresses (``own_addresses``) may write to the helpdesk
+        and open work orders like anyone."""
+        try:
+            return normalise(self.from_address)
+        except AddressError:
+            return self.from_address.casefold()
+
+    def from_mailbox(self, addr: str | None) -> bool:
+        if not addr:
+            return False
+        if addr == self.from_address:
+            return True
+        try:
+            return normalise(addr) == self.mailbox_key
+        except AddressError:
+            return False
 
     @property
     def rate_limits(self) -> RateLimits:

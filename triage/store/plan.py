@@ -95,13 +95,17 @@ class WorkOrderChange:
 
 @dataclass
 class NewMail:
-    """An outbox row for ``triage.outbox_enqueue`` once its work order has an id."""
+    """An outbox row for ``triage.outbox.enqueue`` once its work order has an id."""
 
     kind: str
-    work_order: Ref
+    work_order: RowId
     to_addr: str
     template: str
+    # A "number" given as None becomes the work order's number once written.
     context: dict[str, Any]
+    # A staff notification's unique key (triage.notify); "{wo}" in it becomes the work
+    # order's id once written.
+    notify_key: str | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from triage.outbox_enqueue import Mail, enqueue
+from triage.outbox.enqueue import Mail, enqueue
 from triage.storage.models import (
     AttachmentRow,
     Client,
@@ -24,7 +24,7 @@ from triage.storage.models import (
     WorkOrder,
 )
 from triage.store.model import format_number
-from triage.store.plan import NewClient, Plan, Ref, resolve
+from triage.store.plan import NewClient, NewMail, Plan, Ref, resolve
 
 
 def _table(model: Any) -> Table:
@@ -75,10 +75,7 @@ def write_rows(conn: Connection, plans: Sequence[Plan], *, domain: str,
             for f in fetches])
     mails = [m for p in plans for m in p.mails]
     if mails:
-        enqueue(conn, [Mail(kind=m.kind, work_order_id=m.work_order.get(),
-                            number=format_number(m.work_order.get()), to_addr=m.to_addr,
-                            template=m.template, context=m.context) for m in mails],
-                domain=domain, now=now)
+        enqueue(conn, [_mail(m) for m in mails], domain=domain, now=now)
     events = [e for p in plans for e in p.events]
     if events:
         conn.execute(insert(_table(Event)), [
@@ -92,6 +89,19 @@ def write_rows(conn: Connection, plans: Sequence[Plan], *, domain: str,
             {k: bindparam(f"new_{k}") for k in changes[0].values}),
             [{"wo_id": c.work_order_id, **{f"new_{k}": v for k, v in c.values.items()}}
              for c in changes])
+
+
+def _mail(m: NewMail) -> Mail:
+    """The outbox row of ``m``, its work order's id and number filled in where the plan
+    could not know them (``NewMail``)."""
+    wo_id = m.work_order.get() if isinstance(m.work_order, Ref) else m.work_order
+    number = format_number(wo_id)
+    context = m.context
+    if "number" in context and context["number"] is None:
+        context = {**context, "number": number}
+    return Mail(kind=m.kind, work_order_id=wo_id, number=number, to_addr=m.to_addr,
+                template=m.template, context=context,
+                notify_key=m.notify_key.replace("{wo}", str(wo_id)) if m.notify_key else None)
 
 
 def claim_client(s: Session, client: NewClient, now: datetime) -> None:

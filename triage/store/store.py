@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
 from triage.messages import ParsedEmail
-from triage.outbox_enqueue import sender_domain
+from triage.outbox.enqueue import sender_domain
 from triage.sla import SlaPolicy
 from triage.storage.engine import in_chunks
 from triage.storage.models import Client, Event, MailboxState

@@ -25,6 +25,9 @@ from triage.metrics import OUTCOMES
 DONE: frozenset[str] = frozenset({
     "reclassified", "assigned", "promise set", "status changed", "note added", "reply queued",
     "call back logged", "resolved", "reopened", "opened from Screened", "already opened",
+    "merged",
+    "reply queued, waiting on client", "reply queued and resolved", "canned saved",
+    "canned deleted",
     *(f"reprocessed: {o.replace('_', ' ')}" for o in OUTCOMES),
 })
 

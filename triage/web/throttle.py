@@ -22,6 +22,16 @@ the overall bucket, and without this it would keep the staff out with it.
 Behind a reverse proxy every client has the proxy's address unless uvicorn trusts its
 ``X-Forwarded-For`` (``forwarded_allow_ips``); the per-address bucket then acts as a second
 overall one, which is safe but coarse.
+
+The password checks themselves are bounded too: at most ``pending`` attempts are past this
+layer at once (counting its database steps, the wait for the one argon2 thread and the
+check); one more is answered 429 at once rather than queued, so a burst never builds a queue
+of argon2 work or holds more than ``pending`` pooled connections for logins.
+
+What a refused attempt costs, measured (``bench/bench_login_flood.py``, results in
+``bench/results.md``): 0.1–0.2 ms of the event loop here, under 1 ms of server CPU with
+uvicorn's HTTP parsing; a ``GET /healthz`` costs about twice that and the login form three
+times. Refusing connections or requests faster than that is a reverse proxy's job.
 """
 
 from __future__ import annotations
@@ -33,11 +43,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triage import security
+from triage.desk.logins import DEFAULT_DELAY, Delay
 from triage.metrics import Metrics
+
+if TYPE_CHECKING:
+    from triage.config import Settings
 
 LOG_EVERY = 10.0  # seconds between two login_throttled log lines
 THROTTLED_PAGE = (
@@ -60,6 +76,22 @@ class LoginLimits:
     # Every client together: what the daemon spends on argon2 at most, about a third of a core.
     overall: Rate = Rate(burst=20, per_second=3)
     clients: int = 10_000  # addresses remembered; the least recently seen is forgotten first
+    # Attempts past the buckets at once (database steps, argon2 queue and check): argon2 has
+    # one thread, so four is at most ~0.4 s of waiting on an idle core.
+    pending: int = 4
+    delay: Delay = DEFAULT_DELAY  # the progressive delay per name and address
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoginLimits:
+        """The ``TRIAGE_LOGIN_*`` settings."""
+        return cls(
+            per_client=Rate(settings.login_client_burst, settings.login_client_rate),
+            overall=Rate(settings.login_overall_burst, settings.login_overall_rate),
+            clients=settings.login_clients, pending=settings.login_pending,
+            delay=Delay(free_attempts=settings.login_free_attempts,
+                        name_free_attempts=settings.login_name_free_attempts,
+                        first_delay=timedelta(seconds=settings.login_first_delay),
+                        max_delay=timedelta(seconds=settings.login_max_delay)))
 
 
 class _Bucket:
@@ -126,7 +158,8 @@ class LoginBuckets:
 
 
 class LoginThrottleMiddleware:
-    """429 for ``POST /login`` when a bucket is empty, before the app sees the request."""
+    """429 for ``POST /login`` when a bucket is empty or ``pending`` attempts are already
+    past this layer, before the app sees the request."""
 
     def __init__(self, app: ASGIApp, buckets: LoginBuckets, metrics: Metrics | None = None,
                  headers: dict[str, str] | None = None,
@@ -136,6 +169,8 @@ class LoginThrottleMiddleware:
         self._clock = clock
         self._logged_at = -math.inf
         self._unlogged = 0
+        self.pending = 0  # attempts past this layer now (all on the event loop: no lock)
+        self._answers: dict[int, tuple[list[tuple[bytes, bytes]], bytes]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] != "POST"
@@ -144,21 +179,38 @@ class LoginThrottleMiddleware:
             return
         client = scope.get("client")
         address = client[0] if client else "unknown"
-        wait, bucket = self.buckets.take(address)
+        if self.pending >= self.buckets.limits.pending:
+            wait, bucket = 1.0, "pending"
+        else:
+            wait, bucket = self.buckets.take(address)
         if not wait:
-            await self.app(scope, receive, send)
+            self.pending += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.pending -= 1
             return
         if self.metrics is not None:
             self.metrics.observe_login_failure("throttled")
         self._log(address, bucket, wait)
-        seconds = max(1, math.ceil(wait))
-        body = THROTTLED_PAGE.format(seconds=seconds).encode()
-        await send({"type": "http.response.start", "status": 429, "headers": [
-            (b"content-type", b"text/html; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(seconds).encode()), (b"cache-control", b"no-store"),
-            *self.headers]})
-        await send({"type": "http.response.body", "body": body})
+        for message in self._answer(max(1, math.ceil(wait))):
+            await send(message)
+
+    def _answer(self, seconds: int) -> list[Message]:
+        """The 429's two messages; the page and headers are made once per ``Retry-After``,
+        the messages anew (a layer outside may add to their header lists)."""
+        made = self._answers.get(seconds)
+        if made is None:
+            body = THROTTLED_PAGE.format(seconds=seconds).encode()
+            made = ([(b"content-type", b"text/html; charset=utf-8"),
+                     (b"content-length", str(len(body)).encode()),
+                     (b"retry-after", str(seconds).encode()), (b"cache-control", b"no-store"),
+                     *self.headers], body)
+            if len(self._answers) < 1000:
+                self._answers[seconds] = made
+        headers, body = made
+        return [{"type": "http.response.start", "status": 429, "headers": list(headers)},
+                {"type": "http.response.body", "body": body}]
 
     def _log(self, address: str, bucket: str, wait: float) -> None:
         now = self._clock()

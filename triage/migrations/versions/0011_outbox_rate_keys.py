@@ -6,7 +6,7 @@ Create Date: 2026-12-03 09:00:00
 
 The rate limits count one mailbox once however it is spelt (``victim+1@``, ``"victim"@``,
 ``victim@domain.``, ``vic.tim@``): ``to_key`` is the normalised address and ``to_domain``
-its domain (``triage.outbox_enqueue.rate_columns``), each counted with a grouped query over
+its domain (``triage.outbox.enqueue.rate_columns``), each counted with a grouped query over
 the last hour's acknowledgments, and ``(kind, created_at)`` serves the count of all of them.
 ``kind`` is in the key indexes too, so they answer the whole condition: with
 ``(to_key, created_at)`` alone SQLite's planner took ``(kind, created_at)`` and read every
@@ -44,7 +44,7 @@ def upgrade() -> None:
 
 
 def _backfill() -> None:
-    from triage.outbox_enqueue import rate_columns
+    from triage.outbox.enqueue import rate_columns
 
     conn = op.get_bind()
     t = sa.table("outbox", sa.column("id", sa.Integer), sa.column("to_addr", sa.String),

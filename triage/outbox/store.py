@@ -1,16 +1,15 @@
-"""Drain the outbox: claim due rows, render, send through a transport, record the answer.
+"""Claim and record: the outbox table's side of sending.
 
 Rows are claimed with a lease (``status='sending'``, ``claimed_until``) in their own short
 transaction, so several processes can sweep one PostgreSQL (``FOR UPDATE SKIP LOCKED``)
 and a process killed mid-send leaves a row that is retried once the lease runs out: at most
-one duplicate, with the same Message-ID, for a kill inside the SMTP transaction.
-Rows go out in id order. A server that cannot be reached (connect/TLS/AUTH) pauses the
-whole outbox and keeps every row due, so order survives an outage; a temporary refusal of
-one message (4xx) backs that row off and holds only later mail to the same recipient. A
-permanent refusal (5xx) is held the same way until it is known whether the recipient or
-the relay refused (triage.relay): the recipient's is dead-lettered, the relay's pauses the
-outbox like an outage. A row whose recipient the address policy refuses (triage.addresses)
-is never sent: its status is ``suppressed``, with an event giving the reason.
+one duplicate, with the same Message-ID, for a kill inside the SMTP transaction. Rows are
+claimed in id order, one recipient's mail never overtaking its own earlier mail.
+
+A delivery is written by the store's recorder (``triage.outbox.recorders``): the row at
+once, or, on SQLite, a side database that the next claim applies. Failures, retries, dead
+letters, held refusals (triage.relay) and suppressed rows (triage.addresses) are written to
+the table directly: they are rare, and decide what happens next.
 """
 
 from __future__ import annotations
@@ -20,36 +19,24 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Row,
-    bindparam,
-    exists,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Engine, Row, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from triage.ack import AckView
 from triage.addresses import REASONS
-from triage.mailbox.backoff import Backoff
+from triage.backoff import Backoff
+from triage.outbox.recorders import Delivery, InTable, Recorder
 from triage.relay import Held
-from triage.sentlog import Delivery, SentLog
 from triage.smtp import SendResult
-from triage.storage.engine import in_chunks
 from triage.storage.models import Event, Outbox, WorkOrder
 
 log = logging.getLogger(__name__)
 
 # Kinds of mail that go to clients (the others, escalations and pages, go to our staff).
 CLIENT_KINDS = frozenset({"ack", "reply"})
+# Rows that are not mail: POSTed by their own sweep (triage.notify_send).
+WEBHOOK_KINDS = ("webhook",)
 
 
 @dataclass(frozen=True)
@@ -58,11 +45,19 @@ class Job:
     kind: str
     to_addr: str
     attempts: int
-    view: AckView | None  # acknowledgments; other kinds render from ``context``
     claimed_until: datetime  # the lease; also the claim's token (a reclaim changes it)
     message_id: str = ""
     context: dict[str, Any] = field(default_factory=dict)
     work_order_id: int | None = None
+    created_at: datetime | None = None
+    # Acknowledgments: the work order's columns they show (``ACK_COLUMNS``), None when it
+    # has no number yet; other kinds render from ``context`` alone.
+    work_order: Any = None
+
+    @property
+    def number(self) -> str | None:
+        """The work order's number, for logs (acknowledgments only)."""
+        return self.work_order.number if self.work_order is not None else None
 
 
 @dataclass(frozen=True)
@@ -81,25 +76,10 @@ class RetryPolicy:
 
 _CLAIM_COLUMNS = (Outbox.id, Outbox.kind, Outbox.to_addr, Outbox.attempts, Outbox.message_id,
                   Outbox.context, Outbox.created_at, Outbox.work_order_id)
-# What an acknowledgment shows of its work order (AckView).
-_ACK_WO_COLUMNS = (WorkOrder.id, WorkOrder.number, WorkOrder.request_type, WorkOrder.priority,
-                   WorkOrder.contract, WorkOrder.response_due, WorkOrder.callback_due,
-                   WorkOrder.fulfil_due, WorkOrder.milestones, WorkOrder.requester_name)
-
-# Built once: a statement built per call spends as long on its cache key as on the database.
-_t = Outbox.__table__
-_MARK_SENT = (update(_t)
-              .where(_t.c.id == bindparam("r_id"), _t.c.status == "sending",
-                     _t.c.claimed_until == bindparam("r_until"))
-              .values(status="sent", sent_at=bindparam("r_now"), last_error=None,
-                      claimed_until=None, smtp_response=bindparam("r_answer")))
-# A logged delivery (triage.sentlog): still ours if no other claim counted up ``attempts``.
-_MARK_LOGGED = (update(_t)
-                .where(_t.c.id == bindparam("r_id"), _t.c.status == "sending",
-                       _t.c.attempts == bindparam("r_attempt"))
-                .values(status="sent", sent_at=bindparam("r_now"), last_error=None,
-                        claimed_until=None, smtp_response=bindparam("r_answer")))
-_SENT_EVENT = insert(Event.__table__)
+# What an acknowledgment shows of its work order (triage.ack.AckView).
+ACK_COLUMNS = (WorkOrder.id, WorkOrder.number, WorkOrder.request_type, WorkOrder.priority,
+               WorkOrder.contract, WorkOrder.response_due, WorkOrder.callback_due,
+               WorkOrder.fulfil_due, WorkOrder.milestones, WorkOrder.requester_name)
 
 
 def answer_of(result: SendResult) -> str:
@@ -108,62 +88,20 @@ def answer_of(result: SendResult) -> str:
     return result.answer.strip()[:1000]
 
 
-def _sent_event(d: Delivery) -> dict[str, Any]:
-    """The ``ack_sent`` (or other kind's) event of a delivery, as ``_SENT_EVENT`` takes it."""
-    return {"work_order_id": d.work_order_id, "actor": "system", "action": f"{d.kind}_sent",
-            "detail": {"outbox": d.outbox_id}, "at": d.at}
-
-
-def ack_view(row: Any, wo: Any, *, timezone: str, priority_meaning: str,
-             fulfil_within: str | None) -> AckView:
-    """What an acknowledgment says, from its outbox row and its work order's values (ORM
-    objects or Core rows): the sender renders from this, and so does the work-order page
-    (``triage.desk.sent``), so the page shows the words that were sent."""
-    ctx = row.context or {}
-    return AckView(
-        number=wo.number,
-        request_type=wo.request_type,
-        priority=wo.priority,
-        priority_meaning=priority_meaning,
-        to_addr=row.to_addr,
-        message_id=row.message_id,
-        in_reply_to=ctx.get("in_reply_to"),
-        references=tuple(ctx.get("references") or ()),
-        subject=str(ctx.get("subject") or ""),
-        timezone=timezone,
-        response_due=wo.response_due,
-        callback_due=wo.callback_due,
-        fulfil_due=wo.fulfil_due,
-        milestones=tuple(
-            (m["name"], datetime.fromisoformat(m["due"])) for m in (wo.milestones or [])
-        ),
-        date=row.created_at,
-        requester_name=wo.requester_name or "",
-        fulfil_within=fulfil_within,
-    )
-
-
 class OutboxStore:
     def __init__(
         self,
         sessions: sessionmaker[Session],
         retry: RetryPolicy,
         clock: Callable[[], datetime],
-        timezone_for: Callable[[str], str],
-        priority_meaning: Callable[[str], str],
         lease: timedelta = timedelta(minutes=10),
-        sent_log: SentLog | None = None,
-        fulfil_within: Callable[[str, str], str | None] = lambda _type, _priority: None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._sessions = sessions
-        # SQLite: deliveries are appended here and applied by the next claim (triage.sentlog).
-        self.sent_log = sent_log
+        self.recorder: Recorder = recorder if recorder is not None else InTable()
         self._engine: Engine = sessions.kw["bind"]  # the hot paths use Core on a connection
         self._retry = retry
         self._clock = clock
-        self._tz = timezone_for
-        self._meaning = priority_meaning
-        self._within = fulfil_within
         self._lease = lease
 
     def lease_left(self, job: Job) -> timedelta:
@@ -174,18 +112,17 @@ class OutboxStore:
         return (row is not None and row.status == "sending"
                 and row.claimed_until == job.claimed_until)
 
-    def claim(self, limit: int = 10) -> list[Job]:
+    def claim(self, limit: int = 10, *, kinds: Sequence[str] | None = None) -> list[Job]:
         """Due rows, oldest first, leased to this sweep. Core statements, not the ORM: a
         sweep claims up to 50 rows, and ORM objects for them cost more than the SMTP work
-        (bench/results.md)."""
+        (bench/results.md). ``kinds``: only those (the webhook sweep's); None: all mail,
+        no webhook rows (``WEBHOOK_KINDS``, which are not sent over SMTP)."""
         now = self._clock()
         until = now + self._lease
-        snapshots: list[Path] = []
         with self._engine.begin() as c:
-            if self.sent_log is not None:
-                # Before anything is claimed: a delivery only in the log must not be taken
-                # for a row whose lease ran out.
-                snapshots = self._apply_sent_log(c)
+            # Before anything is claimed: a row delivered under a lease that ran out must
+            # not be taken while its delivery is still waiting to be applied.
+            applied = self.recorder.apply(c)
             earlier = aliased(Outbox)
             # One recipient's mail leaves in order: a row waits while an earlier row to the
             # same address is backing off or in another sweep's hands. Other recipients are
@@ -202,9 +139,11 @@ class OutboxStore:
             # along (status, id) and cut at ``limit``; then the oldest ``limit`` of both. One
             # query with OR read every pending row and sorted them, per claim.
             rows: list[Row[*tuple[Any, ...]]] = []
+            which = (Outbox.kind.in_(kinds) if kinds is not None
+                     else Outbox.kind.not_in(WEBHOOK_KINDS))
             for due in ((Outbox.status == "pending") & (Outbox.next_attempt_at <= now),
                         (Outbox.status == "sending") & (Outbox.claimed_until < now)):
-                q = (select(*_CLAIM_COLUMNS).where(due, ~blocked).order_by(Outbox.id)
+                q = (select(*_CLAIM_COLUMNS).where(due, ~blocked, which).order_by(Outbox.id)
                      .limit(limit))
                 if c.dialect.name == "postgresql":
                     q = q.with_for_update(skip_locked=True)
@@ -220,22 +159,17 @@ class OutboxStore:
             wos: dict[int, Any] = {}
             if wo_ids:
                 wos = {w.id: w for w in c.execute(
-                    select(*_ACK_WO_COLUMNS).where(WorkOrder.id.in_(wo_ids)))}
-        self._released(snapshots)
+                    select(*ACK_COLUMNS).where(WorkOrder.id.in_(wo_ids)))}
+        if applied is not None:
+            applied()
         jobs: list[Job] = []
         for row in rows:
-            view = (self._view(row, wos.get(row.work_order_id or 0)) if row.kind == "ack"
-                    else None)
-            jobs.append(Job(row.id, row.kind, row.to_addr, row.attempts + 1, view, until,
-                            row.message_id, dict(row.context or {}), row.work_order_id))
+            wo = wos.get(row.work_order_id or 0) if row.kind == "ack" else None
+            jobs.append(Job(row.id, row.kind, row.to_addr, row.attempts + 1, until,
+                            row.message_id, dict(row.context or {}), row.work_order_id,
+                            row.created_at,
+                            wo if wo is not None and wo.number is not None else None))
         return jobs
-
-    def _view(self, row: Any, wo: Any) -> AckView | None:
-        if wo is None or wo.number is None:
-            return None
-        return ack_view(row, wo, timezone=self._tz(wo.contract),
-                        priority_meaning=self._meaning(wo.priority),
-                        fulfil_within=self._within(wo.request_type, wo.priority))
 
     @property
     def max_attempts(self) -> int:
@@ -246,73 +180,24 @@ class OutboxStore:
         ``hold``: a permanent refusal that may be the relay's (triage.relay): the row backs
         off as after a temporary failure instead of being dead-lettered.
 
-        A delivery, the common case, is two Core statements on one connection: the lease
-        check is in the UPDATE's WHERE, so no row is read first (a fifth of the ORM's cost
-        per row; bench/results.md)."""
+        A delivery, the common case, goes to the recorder (``triage.outbox.recorders``)."""
         now = self._clock()
         if not result.ok:
             with self._sessions.begin() as s:
                 self._record_failure(s, job, result, now, hold)
             return
-        delivery = Delivery(job.id, job.claimed_until, now, answer_of(result), job.kind,
-                            job.work_order_id, job.attempts)
-        if self.sent_log is not None:
-            self.sent_log.append(delivery)
-            return
-        with self._engine.begin() as c:
-            if not self._mark_sent(c, delivery):
-                log.warning("outbox row %s: lease lost before the result was recorded", job.id)
-
-    def records_in_log(self, result: SendResult) -> bool:
-        """True when recording ``result`` is a file append (no database write)."""
-        return self.sent_log is not None and result.ok
+        self.recorder.record(self._engine, Delivery(
+            job.id, job.claimed_until, now, answer_of(result), job.kind, job.work_order_id,
+            job.attempts))
 
     def flush(self) -> None:
-        """Move logged deliveries into the outbox table now (the next claim would)."""
-        if self.sent_log is None:
+        """Move deferred deliveries into the outbox table now (the next claim would)."""
+        if not self.recorder.deferred:
             return
         with self._engine.begin() as c:
-            snapshots = self._apply_sent_log(c)
-        self._released(snapshots)
-
-    def _apply_sent_log(self, c: Connection) -> list[Path]:
-        """The logged deliveries whose row is still ``sending`` under the same claim (the
-        others were applied before, or another claim took the row), in three statements: the
-        caller holds the write transaction, so what is read here cannot change under it."""
-        assert self.sent_log is not None
-        deliveries, snapshots = self.sent_log.take()
-        if not deliveries:
-            return snapshots
-        by_id: dict[int, list[Delivery]] = {}
-        for d in deliveries:
-            by_id.setdefault(d.outbox_id, []).append(d)
-        mine: list[Delivery] = []
-        for chunk in in_chunks(by_id):
-            for row_id, status, attempts in c.execute(
-                    select(Outbox.id, Outbox.status, Outbox.attempts)
-                    .where(Outbox.id.in_(chunk))):
-                if status == "sending":
-                    mine += [d for d in by_id[row_id] if d.attempt == attempts][:1]
-        if mine:
-            c.execute(_MARK_LOGGED, [{"r_id": d.outbox_id, "r_attempt": d.attempt,
-                                      "r_now": d.at, "r_answer": d.answer} for d in mine])
-            c.execute(_SENT_EVENT, [_sent_event(d) for d in mine])
-        return snapshots
-
-    def _released(self, snapshots: list[Path]) -> None:
-        """After the commit that holds the snapshots' deliveries."""
-        if snapshots and self.sent_log is not None:
-            self.sent_log.release(snapshots)
-
-    @staticmethod
-    def _mark_sent(c: Connection, d: Delivery) -> bool:
-        """Sent, if still ours (the lease check is in the WHERE), with its event; idempotent."""
-        mine = c.execute(_MARK_SENT, {"r_id": d.outbox_id, "r_until": d.claimed_until,
-                                      "r_now": d.at, "r_answer": d.answer}).rowcount
-        if mine != 1:
-            return False
-        c.execute(_SENT_EVENT, _sent_event(d))
-        return True
+            applied = self.recorder.apply(c)
+        if applied is not None:
+            applied()
 
     def _record_failure(self, s: Session, job: Job, result: SendResult,
                         now: datetime, hold: bool = False) -> None:

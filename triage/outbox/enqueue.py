@@ -33,13 +33,14 @@ DEFAULT_DOMAIN = "itx.net"
 class Mail:
     """One mail to queue. ``serial`` numbers it in its Message-ID; None: the row's own id."""
 
-    kind: str  # ack | reply | escalation | page
+    kind: str  # ack | reply | escalation | page | notify | webhook (triage.notify)
     work_order_id: int | None
     number: str  # the work order's number, first in the Message-ID
     to_addr: str
     template: str
     context: dict[str, Any]
     serial: int | None = None
+    notify_key: str | None = None  # a staff notification's unique key (triage.notify)
 
 
 def sender_domain(from_address: str) -> str:
@@ -81,7 +82,8 @@ def enqueue(conn: Connection, mails: Sequence[Mail], *, domain: str,
             message_id=(message_id(m.number, m.kind, m.serial, domain) if m.serial is not None
                         else f"pending-{secrets.token_hex(16)}"),
             status="pending", attempts=0, next_attempt_at=now, claimed_until=None,
-            last_error=None, smtp_response=None, sent_at=None, created_at=now))
+            last_error=None, smtp_response=None, sent_at=None, created_at=now,
+            notify_key=m.notify_key))
     ids: list[int] = list(conn.execute(
         insert(t).returning(t.c.id, sort_by_parameter_order=True), rows).scalars().all())
     later = [{"ob_id": i, "ob_mid": message_id(m.number, m.kind, i, domain)}

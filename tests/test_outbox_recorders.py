@@ -1,10 +1,9 @@
-"""The sent log (triage.sentlog): deliveries appended beside a SQLite database and moved into
-the outbox table by the next claim; what it must never do is lose a delivery, apply one
-twice, or let a logged row be claimed and sent again."""
+"""Deferred deliveries (triage.outbox.recorders.SideDatabase): recorded in a SQLite database
+beside the main one and moved into the outbox table by the next claim; what they must never
+do is lose a delivery, apply one twice, or let a delivered row be claimed and sent again."""
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from triage.outbox import OutboxStore, RetryPolicy
-from triage.sentlog import Delivery, SentLog
+from triage.outbox.recorders import Delivery, InTable, SideDatabase, recorder_for
+from triage.outbox.store import OutboxStore, RetryPolicy
 from triage.smtp import SendResult
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
@@ -27,72 +26,59 @@ def delivery(i: int, until: datetime = T0) -> Delivery:
     return Delivery(i, until, T0, "250 ok", "ack", None, 1)
 
 
-def test_append_take_release_round_trip(tmp_path: Path) -> None:
-    log = SentLog.beside(tmp_path / "t.db")
+def test_record_pending_release_round_trip(tmp_path: Path) -> None:
+    side = SideDatabase.beside(tmp_path / "t.db")
+    assert side.path == tmp_path / "t.db.deliveries"
     for i in range(3):
-        log.append(delivery(i))
-    got, snaps = log.take()
+        side.record(None, delivery(i))  # type: ignore[arg-type]  # needs no engine
+    got, upto = side.pending()
     assert [d.outbox_id for d in got] == [0, 1, 2] and got[0] == delivery(0)
-    log.append(delivery(3))  # lands in a new live file, not in the snapshot being applied
-    assert sorted(d.outbox_id for d in log.take()[0]) == [0, 1, 2, 3]  # unreleased: again
-    log.release(snaps)
-    assert [d.outbox_id for d in log.take()[0]] == [3]
+    side.record(None, delivery(3))  # type: ignore[arg-type]  # after the read: kept
+    side.release(upto)
+    assert [d.outbox_id for d in side.pending()[0]] == [3]
 
 
-def test_a_torn_or_unreadable_line_is_skipped_and_said(tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
-    log = SentLog(tmp_path / "t.db.sent")
-    log.append(delivery(1))
-    with log.path.open("ab") as fh:
-        fh.write(b"{not json}\n" + b'{"id": 2, "until": "2026-12')  # a kill inside write()
-    with caplog.at_level(logging.WARNING):
-        got, _ = log.take()
-    assert [d.outbox_id for d in got] == [1]
-    assert "torn last line" in caplog.text and "unreadable line" in caplog.text
+def test_a_sequence_number_is_never_reused_once_released(tmp_path: Path) -> None:
+    """Two claims read the same deliveries; the first releases them all; a delivery recorded
+    then must not take a number the second claim's release still covers."""
+    side = SideDatabase(tmp_path / "d.db")
+    other = SideDatabase(tmp_path / "d.db")  # another process's connection
+    side.record(None, delivery(1))  # type: ignore[arg-type]
+    _, upto_a = side.pending()
+    _, upto_b = other.pending()
+    side.release(upto_a)
+    other.record(None, delivery(2))  # type: ignore[arg-type]
+    other.release(upto_b)  # the second claim's release, late
+    assert [d.outbox_id for d in side.pending()[0]] == [2]
 
 
-def test_a_record_after_a_torn_one_is_kept(tmp_path: Path) -> None:
-    """A write cut short (ENOSPC, or another daemon on the same file killed mid-write)
-    leaves a fragment; the next record, appended after it, must still be read."""
-    log = SentLog(tmp_path / "t.db.sent")
-    log.append(delivery(1))
-    with log.path.open("ab") as fh:
-        fh.write(b'\n{"id": 2, "until": "2026-12')
-    log.append(delivery(3))
-    assert [d.outbox_id for d in log.take()[0]] == [1, 3]
+def test_the_recorder_follows_the_database(tmp_path: Path) -> None:
+    assert isinstance(recorder_for(make_engine(f"sqlite:///{tmp_path / 'x.db'}")), SideDatabase)
+    assert isinstance(recorder_for(make_engine("sqlite://")), InTable)
 
 
-def test_a_database_name_with_glob_characters_finds_its_snapshots(tmp_path: Path) -> None:
-    log = SentLog.beside(tmp_path / "triage[prod]*?.db")
-    log.append(delivery(1))
-    got, snaps = log.take()
-    assert [d.outbox_id for d in got] == [1] and len(snaps) == 1
-    log.release(snaps)
-    assert log.take() == ([], [])
-
-
-def _appender(path: str, start: int, n: int) -> None:
-    log = SentLog(Path(path))
+def _recorder(path: str, start: int, n: int) -> None:
+    side = SideDatabase(Path(path))
     for i in range(start, start + n):
-        log.append(delivery(i))
+        side.record(None, delivery(i))  # type: ignore[arg-type]
 
 
-def test_concurrent_appends_and_takes_lose_nothing_and_double_nothing(tmp_path: Path) -> None:
-    log = SentLog(tmp_path / "t.db.sent")
+def test_concurrent_records_and_takes_lose_nothing_and_double_nothing(tmp_path: Path) -> None:
+    side = SideDatabase(tmp_path / "t.db.deliveries")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_appender, args=(str(log.path), k * 1000, 400))
+    procs = [ctx.Process(target=_recorder, args=(str(side.path), k * 1000, 400))
              for k in range(2)]
     for p in procs:
         p.start()
     seen: list[int] = []
     while any(p.is_alive() for p in procs):
-        got, snaps = log.take()
+        got, upto = side.pending()
         seen += [d.outbox_id for d in got]
-        log.release(snaps)
+        side.release(upto)
     for p in procs:
         p.join()
         assert p.exitcode == 0
-    got, snaps = log.take()
+    got, _ = side.pending()
     seen += [d.outbox_id for d in got]
     assert sorted(seen) == [*range(400), *range(1000, 1400)]
 
@@ -108,8 +94,8 @@ def outbox(tmp_path: Path) -> OutboxStore:
                  next_attempt_at=T0, created_at=T0) for i in range(3)])
     now = [T0]
     store = OutboxStore(make_sessionmaker(engine), RetryPolicy(), lambda: now[0],
-                        lambda contract: "America/New_York", lambda p: p,
-                        sent_log=SentLog.beside(tmp_path / "t.db"))
+                        recorder=recorder_for(engine))
+    assert isinstance(store.recorder, SideDatabase)
     store.now = now  # type: ignore[attr-defined]
     return store
 
@@ -120,22 +106,22 @@ def rows(store: OutboxStore) -> tuple[list[str], int]:
                 s.scalar(select(func.count(Event.id)).where(Event.action == "ack_sent")) or 0)
 
 
-def test_a_delivery_is_logged_then_applied_by_the_next_claim_once(outbox: OutboxStore) -> None:
+def test_a_delivery_is_deferred_then_applied_by_the_next_claim_once(
+        outbox: OutboxStore) -> None:
     jobs = outbox.claim(10)
     assert len(jobs) == 3
     outbox.record(jobs[0], OK)
-    assert rows(outbox) == (["sending"] * 3, 0)  # in the log only: no database write
-    assert outbox.claim(10) == []  # the other two are still leased; the log is applied
+    assert rows(outbox) == (["sending"] * 3, 0)  # in the side database only
+    assert outbox.claim(10) == []  # the other two are still leased; the delivery is applied
     assert rows(outbox) == (["sent", "sending", "sending"], 1)
     # The same delivery applied again (a crash between commit and release): no effect.
-    assert outbox.sent_log is not None
-    outbox.sent_log.append(Delivery(jobs[0].id, jobs[0].claimed_until, T0, "250 ok", "ack",
-                                    None, jobs[0].attempts))
+    outbox.recorder.record(outbox._engine, Delivery(
+        jobs[0].id, jobs[0].claimed_until, T0, "250 ok", "ack", None, jobs[0].attempts))
     outbox.flush()
     assert rows(outbox) == (["sent", "sending", "sending"], 1)
 
 
-def test_a_logged_row_whose_lease_ran_out_is_not_sent_again(outbox: OutboxStore) -> None:
+def test_a_deferred_row_whose_lease_ran_out_is_not_sent_again(outbox: OutboxStore) -> None:
     jobs = outbox.claim(10)
     outbox.record(jobs[1], OK)
     outbox.now[0] = T0 + timedelta(hours=1)  # type: ignore[attr-defined]  # leases are over
@@ -144,8 +130,8 @@ def test_a_logged_row_whose_lease_ran_out_is_not_sent_again(outbox: OutboxStore)
     assert rows(outbox)[0][1] == "sent"
 
 
-def test_a_logged_delivery_survives_a_lease_that_ran_out_unclaimed(outbox: OutboxStore) -> None:
-    """A slow restart: the lease is over, but no claim took the row before the log was
+def test_a_deferred_delivery_survives_a_lease_that_ran_out_unclaimed(outbox: OutboxStore) -> None:
+    """A slow restart: the lease is over, but no claim took the row before the delivery was
     applied (the next claim applies it first), so the delivery still counts."""
     jobs = outbox.claim(10)
     outbox.record(jobs[0], OK)
