@@ -108,16 +108,18 @@ class SeedClock:
 
 def seed(root: Path, *, extra: Sequence[bytes] = (), spacing: float = 1800.0,
          clock: Callable[[], datetime] = utcnow,
-         samples: Sequence[Path] | None = None) -> tuple[Settings, Components]:
+         samples: Sequence[Path] | None = None,
+         database_url: str | None = None) -> tuple[Settings, Components]:
     """Ingest the sample mail (then ``extra``) through the real pipeline into a new SQLite
-    database under ``root``, one message at a time; arrivals are ``spacing`` seconds apart,
-    the last a minute before ``clock()``. Adds the staff users."""
+    database under ``root`` (or the empty database at ``database_url``), one message at a
+    time; arrivals are ``spacing`` seconds apart, the last a minute before ``clock()``. Adds
+    the staff users."""
     inbox = root / "inbox"
     for sub in ("new", "cur", "tmp"):
         (inbox / sub).mkdir(parents=True, exist_ok=True)
     files = list(samples if samples is not None else sorted((DATA_DIR / "samples").glob("*.eml")))
     raws = [f.read_bytes() for f in files] + list(extra)
-    settings = Settings(database_url=f"sqlite:///{root / 'triage.db'}",
+    settings = Settings(database_url=database_url or f"sqlite:///{root / 'triage.db'}",
                         mailbox_url=f"maildir://{inbox}", smtp_url=f"dir://{root / 'outbox'}",
                         attachments_dir=root / "attachments", ops_port=0, log_format="text",
                         ingest_worker="thread")  # the seed clock must reach ingestion
@@ -232,8 +234,10 @@ class Site:
 @contextlib.contextmanager
 def running_site(root: Path, *, cookie_secure: bool = True, extra: Sequence[bytes] = (),
                  clock: Callable[[], datetime] = utcnow, spacing: float = 1800.0,
-                 samples: Sequence[Path] | None = None) -> Iterator[Site]:
-    settings, c = seed(root, extra=extra, clock=clock, spacing=spacing, samples=samples)
+                 samples: Sequence[Path] | None = None,
+                 database_url: str | None = None) -> Iterator[Site]:
+    settings, c = seed(root, extra=extra, clock=clock, spacing=spacing, samples=samples,
+                       database_url=database_url)
     app = create_web_app(WebDeps(
         sessions=c.sessions, reads=c.reads, policy=c.policy, desk=c.desk,
         attachments_dir=settings.attachments_dir, clock=c.clock, cookie_secure=cookie_secure,

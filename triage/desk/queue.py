@@ -221,11 +221,15 @@ def client_replied(s: Session, wos: Sequence[WorkOrder]) -> set[int]:
                    Message.created_at, Message.disposition)
             .where(Message.work_order_id.in_(ids), Message.direction == "in")):
         entries[row[0]].append(message_entry(*row[1:]))
+    # The kind is filtered here, not in SQL: with ``kind IN (...)`` in the query SQLite's
+    # planner searches ix_outbox_kind_created, every acknowledgment ever sent, instead of
+    # the few rows of these work orders (ix_outbox_work_order_id).
     for wo_id, o_id, kind, message_id, context, created_at in s.execute(
             select(Outbox.work_order_id, Outbox.id, Outbox.kind, Outbox.message_id,
                    Outbox.context, Outbox.created_at)
-            .where(Outbox.work_order_id.in_(ids), Outbox.kind.in_(OURS))):
-        entries[wo_id].append(outbox_entry(o_id, kind, message_id, context, created_at))
+            .where(Outbox.work_order_id.in_(ids))):
+        if kind in OURS:
+            entries[wo_id].append(outbox_entry(o_id, kind, message_id, context, created_at))
     return {wo.id for wo in wos
             if client_has_last_word(in_order(entries[wo.id], wo.number))}
 

@@ -220,6 +220,11 @@ class WorkOrder(Base):
               "at_risk_at", "number",
               sqlite_where=text("status <> 'resolved'"),
               postgresql_where=text("status <> 'resolved'")),
+        # The saved views' counts (migration 0017): "Mine", "Unassigned urgent" and the like.
+        Index("ix_work_orders_active_assignee", "assignee_id", "priority", "status",
+              "request_type", "needs_review", "next_due", "at_risk_at", "number",
+              sqlite_where=text("status <> 'resolved'"),
+              postgresql_where=text("status <> 'resolved'")),
     )
 
 
@@ -327,6 +332,21 @@ class LoginThrottle(Base):
     not_before: Mapped[datetime] = mapped_column()
     known: Mapped[bool] = mapped_column(Boolean, default=False)  # a login succeeded from here
     last_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SavedView(Base):
+    """A technician's named queue filter (``triage.desk.views``), kept as the queue's query
+    arguments so that a view is a link to the queue."""
+
+    __tablename__ = "saved_views"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    filters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_saved_views_user_name"),)
 
 
 class Correction(Base):

@@ -6,6 +6,8 @@ beside the ops endpoints. This module only assembles it:
 - ``triage.web.pages``: the HTML pages and their forms;
 - ``triage.web.api``: the JSON API under /api/v1 and its OpenAPI document;
 - ``triage.web.screened``: the Screened pages and their API;
+- ``triage.web.views``: saved views (the views page, saving the queue's filter) and the
+  queue's bulk actions, with their API;
 - ``triage.web.compose``: canned replies (pages, API, inserting into the reply form) and the
   gate on a reply's upload size;
 - ``triage.web.actions``: the work-order actions, one row each, behind both a form and an
@@ -47,7 +49,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from triage.web import api, auth, compose, merge, pages, screened
+from triage.web import api, auth, compose, merge, pages, screened, views
 from triage.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, LoginRequired, safe_next
 from triage.web.deps import Renderer, WebDeps, make_templates
 from triage.web.pages import clean_html
@@ -59,8 +61,8 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
 
 # In this order: the pages, then the API (the OpenAPI document lists its paths in this order).
 ROUTERS: tuple[APIRouter, ...] = (auth.router, pages.router, screened.router, merge.router,
-                                  compose.router, api.router, screened.api, merge.api,
-                                  compose.api, api.docs)
+                                  compose.router, views.router, api.router, screened.api,
+                                  merge.api, compose.api, views.api, api.docs)
 
 
 class SecurityHeaders(BaseHTTPMiddleware):

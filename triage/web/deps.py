@@ -8,6 +8,7 @@ This module imports no route module, so every route module can import it.
 """
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from triage.desk.queue import format_remaining
 from triage.desk.screened import Screening, awaiting_count
 from triage.desk.sent import SentAcks
 from triage.desk.uploads import UploadLimits
+from triage.desk.views import View, navigation
 from triage.metrics import Metrics
 from triage.resources import TEMPLATES_DIR
 from triage.sla import SlaPolicy
@@ -97,14 +99,18 @@ class Renderer:
         would let concurrent requests each hold one pooled connection while waiting for
         another, until the pool's timeout (20 concurrent queue requests did)."""
         deps = self.deps
-        if ctx.get("who"):  # the navigation's count of screened mail awaiting a look
-            if session is not None:
-                ctx["screened_awaiting"] = awaiting_count(session, deps.clock())
-            else:
-                with deps.reads() as s:
-                    ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
+        if ctx.get("who"):  # the navigation's counts: screened mail awaiting, the views
+            with nullcontext(session) if session is not None else deps.reads() as s:
+                ctx["screened_awaiting"] = awaiting_count(s, deps.clock())
+                ctx["nav_views"] = nav_views(s, ctx["who"], deps)
         html = self.templates.get_template(f"web/{name}.html.j2").render(**ctx)
         return HTMLResponse(html, status_code=status)
+
+
+def nav_views(s: Session, who: Any, deps: WebDeps) -> list[View]:
+    """The signed-in user's views, counted, for the navigation of every page (``who``: a
+    ``triage.web.auth.Principal``, which imports this module)."""
+    return navigation(s, who.user_id, who.name, deps.policy, deps.clock())
 
 
 # Async: a lookup on app.state needs no thread from the pool the sync routes run on.
@@ -120,4 +126,4 @@ Deps = Annotated[WebDeps, Depends(deps_of)]
 Render = Annotated[Renderer, Depends(render_of)]
 
 __all__ = ["ID_MAX", "NUMBER_PATTERN", "Csrf", "Deps", "Number", "Render", "Renderer", "RowId",
-           "Short", "WebDeps", "deps_of", "make_templates", "render_of"]
+           "Short", "WebDeps", "deps_of", "make_templates", "nav_views", "render_of"]

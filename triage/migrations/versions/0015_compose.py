@@ -1,7 +1,7 @@
 """canned replies, and files on staff replies
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-01 18:30:00
 
 ``canned_replies``: staff-managed reply templates (triage.desk.canned), each tagged with the
