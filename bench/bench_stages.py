@@ -50,8 +50,8 @@ from triage.messages import ParsedEmail, RawMessage
 from triage.outbox.sender import Sender
 from triage.outbox.store import Job
 from triage.parse import parse
-from triage.service import Components, build
 from triage.smtp import SendResult, SmtpSettings, SmtpTransport, WireMessage
+from triage.wiring import Components, build
 from triage.workorders import Ingest
 
 log = logging.getLogger("bench.stages")

@@ -37,10 +37,10 @@ from starlette.applications import Starlette
 from triage.config import DATA_DIR, Settings
 from triage.desk import users
 from triage.desk.sent import SentAcks
-from triage.service import Components, build, utcnow
 from triage.storage.models import Message, WorkOrder
 from triage.web.app import WebDeps, create_web_app
 from triage.web.ops import serve
+from triage.wiring import Components, build, utcnow
 
 CHROMIUM = Path(os.environ.get("TRIAGE_TEST_CHROMIUM", "/usr/bin/chromium"))
 # The flags TESTING-NOTES.md lists for this machine kind (root, no GPU, no background traffic).
@@ -121,7 +121,8 @@ def seed(root: Path, *, extra: Sequence[bytes] = (), spacing: float = 1800.0,
     raws = [f.read_bytes() for f in files] + list(extra)
     settings = Settings(database_url=database_url or f"sqlite:///{root / 'triage.db'}",
                         mailbox_url=f"maildir://{inbox}", smtp_url=f"dir://{root / 'outbox'}",
-                        attachments_dir=root / "attachments", ops_port=0, log_format="text")
+                        attachments_dir=root / "attachments", ops_port=0, log_format="text",
+                        ingest_worker="thread")  # the seed clock must reach ingestion
     seed_clock = SeedClock(clock)
     components = build(settings, clock=seed_clock)
     last = clock() - timedelta(minutes=1)

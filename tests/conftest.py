@@ -17,7 +17,8 @@ from sqlalchemy.pool import NullPool
 
 from classifiers.predict import Classifier
 from triage.config import Settings
-from triage.service import Service, build
+from triage.service import Service
+from triage.wiring import build
 
 pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver"]
 

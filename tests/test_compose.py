@@ -24,8 +24,8 @@ from triage.desk.mail import render_reply
 from triage.desk.queue import attachment_for, work_order_detail
 from triage.desk.uploads import Upload, UploadLimits, UploadRefused, check, safe_filename, store
 from triage.mailbox.maildir import MaildirMailbox
-from triage.service import build
 from triage.storage.models import AttachmentRow, Event, Outbox, WorkOrder
+from triage.wiring import build
 
 GREETING = ("Hello {{ client_name }},\n\nwe have {{ number }} ({{ request_type }}) and will "
             "answer by {{ response_due }}.{% if callback_due %} We call back by "

@@ -454,7 +454,8 @@ async def test_tempfail_holds_only_the_same_recipients_later_mail(
     (never overtakes), while another client's acknowledgment is not held up."""
     from classifiers.predict import Classifier
     from triage.config import Settings
-    from triage.service import Service, build
+    from triage.service import Service
+    from triage.wiring import build
 
     monkeypatch.setattr("triage.outbox.store.random.random", lambda: 0.5)  # jitter made exact
     settings = Settings(

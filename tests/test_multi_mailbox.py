@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 
 from classifiers.predict import Classifier
 from triage.config import Settings
-from triage.service import Service, build
+from triage.service import Service
 from triage.storage.models import Fetch, WorkOrder
+from triage.wiring import build
 
 
 def deliver(inbox: Path, name: str, frm: str, subject: str) -> None:

@@ -24,9 +24,9 @@ from triage.desk import users
 from triage.mailbox.maildir import MaildirMailbox
 from triage.notify import WEBHOOK_RECIPIENT, breached, webhook_text
 from triage.outbox.enqueue import enqueue
-from triage.service import build
 from triage.slawatch import SlaWatch
 from triage.storage.models import Event, Outbox, SlaAlert, WorkOrder
+from triage.wiring import build
 
 
 class Hook:

@@ -40,8 +40,9 @@ from triage.oauth import (
     TokenUnavailable,
     xoauth2_string,
 )
-from triage.service import Service, build
+from triage.service import Service
 from triage.smtp import SmtpSettings, SmtpTransport
+from triage.wiring import build
 
 pytestmark = pytest.mark.imap
 REPO = Path(__file__).resolve().parents[1]
@@ -296,7 +297,7 @@ def oauth_settings(tokens: TokenServer, dovecot_oauth, sink: SmtpSink, cid: str,
         oauth_token_url=tokens.token_url, oauth_client_id=cid,
         oauth_client_secret=SecretStr(secret), oauth_ca_file=tokens.ca.ca,
         database_url=f"sqlite:///{tmp_path / 't.db'}", attachments_dir=tmp_path / "att",
-        poll_interval=1.0, outbox_interval=0.5, ops_port=0, ingest_process=False,
+        poll_interval=1.0, outbox_interval=0.5, ops_port=0, ingest_worker="thread",
         **kw)  # type: ignore[arg-type]
 
 

@@ -278,7 +278,7 @@ async def test_processes_sharing_postgresql_never_race_a_rotation(tokens: TokenS
     env = delegated_env(tokens, user, cid, pg_url, key)
     script = ("import asyncio, sys\n"
               "from triage.config import load_settings\n"
-              "from triage.service import token_sources\n"
+              "from triage.wiring import token_sources\n"
               "from triage.storage.engine import make_engine\n"
               "s = load_settings()\n"
               "src = token_sources(s, make_engine(s.database_url)).get(\n"

@@ -22,9 +22,10 @@ from tests.test_service import ScriptedMailbox
 from triage.config import Settings
 from triage.outbox.store import Job
 from triage.relay import Held, RefusalStreak
-from triage.service import SendFailing, Service, build, send_policy
+from triage.service import SendFailing, Service
 from triage.smtp import SmtpSettings, SmtpTransport
 from triage.storage.models import Event, Outbox, WorkOrder
+from triage.wiring import build, send_policy
 
 ANSWER = REJECT  # what the sink says to a refused recipient
 

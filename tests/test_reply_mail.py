@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from triage.config import Settings
 from triage.mailbox.maildir import MaildirMailbox
-from triage.service import build
 from triage.storage.models import Message, Outbox, WorkOrder
+from triage.wiring import build
 
 REQUEST = (b"From: Dana <dana@harborview.com>\r\nTo: helpdesk@itx.net\r\n"
            b"Subject: cannot send email\r\nMessage-ID: <s1@harborview.com>\r\n\r\n"

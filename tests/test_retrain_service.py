@@ -12,8 +12,9 @@ from sqlalchemy import select
 from classifiers.retrain import MODEL_FILE
 from tests.test_retrain import train_weak_model
 from triage.config import Settings
-from triage.service import Service, build
+from triage.service import Service
 from triage.storage.models import WorkOrder
+from triage.wiring import build
 
 SCANNER = (b"From: Karen <karen@harborviewdental.com>\r\nTo: helpdesk@itx.net\r\n"
            b"Subject: Scanner to folder\r\nMessage-ID: <k1@harborviewdental.com>\r\n\r\n"
@@ -50,7 +51,7 @@ async def test_a_correction_retrains_and_swaps_the_running_model(tmp_path: Path,
         c.desk.reclassify(wo.number, "bob", "printer_setup", "normal")
 
         old = c.ingest.model_version if c.ingest else None
-        await svc._retrain_job()
+        await svc.models.retrain()
         # The running ingestion (the ingest worker process here) classifies with the
         # retrained model now: it reports the new model's version.
         assert c.model_path == tmp_path / "model" / MODEL_FILE
@@ -66,3 +67,26 @@ async def test_a_correction_retrains_and_swaps_the_running_model(tmp_path: Path,
         assert again.model_path == tmp_path / "model" / MODEL_FILE
     finally:
         again.close()
+
+
+def test_the_training_process_leaves_no_process_behind_and_reports_its_failure() -> None:
+    """The nightly job's child is a fresh interpreter that is gone when it answers; with
+    multiprocessing a resource tracker would stay beside the daemon for good."""
+    import os
+    import subprocess
+    import sys
+
+    from triage.retrain_job import in_subprocess
+
+    code = ("import os; from triage.retrain_job import in_subprocess\n"
+            "assert in_subprocess(os.getpid) != os.getpid()\n"
+            "me = f'/proc/{os.getpid()}/task'\n"
+            "print(sum(len(open(f'{me}/{t}/children').read().split()) for t in os.listdir(me)))")
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120, check=True)
+    assert done.stdout.strip() == "0", done.stderr
+    with pytest.raises(RuntimeError, match="FileNotFoundError"):
+        in_subprocess(os.listdir, "/nonexistent/folder")

@@ -17,13 +17,13 @@ from triage.config import Settings
 from triage.mailbox import PermanentMailboxError, TransientMailboxError
 from triage.messages import RawMessage
 from triage.outbox.recorders import InTable
-from triage.service import FatalMailboxError, Service, build
+from triage.service import FatalMailboxError, Service
 from triage.smtp import SendResult as Result
+from triage.wiring import build
 
 
 class ScriptedMailbox:
     name = "scripted://test"
-    supports_idle = True
 
     def __init__(self, messages: list[bytes] | None = None, fail: type[Exception] | None = None,
                  fail_connect: bool = False) -> None:
@@ -276,3 +276,52 @@ async def test_each_mail_is_handed_over_only_after_the_previous_one_is_recorded(
         from triage.storage.models import Outbox
         assert [o.status for o in s.scalars(select(Outbox))] == ["sent"] * 6
     svc.c.close()
+
+
+async def test_run_once_is_a_burst_of_the_same_loop_and_leaves_nothing_behind(
+        tmp_path: Path, classifier: Classifier) -> None:
+    """One pass, the outbox swept, then the daemon's own shutdown: the mailbox closed, the
+    signal handlers as they were; a second burst starts afresh."""
+    import signal
+
+    transport = ScriptedTransport(Result(True, False, 250, "ok"))
+    mbox = ScriptedMailbox([REQUEST])
+    svc = make(tmp_path, classifier, mbox, transport, outbox_retry_base=0.0)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert await svc.run_once() == 1
+    assert transport.sent == 1 and mbox.marked == ["1"] and mbox.polls == 1
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert not svc.pollers[0].connected  # closed by the shutdown
+    mbox.messages.append(b"From: raj@patelcpa.com\r\nSubject: website down\r\nMessage-ID: "
+                         b"<s2@p.com>\r\n\r\nOur website shows a 503 error since 9am.\r\n")
+    assert await svc.run_once() == 1  # the stop of the first burst does not stop the second
+    assert mbox.polls == 2 and mbox.marked == ["1", "2"] and transport.sent == 2
+    svc.c.engine.dispose()
+
+
+async def test_a_failing_burst_raises_instead_of_backing_off(tmp_path: Path,
+                                                            classifier: Classifier) -> None:
+    mbox = ScriptedMailbox(fail=TransientMailboxError)
+    svc = make(tmp_path, classifier, mbox, ScriptedTransport(Result(True, False, 250, "ok")))
+    with pytest.raises(TransientMailboxError):
+        async with asyncio.timeout(10):
+            await svc.run_once()
+    assert mbox.polls == 1 and not svc.pollers[0].connected
+    svc.c.engine.dispose()
+
+
+def test_the_ingest_worker_setting_is_explicit(tmp_path: Path, monkeypatch) -> None:
+    from datetime import UTC, datetime
+
+    from triage.config import load_settings
+    from triage.errors import ConfigError
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'c.db'}")
+    assert settings.ingest_worker == "process"
+    with pytest.raises(ValueError, match="ingest_worker='thread'"):
+        build(settings, clock=lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    with pytest.raises(ValueError):
+        Settings(ingest_worker="fork")  # type: ignore[arg-type]
+    monkeypatch.setenv("TRIAGE_INGEST_PROCESS", "false")
+    with pytest.raises(ConfigError, match="TRIAGE_INGEST_WORKER"):
+        load_settings()

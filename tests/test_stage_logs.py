@@ -16,8 +16,8 @@ from classifiers.predict import Classifier
 from triage.config import Settings
 from triage.logs import JsonFormatter
 from triage.mailbox.maildir import MaildirMailbox
-from triage.service import build
 from triage.smtp import DirectoryTransport
+from triage.wiring import build
 
 SECRETS = ("SUBJECTMARK", "BODYMARK", "dana", "harborview", "news@", "hostingdeals")
 MAILS = {

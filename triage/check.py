@@ -168,7 +168,7 @@ async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
     from triage.mailbox import MailboxAuthError, MailboxError
     from triage.mailbox.imap import ImapMailbox
     from triage.mailbox.maildir import MaildirMailbox
-    from triage.service import make_mailbox
+    from triage.wiring import make_mailbox
 
     url = cfg.parsed
     mailbox = make_mailbox(settings, cfg, _tokens(settings))
@@ -207,8 +207,8 @@ async def check_mailbox(settings: Settings, cfg: MailboxConfig) -> str:
 
 def _tokens(settings: Settings) -> TokenSources:
     """Token sources as the daemon has them: delegated logins read the database."""
-    from triage.service import token_sources
     from triage.storage.engine import make_engine
+    from triage.wiring import token_sources
 
     engine = make_engine(settings.database_url) if settings.oauth_token_key else None
     return token_sources(settings, engine)
@@ -221,8 +221,8 @@ def _waiting(n: int) -> str:
 async def check_smtp(settings: Settings) -> str:
     """Connect, TLS or STARTTLS, AUTH, as a send would; nothing is sent."""
     from triage.errors import RunFailure
-    from triage.service import make_transport
     from triage.smtp import SmtpTransport
+    from triage.wiring import make_transport
 
     transport = make_transport(settings, _tokens(settings))
     if not isinstance(transport, SmtpTransport):

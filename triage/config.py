@@ -130,9 +130,10 @@ class Settings(BaseSettings):
     attachments_dir: Path = Path("var/attachments")
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
     batch_size: int = Field(default=50, ge=1, le=500)
-    # Parse, classify and store in a child process (triage.ingest), so acknowledgments
-    # go out on the other core meanwhile; False keeps everything in one process.
-    ingest_process: bool = True
+    # Where batches are parsed, classified and stored (triage.ingest): "process", a child
+    # process, so acknowledgments go out on the other core meanwhile; "thread", a thread
+    # of the daemon, everything in one process.
+    ingest_worker: Literal["process", "thread"] = "process"
     # Hard limits on that child, so one pathological message ends only the child (and is
     # quarantined after a second try): its address space in bytes (RLIMIT_AS; 0 = none),
     # and the CPU seconds it may spend on one message (0 = no limit).
@@ -421,6 +422,9 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
     touched. ``config_file`` is the ``--config`` TOML path (``TRIAGE_CONFIG_FILE`` also names
     one); environment variables win over the file. Every problem is a ``ConfigError`` whose
     one line names the setting and what to do."""
+    if "TRIAGE_INGEST_PROCESS" in os.environ:  # a renamed setting must not be ignored
+        raise ConfigError("TRIAGE_INGEST_PROCESS is now TRIAGE_INGEST_WORKER: "
+                          "set it to process or thread")
     where = f"--config {config_file}"
     if not config_file and os.environ.get("TRIAGE_CONFIG_FILE"):
         config_file = os.environ["TRIAGE_CONFIG_FILE"]

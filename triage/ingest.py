@@ -3,8 +3,8 @@
 The runner (triage.pipeline) hands each fetched batch to an ``Ingestor`` and marks the
 mailbox only after it returns, when the batch is committed. Two of them:
 
-- ``LocalIngest`` does the work in the calling thread. Tests that bring their own
-  classifier or clock use it, and so does ``TRIAGE_INGEST_PROCESS=false``.
+- ``LocalIngest`` does the work in the calling thread: ``TRIAGE_INGEST_WORKER=thread``,
+  and tests that bring their own classifier.
 - ``IngestWorker`` sends the batch to a child process that owns the parser, the model (its
   compiled scorer: numpy, no scikit-learn) and its own database connection. Ingestion is
   CPU-bound (parse, classify, store: ~2-3 ms a message) and one interpreter lock keeps a

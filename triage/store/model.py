@@ -92,7 +92,7 @@ class StoreConfig:
     @cached_property
     def send_policy(self) -> SendPolicy:
         """Whom no acknowledgment may go to: the policy the outbox applies at send time,
-        built from the same settings (triage.service.send_policy)."""
+        built from the same settings (triage.wiring.send_policy)."""
         return SendPolicy.of((self.from_address, *self.own_addresses),
                              (*self.own_domains, domain_of(self.from_address)))
 
