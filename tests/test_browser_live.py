@@ -20,8 +20,8 @@ from sqlalchemy import select
 
 from tests.browser import OTHER_STAFF, STAFF_DISPLAY, Site, log_in, running_site
 from triage.config import DATA_DIR, Settings
-from triage.service import build
 from triage.storage.models import WorkOrder
+from triage.wiring import build
 
 pytest_plugins = ["tests.browser"]  # fixtures: browser, page
 pytestmark = pytest.mark.imap
@@ -68,7 +68,8 @@ def daemon_poll(site: Site, dovecot, tmp: Path) -> int:  # type: ignore[no-untyp
         database_url=site.settings.database_url,
         mailbox_url=f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
         mailbox_password=dovecot.password, smtp_url=f"dir://{tmp / 'outbox'}",
-        attachments_dir=site.settings.attachments_dir, ops_port=0, log_format="text")
+        attachments_dir=site.settings.attachments_dir, ops_port=0, log_format="text",
+        ingest_worker="thread")  # the site's clock, in this process
     c = build(settings, clock=site.c.clock)
 
     async def poll() -> int:
