@@ -4,11 +4,11 @@
 The 24 sample emails go through the real pipeline (parse, screen, classify, open work
 orders, acknowledge) into a throwaway SQLite database; a little staff activity is added with
 the real desk actions; then Debian's Chromium (headless, via Playwright) logs in and saves
-the queue, one work order (with canned replies to insert and a second technician present),
-the Screened view, the canned replies and the result of a bulk action at 1280x900, and the
-queue again at 800 px wide (queue-narrow.png, the layout under its breakpoint). The clock
-is set to a Tuesday afternoon in New York (and runs on from there), so the SLA column shows
-a working day, not the hour the script happens to run.
+the queue, one work order (a second technician has it open), its reply form with a canned
+reply inserted, the Screened view, the canned replies and the result of a bulk action at
+1280x900, and the queue again at 800 px wide (queue-narrow.png, the layout under its
+breakpoint). The clock is set to a Tuesday afternoon in New York (and runs on from there),
+so the SLA column shows a working day, not the hour the script happens to run.
 
     python scripts/screenshots.py [--out docs/screenshots] [--at 2026-11-24T14:40:00-05:00]
 """
@@ -143,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
                 other_page.wait_for_load_state("networkidle")
                 page.goto(site.url(f"/work-orders/{shown}"))
                 page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(ns.out / "work-order.png"))
                 page.select_option("#canned-pick", label="Outlook profile rebuild")
                 page.click("button.insert-canned")
                 page.wait_for_function(
                     "document.querySelector('#reply-body').value.includes('Outlook profile')")
                 page.locator("form.reply").scroll_into_view_if_needed()
-                page.screenshot(path=str(ns.out / "work-order.png"))
+                page.screenshot(path=str(ns.out / "compose.png"))
                 other.close()
                 page.goto(site.url("/canned"))
                 page.wait_for_load_state("networkidle")
@@ -172,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 context.close()
             finally:
                 browser.close()
-    for name in ("queue.png", "work-order.png", "screened.png", "canned.png", "bulk.png",
-                 "queue-narrow.png"):
+    for name in ("queue.png", "work-order.png", "compose.png", "screened.png", "canned.png",
+                 "bulk.png", "queue-narrow.png"):
         print(ns.out / name)
     return 0
 
