@@ -8,7 +8,8 @@ when the work order has changed since, nothing is done and the answer is 409 wit
 changes. Without either there is no check, so scripts written before the guard keep working.
 """
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -91,16 +92,23 @@ def api_work_order(deps: Deps, who: ApiWho, number: Number,
         return _detail_json(d)
 
 
-def api_call(deps: WebDeps, number: str, fn: Callable[[], object]) -> dict[str, Any]:
-    """Run an action; the work order afterwards, or 404/409/422 with the desk's reason."""
+@contextlib.contextmanager
+def desk_errors(number: str) -> Iterator[None]:
+    """The desk's refusals as the API answers them: 404, 409 with the changes, or 422."""
     try:
-        fn()
+        yield
     except NotFound:
         raise HTTPException(404, f"no work order {number}") from None
     except Conflict as e:
         raise conflict_error(e) from None
     except ActionError as e:
         raise HTTPException(422, str(e)) from None
+
+
+def api_call(deps: WebDeps, number: str, fn: Callable[[], object]) -> dict[str, Any]:
+    """Run an action; the work order afterwards, or 404/409/422 with the desk's reason."""
+    with desk_errors(number):
+        fn()
     with deps.reads() as s:
         d = work_order_detail(s, deps.policy, number, deps.clock())
         assert d is not None

@@ -16,7 +16,7 @@ from pydantic import Field
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.merge import merge
 from triage.web.actions import Guarded
-from triage.web.api import CONFLICT_DOC, IfMatch, conflict_error, guard
+from triage.web.api import CONFLICT_DOC, IfMatch, desk_errors, guard
 from triage.web.auth import ApiWho, Who, check_csrf
 from triage.web.deps import ID_MAX, NUMBER_PATTERN, Csrf, Deps, Number, Render
 from triage.web.pages import work_order_view
@@ -62,14 +62,8 @@ def f_merge(deps: Deps, render: Render, who: Who, number: Number, csrf_token: Cs
           "``number``)", responses=CONFLICT_DOC)
 def api_merge(deps: Deps, who: ApiWho, number: Number, body: MergeBody,
               if_match: IfMatch) -> dict[str, Any]:
-    try:
+    with desk_errors(number):
         done = merge(deps.desk, number, body.other, who.name, version=guard(body, if_match))
-    except NotFound:
-        raise HTTPException(404, f"no work order {number}") from None
-    except Conflict as e:
-        raise conflict_error(e) from None
-    except ActionError as e:
-        raise HTTPException(422, str(e)) from None
     return {"survivor": done.survivor, "merged": done.merged,
             "messages_moved": done.messages}
 
