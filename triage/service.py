@@ -115,9 +115,15 @@ class Service:
         finally:
             await self.shutdown()
         handled = sum(p.handled for p in self.pollers) - before
-        log.info("%s: %d messages, counters %s %s", "run --once" if burst else "stopped",
-                 handled, [p.runner.counters for p in self.pollers],
-                 self.c.runner.sender.counters)
+        outcomes: dict[str, int] = {}
+        for p in self.pollers:
+            for disposition, n in p.runner.counters.by_disposition.items():
+                outcomes[disposition] = outcomes.get(disposition, 0) + n
+        sent = self.c.runner.sender.counters
+        log.info("%s; counters: %d messages handled, %d fetched, outcomes %s; %d sent, "
+                 "%d send failures", "run --once" if burst else "stopped", handled,
+                 sum(p.runner.counters.fetched for p in self.pollers), outcomes, sent.sent,
+                 sent.send_failures)
         if self.fatal is not None:
             raise FatalMailboxError(str(self.fatal)) from self.fatal
         return handled
