@@ -41,7 +41,7 @@ from triage.web.actions import ACTIONS, Action, FormContext
 from triage.web.alerts import done_text
 from triage.web.auth import Principal, Who, check_csrf
 from triage.web.deps import Deps, Number, Render, Renderer, RowId, WebDeps
-from triage.web.params import known
+from triage.web.params import known, list_links
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,7 @@ def queue(deps: Deps, render: Render, who: Who, f: Filter) -> Response:
         return render("queue", session=s, who=who, f=f, page=page, now=now, staff=staff,
                       types=policy.types, priorities=policy.priorities,
                       statuses=STATUS_FILTERS, sla_filters=SLA_FILTERS,
-                      link=lambda **kw: "/queue?" + urlencode(f.query_args(**kw)),
-                      page_link=lambda n: "/queue?" + urlencode(
-                          {**f.query_args(), "page": str(n)}))
+                      **list_links("/queue", f))
 
 
 @router.get("/work-orders/{number}")

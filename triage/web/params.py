@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
 from fastapi import HTTPException
+
+
+class ListFilter(Protocol):
+    def query_args(self, **change: Any) -> dict[str, str]: ...
+
+
+def list_links(path: str, f: ListFilter) -> dict[str, Any]:
+    """A list page's ``link`` (the filter with some arguments changed) and ``page_link``
+    (the same filter, page N), for the templates."""
+    return {"link": lambda **kw: f"{path}?" + urlencode(f.query_args(**kw)),
+            "page_link": lambda n: f"{path}?" + urlencode({**f.query_args(), "page": str(n)})}
 
 
 def known(value: str | None, allowed: tuple[str, ...]) -> str | None:

@@ -36,7 +36,7 @@ from triage.web.alerts import done_text
 from triage.web.auth import ApiWho, Principal, Who, check_csrf
 from triage.web.deps import ID_MAX, Csrf, Deps, Render, Renderer, Short, WebDeps
 from triage.web.pages import clean_html
-from triage.web.params import known
+from triage.web.params import known, list_links
 
 RAW_SHOWN = 20_000  # characters of a quarantined message's raw bytes shown as text
 MessageId = Annotated[int, Path(ge=1, le=ID_MAX)]
@@ -79,9 +79,7 @@ def screened(deps: Deps, render: Render, who: Who, f: Filter) -> Response:
     with deps.reads() as s:
         page = screened_page(s, f, deps.clock())
     return render("screened", who=who, f=f, page=page, kinds=KIND_FILTERS, bys=SCREENED_BY,
-                  link=lambda **kw: "/screened?" + urlencode(f.query_args(**kw)),
-                  page_link=lambda n: "/screened?" + urlencode(
-                      {**f.query_args(), "page": str(n)}))
+                  **list_links("/screened", f))
 
 
 @router.get("/screened/{message_id}")
