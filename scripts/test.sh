@@ -31,4 +31,6 @@ fi
 python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
 python -m ruff check .
 python -m mypy triage classifiers  # settings: [tool.mypy] in pyproject.toml
-exec python -m pytest -q "$@"
+# Four workers on two cores: most tests wait on Dovecot, PostgreSQL, a subprocess or a
+# browser rather than the CPU (tests/conftest.py says how tests are grouped and ordered).
+exec python -m pytest -q -n "${TRIAGE_TEST_WORKERS:-4}" --dist loadgroup "$@"

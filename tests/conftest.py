@@ -38,6 +38,32 @@ def _pg_available() -> str | None:
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(e).__name__}"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order and group the tests for pytest-xdist (``scripts/test.sh`` runs ``-n 4 --dist
+    loadgroup``): most tests wait on servers, not the CPU, so four workers share two cores well.
+
+    A module whose tests share a module-scoped fixture (a built image, a seeded browser site)
+    runs on one worker, so the fixture is made once; every other test goes to whichever
+    worker is free. Modules with a ``slow`` test start first, so the longest work does not
+    begin last. The order within a module is kept; without xdist only the order changes.
+    """
+    def shares_module_fixture(item: pytest.Item) -> bool:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info else ()
+        return any(d[-1].scope in ("module", "package", "class") for d in defs if d)
+
+    grouped = {item.module.__name__ for item in items  # type: ignore[attr-defined]
+               if shares_module_fixture(item)}
+    slow = {item.module.__name__ for item in items  # type: ignore[attr-defined]
+            if item.get_closest_marker("slow")}
+    for item in items:
+        module = item.module.__name__  # type: ignore[attr-defined]
+        if module in grouped:
+            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: item.module.__name__ not in slow)  # type: ignore[attr-defined]
+
+
 @pytest.fixture(autouse=True)
 def _no_fixed_ops_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon's ops endpoints default to port 9108; a test that wants them asks for a

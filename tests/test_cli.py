@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,18 @@ def test_run_once_with_environment_config_and_24x7_client(dovecot, smtp_sink,
     assert dovecot.password not in r.stdout + r.stderr
 
 
+def wait_until_catches(pid: int, sig: signal.Signals, timeout: float = 30.0) -> None:
+    """Until process ``pid`` has a handler for ``sig`` (its ``SigCgt`` mask in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not catch {sig.name} within {timeout} s")
+
+
 @contextlib.contextmanager
 def running_daemon(dovecot, smtp_sink, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """``python -m triage run`` with the test servers; killed at the end if still running."""
@@ -159,6 +172,9 @@ def test_a_stop_during_start_up_is_a_clean_exit(dovecot, smtp_sink, tmp_path: Pa
     """SIGTERM while the daemon imports, migrates or starts its ingest worker: exit 0, and
     no ingest worker left behind."""
     with running_daemon(dovecot, smtp_sink, tmp_path) as proc:
+        # Before its first line runs, an interpreter dies of SIGTERM like any program; the
+        # window that is ours starts when the handler is in place (under load, a second).
+        wait_until_catches(proc.pid, signal.SIGTERM)
         time.sleep(after)
         children = child_pids(proc.pid)
         proc.send_signal(signal.SIGTERM)
