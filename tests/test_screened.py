@@ -97,8 +97,10 @@ class Env:
                                     self.clock)
         self.classifier = FixedClassifier(REQUEST)
         self.ingest = LocalIngest(self.store, self.classifier)
+        self.acks_refused: list[str] = []  # what the daemon's metric would count
         self.screening = Screening(self.sessions, self.policy, self.store, self.clock,
-                                   reprocess=self.ingest.store)
+                                   reprocess=self.ingest.store,
+                                   on_ack_refused=self.acks_refused.append)
 
     def put(self, uid: int, decision: Decision | None, at: datetime, *, data: bytes | None = None,
             error: str | None = None) -> int:
@@ -263,6 +265,7 @@ def test_open_a_quarantined_message_uses_what_the_quarantine_kept(env: Env) -> N
         assert wo.needs_review and "no usable sender" in (wo.review_reason or "")
         assert s.scalar(select(Correction)) is None  # nothing the model decided
     assert not opened.acked and env.count(Outbox) == 0
+    assert env.acks_refused == ["no_sender"]  # counted like fetched mail's withheld acknowledgments
 
 
 # ---- reprocess -------------------------------------------------------------------------------
@@ -506,3 +509,17 @@ def test_reprocess_goes_through_the_daemons_ingest_worker(tmp_path: Path) -> Non
         assert wo.classifier_version not in ("", "m-1")  # the worker's own model decided
         assert wo.received_at == FRI_10 - timedelta(hours=1)
     assert e.count(WorkOrder) == 1 and e.message(pk).disposition == "reprocessed"
+
+
+def test_the_daemon_counts_an_acknowledgment_a_staff_open_withheld(make_service: Any) -> None:
+    """Wired as in the daemon: the Screened actions report to its metric, as fetched mail
+    does (``triage_ack_suppressed_total``)."""
+    svc = make_service()
+    svc.c.store.store_batch([Ingest(raw=raw_of(1, mail(1), FRI_10), error="store failed: X")])
+    with svc.c.sessions() as s:
+        pk = s.scalar(select(Fetch.message_pk).where(Fetch.uid == "1"))
+    screening = svc.c.screening()
+    assert screening is not None and pk is not None
+    assert not screening.open_as_work_order(pk, "bob").acked
+    assert svc.c.metrics.registry.get_sample_value(
+        "triage_ack_suppressed_total", {"reason": "no_sender"}) == 1

@@ -135,7 +135,8 @@ class Components:
         if self.store is None:
             return None
         return Screening(self.sessions, self.policy, self.store, self.clock,
-                         reprocess=self.ingest.store if self.ingest is not None else None)
+                         reprocess=self.ingest.store if self.ingest is not None else None,
+                         on_ack_refused=self.metrics.observe_ack_suppressed)
 
     def lease_for(self, cfg: MailboxConfig) -> Lease:
         """The lease a process holds while it polls mailbox ``cfg`` (triage.lease)."""

@@ -37,6 +37,7 @@ from triage.messages import ParsedEmail, RawMessage
 from triage.screening import CLOSING, MODEL, SCREENED_BY
 from triage.sla import SlaPolicy
 from triage.storage.models import Correction, Event, Fetch, Message, WorkOrder
+from triage.store.store import Opened as StoreOpened
 from triage.workorders import Outcome, WorkOrderStore
 
 log = logging.getLogger(__name__)
@@ -201,16 +202,20 @@ class Screening:
 
     def __init__(self, sessions: sessionmaker[Session], policy: SlaPolicy,
                  store: WorkOrderStore, clock: Callable[[], datetime], *,
-                 reprocess: Callable[[list[RawMessage]], list[Outcome]] | None = None) -> None:
+                 reprocess: Callable[[list[RawMessage]], list[Outcome]] | None = None,
+                 on_ack_refused: Callable[[str], None] | None = None) -> None:
         """``store``: the daemon's work-order store (its client, acknowledgment and rate
         rules). ``reprocess``: the daemon's ingestor (``Ingestor.store``), which parses,
-        classifies and stores as for fetched mail; None where there is none."""
+        classifies and stores as for fetched mail; None where there is none.
+        ``on_ack_refused``: told the reason code of each acknowledgment these actions
+        withheld, once committed (the daemon's metric, as for fetched mail)."""
         self._sessions = sessions
         self._policy = policy
         self._store = store
         self._clock = clock
         self._reprocess = reprocess
         self._reprocess_lock = threading.Lock()
+        self._on_ack_refused = on_ack_refused
 
     def open_as_work_order(self, message_pk: int, actor: str, request_type: str | None = None,
                            priority: str | None = None) -> Opened:
@@ -235,8 +240,7 @@ class Screening:
             if prio not in self._policy.priorities:
                 raise ActionError(f"unknown priority {prio!r}")
             was, by = kind_of(m.disposition, m.reason), m.screened_by
-            wo, acked = open_from_stored(s, self._store, m, rtype, prio, actor,
-                                         now)
+            wo, opened = open_from_stored(s, self._store, m, rtype, prio, actor, now)
             if m.disposition == NON_REQUEST:
                 # Training data: the text (exported with the work order's opening message)
                 # is a request of this type. Quarantined mail was never classified.
@@ -253,7 +257,12 @@ class Screening:
             number = wo.number
         log.info("screened message %s opened as %s by %s", message_pk, number, actor,
                  extra={"event": "opened_from_screened", "work_order": number})
-        return Opened(number, created=True, acked=acked)
+        self._refused(opened.ack_refused)
+        return Opened(number, created=True, acked=opened.acked)
+
+    def _refused(self, reason: str | None) -> None:
+        if reason is not None and self._on_ack_refused is not None:
+            self._on_ack_refused(reason)
 
     def reprocess(self, message_pk: int, actor: str) -> Reprocessed:
         if self._reprocess is None:
@@ -312,6 +321,8 @@ class Screening:
                                     "quarantine_reason": m.reason}, at=now))
         log.info("quarantined message %s reprocessed by %s: %s", message_pk, actor, became,
                  extra={"event": "reprocessed", "work_order": number})
+        if outcome is not None:
+            self._refused(outcome.ack_refused)
         return Reprocessed(became, new.id, number)
 
 
@@ -335,7 +346,7 @@ def parsed_of(m: Message) -> ParsedEmail:
 
 def open_from_stored(s: Session, store: WorkOrderStore, m: Message,
                      request_type: str, priority: str, actor: str, now: datetime
-                     ) -> tuple[WorkOrder, bool]:
+                     ) -> tuple[WorkOrder, StoreOpened]:
     """A work order for a stored message, by the rules the store opens one for fresh mail
     (``WorkOrderStore.open_work_order``): its client and contract, due dates from the
     ORIGINAL arrival, the acknowledgment through the outbox under the same limits."""
@@ -346,7 +357,7 @@ def open_from_stored(s: Session, store: WorkOrderStore, m: Message,
                                    detail={"from_screened": m.id}, now=now)
     wo = s.get(WorkOrder, opened.work_order_id)
     assert wo is not None
-    return wo, opened.acked
+    return wo, opened
 
 
 def headers_of(m: Message) -> Sequence[tuple[str, str]]:

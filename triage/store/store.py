@@ -50,6 +50,7 @@ class Opened:
     work_order_id: int
     number: str
     acked: bool
+    ack_refused: str | None = None  # the reason code when the acknowledgment was withheld
 
 
 class WorkOrderStore:
@@ -131,7 +132,8 @@ class WorkOrderStore:
         plan.emit_logs()
         assert plan.new_work_order is not None
         wo_id = plan.new_work_order.ref.get()
-        return Opened(wo_id, format_number(wo_id), plan.outcome.acked)
+        return Opened(wo_id, format_number(wo_id), plan.outcome.acked,
+                      plan.outcome.ack_refused)
 
     def prepare(self, items: Sequence[Ingest]) -> Rules:
         """What can be done before the write transaction: attachment files saved
