@@ -14,18 +14,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from tests.factories import OUTLOOK_REQUEST, maildir_components
 from tests.test_desk import FRI_10, env, events, get, open_wo  # noqa: F401 (fixture)
-from tests.test_reply_mail import REQUEST, deliver
 from triage.ack import make_env
-from triage.config import Settings
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.canned import CannedError, CannedReplies, check_template, render_template
 from triage.desk.mail import render_reply
 from triage.desk.queue import attachment_for, work_order_detail
 from triage.desk.uploads import Upload, UploadLimits, UploadRefused, check, safe_filename, store
-from triage.mailbox.maildir import MaildirMailbox
 from triage.storage.models import AttachmentRow, Event, Outbox, WorkOrder
-from triage.wiring import build
 
 GREETING = ("Hello {{ client_name }},\n\nwe have {{ number }} ({{ request_type }}) and will "
             "answer by {{ response_due }}.{% if callback_due %} We call back by "
@@ -229,12 +226,7 @@ def test_a_reply_whose_file_is_gone_is_not_rendered_without_it(tmp_path: Path) -
 
 async def test_the_client_receives_the_files_through_real_smtp(tmp_path: Path,
                                                                smtp_sink) -> None:
-    inbox = tmp_path / "inbox"
-    deliver(inbox, "1.a.host", REQUEST)
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'r.db'}",
-                        mailbox_url=f"maildir://{inbox}", smtp_url=smtp_sink.url,
-                        attachments_dir=tmp_path / "att")
-    c = build(settings, mailbox=MaildirMailbox(inbox))
+    c, settings, _ = maildir_components(tmp_path, OUTLOOK_REQUEST, smtp_sink.url)
     runner = c.runner
     pdf = b"%PDF-1.4 steps\x00\xff"
     async with c.transport:
