@@ -20,7 +20,7 @@ from triage.config import Settings
 from triage.service import Service
 from triage.wiring import build
 
-pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver"]
+pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver", "tests.deskenv"]
 
 PG_ADMIN_URL = os.environ.get(
     "TRIAGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.factories import OUTLOOK_REQUEST, maildir_components
-from tests.test_desk import FRI_10, env, events, get, open_wo  # noqa: F401 (fixture)
+from tests.deskenv import events, get, open_wo
+from tests.factories import FRI_10, OUTLOOK_REQUEST, maildir_components
 from triage.ack import make_env
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.canned import CannedError, CannedReplies, check_template, render_template
@@ -36,7 +36,7 @@ def canned_of(env_) -> CannedReplies:  # type: ignore[no-untyped-def]
 
 # ---- canned replies ---------------------------------------------------------------------
 
-def test_canned_replies_are_saved_audited_and_suggested_by_type(env) -> None:  # noqa: F811
+def test_canned_replies_are_saved_audited_and_suggested_by_type(env) -> None:
     _, _, sessions, _, _ = env
     canned = canned_of(env)
     a = canned.create("bob", "Zebra general", "Thanks, {{ client_name }}.")
@@ -66,7 +66,7 @@ def test_canned_replies_are_saved_audited_and_suggested_by_type(env) -> None:  #
                      ("bob", "canned_deleted", "Another")]
 
 
-def test_canned_reply_refusals_say_why(env) -> None:  # noqa: F811
+def test_canned_reply_refusals_say_why(env) -> None:
     canned = canned_of(env)
     canned.create("bob", "Hello", "Hi {{ client_name }}")
     with pytest.raises(CannedError, match="exists already"):
@@ -81,7 +81,7 @@ def test_canned_reply_refusals_say_why(env) -> None:  # noqa: F811
         canned.delete(999_999, "bob")
 
 
-def test_canned_reply_renders_the_work_orders_values_in_the_clients_zone(env) -> None:  # noqa: F811
+def test_canned_reply_renders_the_work_orders_values_in_the_clients_zone(env) -> None:
     store_, _, sessions, _, _ = env
     number = open_wo(store_, 1, "password_reset", "urgent", subject="locked out")
     canned = canned_of(env)
@@ -151,7 +151,7 @@ def test_upload_limits_refuse_with_a_clear_reason() -> None:
     assert safe_filename("a\r\nBcc: x@y.z", 1) == "a Bcc: x@y.z"
 
 
-def test_a_reply_with_files_and_resolve_is_one_audited_action(env, tmp_path: Path) -> None:  # noqa: F811
+def test_a_reply_with_files_and_resolve_is_one_audited_action(env, tmp_path: Path) -> None:
     store_, desk, sessions, policy, _ = env
     number = open_wo(store_, 1)
     version = get(sessions, number).version
@@ -186,7 +186,7 @@ def test_a_reply_with_files_and_resolve_is_one_audited_action(env, tmp_path: Pat
         assert attachment_for(s, "ITX-999999", rows[0].id) is None
 
 
-def test_a_stale_page_sends_nothing_and_stores_no_file_rows(env, tmp_path: Path) -> None:  # noqa: F811
+def test_a_stale_page_sends_nothing_and_stores_no_file_rows(env, tmp_path: Path) -> None:
     store_, desk, sessions, _, _ = env
     number = open_wo(store_, 1)
     seen = get(sessions, number).version

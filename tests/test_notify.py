@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from tests.factories import deliver, maildir_components
-from tests.test_desk import FRI_10, env, get, open_wo  # noqa: F401
+from tests.deskenv import get, open_wo
+from tests.factories import FRI_10, deliver, maildir_components
 from triage.desk import users
 from triage.notify import WEBHOOK_RECIPIENT, breached, webhook_text
 from triage.outbox.enqueue import enqueue
@@ -210,7 +210,7 @@ async def test_a_webhook_that_refuses_for_good_is_dead_lettered(tmp_path: Path,
         gone.stop()
 
 
-def test_no_webhook_rows_without_a_webhook(env) -> None:  # noqa: F811
+def test_no_webhook_rows_without_a_webhook(env) -> None:
     store, desk, sessions, _, _ = env
     n = open_wo(store, 1, "website_down", "urgent")
     desk.assign(n, "alice", "bob")
@@ -219,7 +219,7 @@ def test_no_webhook_rows_without_a_webhook(env) -> None:  # noqa: F811
     assert kinds == ["ack", "notify"]
 
 
-def test_one_notification_one_row(env) -> None:  # noqa: F811
+def test_one_notification_one_row(env) -> None:
     store, _, sessions, policy, clock = env
     n = open_wo(store, 1, "website_down", "urgent")
     wo = get(sessions, n)
