@@ -20,7 +20,8 @@ from triage.config import Settings
 from triage.service import Service
 from triage.wiring import build
 
-pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver", "tests.deskenv"]
+pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver", "tests.deskenv",
+                  "tests.daemons"]
 
 PG_ADMIN_URL = os.environ.get(
     "TRIAGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
