@@ -23,7 +23,7 @@ from triage.service import Service
 from triage.wiring import build
 
 pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver", "tests.deskenv",
-                  "tests.daemons", "tests.models"]
+                  "tests.daemons", "tests.models", "tests.browser"]
 
 PG_ADMIN_URL = os.environ.get(
     "TRIAGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
