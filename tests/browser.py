@@ -7,11 +7,11 @@ the classifier's real decisions. The app is served by ``triage.web.ops.serve``, 
 daemon serves it, in a thread with its own event loop: Playwright's sync API and
 pytest-asyncio's loop stay apart.
 
-Fixtures: ``site`` (module scope: seeded database, server on 127.0.0.1 and a free port),
-``browser`` (module scope) and ``page`` (a fresh context per test: no cookies carried over).
-``scripts/screenshots.py`` uses the same helpers. Test modules load this file with
-``pytest_plugins = ["tests.browser"]`` after importing names from it, so pytest must not
-try to rewrite it: PYTEST_DONT_REWRITE.
+A pytest plugin, loaded by ``tests/conftest.py``. Fixtures: ``site`` (module scope: seeded
+database, server on 127.0.0.1 and a free port; a module with other mail defines its own
+from ``running_site``), ``browser`` (module scope), and pages each in a fresh context (no
+cookies carried over): ``page``, ``second`` (another technician's) and ``no_script``
+(JavaScript off). ``scripts/screenshots.py`` uses the same helpers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import email
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from email import policy as email_policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
@@ -258,6 +260,29 @@ def launch_chromium(playwright: Playwright) -> Browser:
                                       headless=True)
 
 
+def sample_id(name: str) -> str:
+    """The Message-ID of a sample email, without angle brackets."""
+    raw = next((DATA_DIR / "samples").glob(f"{name}*.eml")).read_bytes()
+    return str(email.message_from_bytes(raw)["Message-ID"]).strip().strip("<>")
+
+
+@contextlib.contextmanager
+def new_page(browser: Browser, **options: Any) -> Iterator[Page]:
+    """A page in a context of its own (no cookies shared), 1400 x 900, 10 s timeouts;
+    ``options``: more of ``Browser.new_context``'s."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, **options)
+    context.set_default_timeout(10_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def no_sideways_scroll(page: Page) -> None:
+    width, inner = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+    assert width <= inner, f"{page.url}: the page is {width} px wide in a {inner} px window"
+
+
 def log_in(page: Page, site: Site, name: str = STAFF, password: str = STAFF_PASSWORD,
            path: str = "/queue") -> None:
     """Through the login form, as a person would."""
@@ -291,16 +316,25 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(10_000)
-    pg = context.new_page()
-    try:
+    with new_page(browser) as pg:
         yield pg
-    finally:
-        context.close()
+
+
+@pytest.fixture
+def second(browser: Browser) -> Iterator[Page]:
+    """Another technician's browser: a context of its own (no shared cookies)."""
+    with new_page(browser) as pg:
+        yield pg
+
+
+@pytest.fixture
+def no_script(browser: Browser) -> Iterator[Page]:
+    with new_page(browser, java_script_enabled=False) as pg:
+        yield pg
 
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "OTHER_STAFF", "STAFF", "STAFF_DISPLAY",
            "STAFF_PASSWORD", "XSS_FILENAME", "XSS_HTML", "XSS_MESSAGE_ID", "XSS_SENDER_NAME",
            "XSS_SUBJECT", "XSS_TEXT", "SeedClock", "ServerThread", "Site", "browser",
-           "launch_chromium", "log_in", "page", "running_site", "seed", "site", "xss_email"]
+           "launch_chromium", "log_in", "new_page", "no_script", "no_sideways_scroll", "page",
+           "running_site", "sample_id", "second", "seed", "site", "xss_email"]

@@ -1,6 +1,8 @@
 """Shared fixtures: a database URL for each backend (real SQLite file, real PostgreSQL), the
 trained classifier, and a daemon ``Service`` on the real Dovecot and SMTP sink. Plain
-helpers are in ``tests/factories.py``; the servers' fixtures in their plugins (below)."""
+helpers are in ``tests/factories.py``; the other fixtures in the plugins below: the servers
+(Dovecot, SMTP sink, OAuth), the desk and its web app, daemons run as subprocesses, small
+trained models, and the browser."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from triage.config import Settings
 from triage.service import Service
 from triage.wiring import build
 
-pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver"]
+pytest_plugins = ["tests.dovecot", "tests.smtpsink", "tests.oauthserver", "tests.deskenv",
+                  "tests.daemons", "tests.models", "tests.browser"]
 
 PG_ADMIN_URL = os.environ.get(
     "TRIAGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -2,32 +2,23 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.factories import ack_view
 from triage.ack import AckView, ack_subject, greeting_name, make_env, quote_subject, render_ack
 from triage.sla import SlaPolicy, load_policy
 
 NY = ZoneInfo("America/New_York")
 
 
-def view(subject: str, priority: str = "urgent") -> AckView:
-    t = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
-    return AckView(number="ITX-000042", request_type="email_problem", priority=priority,
-                   priority_meaning="an outage", to_addr="dana@harborview.com",
-                   message_id="ITX-000042.ack.7.abc@itx.net", in_reply_to="m1@harborview.com",
-                   references=("m0@harborview.com", "m1@harborview.com"), subject=subject,
-                   timezone="America/New_York", response_due=t, callback_due=t,
-                   fulfil_due=t, milestones=(), date=t)
-
-
 def test_links_and_addresses_from_the_client_never_reach_the_mail() -> None:
     subject = 'Click http://evil.example/x or www.bad.example <script>alert(1)</script> a@b.c'
-    msg = render_ack(make_env(), view(subject), from_address="helpdesk@itx.net",
+    msg = render_ack(make_env(), ack_view(subject), from_address="helpdesk@itx.net",
                      from_name="ITX Helpdesk", phone="800-600-7785")
     text = msg.get_body(("plain",)).get_content()
     html = msg.get_body(("html",)).get_content()
@@ -49,7 +40,7 @@ def test_subject_is_one_line_and_capped() -> None:
 
 
 def test_normal_priority_has_no_phone_push_and_due_lines_in_order() -> None:
-    msg = render_ack(make_env(), view("new mailbox", "normal"), from_address="helpdesk@itx.net",
+    msg = render_ack(make_env(), ack_view("new mailbox", "normal"), from_address="helpdesk@itx.net",
                      from_name="ITX Helpdesk", phone="800-600-7785")
     text = msg.get_body(("plain",)).get_content()
     assert "Because this is urgent" not in text
@@ -68,7 +59,7 @@ def test_wire_bytes_say_what_the_email_message_says() -> None:
 
     refs = tuple(f"m{i}.some-long-message-id.1234567890@harborview.com" for i in range(20))
     for subject in ("new mailbox", "Drucker druckt nicht – Ärger im Büro " * 4, ""):
-        v = view(subject)
+        v = ack_view(subject)
         v = AckView(**{**v.__dict__, "references": refs})
         kw = dict(from_address="helpdesk@itx.net", from_name="ITX Helpdesk",
                   phone="800-600-7785")
@@ -87,7 +78,8 @@ def test_wire_bytes_say_what_the_email_message_says() -> None:
             text = got.get_body((kind,)).get_content().replace("\r\n", "\n")
             assert text == want.get_body((kind,)).get_content().replace("\r\n", "\n")
         assert not got.defects and not any(part.defects for part in got.walk())
-    assert render_ack_wire(make_env(), AckView(**{**view("x").__dict__, "to_addr": "jürgen@x.de"}),
+    assert render_ack_wire(make_env(),
+                           AckView(**{**ack_view("x").__dict__, "to_addr": "jürgen@x.de"}),
                            **kw) is None  # type: ignore[arg-type]  # SMTPUTF8: render_ack's job
 
 

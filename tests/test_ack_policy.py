@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from tests.factories import msg, received
-from tests.test_workorders import NOW, ingest, mail, req
+from tests.factories import NOW, ingest, mail, msg, received, req
 from triage.parse import parse
 from triage.sla import load_policy
 from triage.storage.engine import make_engine, make_sessionmaker

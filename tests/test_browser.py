@@ -8,7 +8,6 @@ classifier's own decisions; what the browser shows is checked against the databa
 from __future__ import annotations
 
 import contextlib
-import email
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,21 +28,14 @@ from tests.browser import (
     XSS_TEXT,
     Site,
     log_in,
+    new_page,
+    sample_id,
 )
-from triage.config import DATA_DIR
 from triage.desk.screened import awaiting_count
 from triage.storage.models import Event, Message, Outbox, WorkOrder
 from triage.web.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 
-pytest_plugins = ["tests.browser"]  # fixtures: site, browser, page
-
 ROWS = "table.queue tbody tr[data-number]"
-
-
-def sample_id(name: str) -> str:
-    """The Message-ID of a sample email, without angle brackets."""
-    raw = next((DATA_DIR / "samples").glob(f"{name}*.eml")).read_bytes()
-    return str(email.message_from_bytes(raw)["Message-ID"]).strip().strip("<>")
 
 
 def shown_numbers(page: Page) -> set[str]:
@@ -213,27 +205,21 @@ def test_a_form_with_a_tampered_csrf_token_is_refused(site: Site, page: Page) ->
 def watched(browser: Browser, *, bypass_csp: bool = False
             ) -> Iterator[tuple[Page, list[str], list[str]]]:
     """A page in a fresh context that records every dialog and console message."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900},
-                                  bypass_csp=bypass_csp)
-    context.set_default_timeout(10_000)
-    pg = context.new_page()
-    dialogs: list[str] = []
-    console: list[str] = []
+    with new_page(browser, bypass_csp=bypass_csp) as pg:
+        dialogs: list[str] = []
+        console: list[str] = []
 
-    def on_dialog(d: Dialog) -> None:
-        dialogs.append(d.message)
-        d.dismiss()
+        def on_dialog(d: Dialog) -> None:
+            dialogs.append(d.message)
+            d.dismiss()
 
-    def on_console(m: ConsoleMessage) -> None:
-        console.append(m.text)
+        def on_console(m: ConsoleMessage) -> None:
+            console.append(m.text)
 
-    pg.on("dialog", on_dialog)
-    pg.on("console", on_console)
-    pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-    try:
+        pg.on("dialog", on_dialog)
+        pg.on("console", on_console)
+        pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
         yield pg, dialogs, console
-    finally:
-        context.close()
 
 
 @pytest.fixture(params=["csp", "no-csp"])

@@ -5,29 +5,13 @@ status; a reply with a file chosen in the file input, listed on the thread."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
-from tests.browser import STAFF_DISPLAY, Site, log_in
-from tests.test_browser_layout import no_sideways_scroll
+from tests.browser import STAFF_DISPLAY, Site, log_in, no_sideways_scroll
 from triage.desk.canned import CannedReplies, listing
 from triage.storage.models import AttachmentRow, Outbox, WorkOrder
-
-pytest_plugins = ["tests.browser"]  # fixtures: site, browser, page
-
-
-@pytest.fixture
-def no_script(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900},
-                                  java_script_enabled=False)
-    context.set_default_timeout(10_000)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def open_work_order(site: Site, skip: int = 0) -> WorkOrder:

@@ -5,27 +5,11 @@ reassignment of 50 rows, and the client's history beside a work order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from tests.browser import OTHER_STAFF, XSS_MESSAGE_ID, Site, log_in
 from triage.storage.models import Event, Message, Outbox, WorkOrder
-
-pytest_plugins = ["tests.browser"]  # fixtures: site, browser, page
-
-
-@pytest.fixture
-def second(browser: Browser) -> Iterator[Page]:
-    """Another technician's browser: a context of its own (no shared cookies)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(10_000)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def any_open_number(site: Site) -> str:

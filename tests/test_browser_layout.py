@@ -18,10 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.browser import Site, log_in
-from tests.test_browser import sample_id
-
-pytest_plugins = ["tests.browser"]  # fixtures: site, browser
+from tests.browser import Site, log_in, new_page, no_sideways_scroll, sample_id
 
 WIDTHS = (800, 1280, 1400, 1600)
 SUBJECT_MIN_PX = 150  # about 20 characters of a subject on one line
@@ -29,19 +26,9 @@ SUBJECT_MIN_PX = 150  # about 20 characters of a subject on one line
 
 @pytest.fixture
 def signed_in(browser: Browser, site: Site) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    log_in(page, site)
-    try:
+    with new_page(browser) as page:
+        log_in(page, site)
         yield page
-    finally:
-        context.close()
-
-
-def no_sideways_scroll(page: Page) -> None:
-    width, inner = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
-    assert width <= inner, f"{page.url}: the page is {width} px wide in a {inner} px window"
 
 
 def not_clipped(page: Page, selector: str) -> int:

@@ -15,7 +15,7 @@ from email.policy import SMTP
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from tests.browser import OTHER_STAFF, STAFF_DISPLAY, Site, log_in, running_site
@@ -23,7 +23,6 @@ from triage.config import DATA_DIR, Settings
 from triage.storage.models import WorkOrder
 from triage.wiring import build
 
-pytest_plugins = ["tests.browser"]  # fixtures: browser, page
 pytestmark = pytest.mark.imap
 
 LIVE_MESSAGE_ID = "live-1@lakeside-vet.example"
@@ -36,17 +35,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     samples = sorted((DATA_DIR / "samples").glob("*.eml"))[:4]
     with running_site(tmp_path_factory.mktemp("live"), samples=samples) as s:
         yield s
-
-
-@pytest.fixture
-def second(browser: Browser) -> Iterator[Page]:
-    """Another technician's browser: a context of its own (no shared cookies)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(10_000)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def new_request() -> bytes:

@@ -13,8 +13,6 @@ from sqlalchemy import func, select
 from tests.browser import Site, log_in, running_site
 from triage.storage.models import Client, Message, WorkOrder
 
-pytest_plugins = ["tests.browser"]  # fixtures: browser, page
-
 
 def request(n: int, frm: str, subject: str, text: str) -> bytes:
     m = EmailMessage()

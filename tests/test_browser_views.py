@@ -13,14 +13,12 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from tests.browser import OTHER_STAFF, Site, log_in, running_site
 from tests.conftest import throwaway_pg_database
 from triage.storage.models import Event, User, WorkOrder
-
-pytest_plugins = ["tests.browser"]  # fixtures: browser, page
 
 EXTRA = 50
 
@@ -51,17 +49,6 @@ def site(request: pytest.FixtureRequest,
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             entered = pool.submit(stack.enter_context, site).result()
         yield entered
-
-
-@pytest.fixture
-def no_script(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900},
-                                  java_script_enabled=False)
-    context.set_default_timeout(10_000)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def assigned_events(site: Site, numbers: list[str]) -> dict[str, list[Event]]:

@@ -12,34 +12,10 @@ from hypothesis import strategies as st
 
 from classifiers.artifact import DEFAULT_MODEL_PATH
 from classifiers.predict import Classifier, priority_for
-from classifiers.train import train
 from classifiers.types import LABELS, NOT_A_REQUEST, Decision, EmailInput
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING = ROOT / "data" / "training"
-
-
-def _subset(tmp: Path, per_file: int = 25) -> Path:
-    """The first records of each training file: a real but quick corpus."""
-    out = tmp / "data"
-    out.mkdir()
-    for f in sorted(TRAINING.glob("*.jsonl")):
-        lines = [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        (out / f.name).write_text("\n".join(lines[:per_file]) + "\n", encoding="utf-8")
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("model")
-    path = tmp / "model.skops"
-    train([_subset(tmp)], path, test_size=0.2)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clf(model_path: Path) -> Classifier:
-    return Classifier.load(model_path)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,16 @@ from classifiers.calibrate import (
 from classifiers.closing import closing_note, is_reply_subject
 from classifiers.predict import Classifier
 from classifiers.types import NOT_A_REQUEST, EmailInput
-from tests.test_classifier_predict import clf, model_path  # noqa: F401 (fixtures)
 
 SPAM = EmailInput(subject="Special offer",
                   body="Limited time special offer, click here to unsubscribe. SEO audit.")
 
 
-def _with(clf: Classifier, **meta: float) -> Classifier:  # noqa: F811
+def _with(clf: Classifier, **meta: float) -> Classifier:
     return Classifier(None, {**clf.meta, **meta}, scorer=clf.scorer, path=clf._path)
 
 
-def test_the_model_screens_only_above_the_screen_threshold(clf: Classifier) -> None:  # noqa: F811
+def test_the_model_screens_only_above_the_screen_threshold(clf: Classifier) -> None:
     assert _with(clf, screen_threshold=0.0).classify(SPAM).label == NOT_A_REQUEST
     d = _with(clf, screen_threshold=1.01).classify(SPAM)
     # Not sure enough to hide it: the best request type opens a work order, for review.
@@ -33,14 +32,14 @@ def test_the_model_screens_only_above_the_screen_threshold(clf: Classifier) -> N
     assert d.non_request_kind is None and d.priority is not None
 
 
-def test_header_proven_automation_stays_decisive(clf: Classifier) -> None:  # noqa: F811
+def test_header_proven_automation_stays_decisive(clf: Classifier) -> None:
     auto = EmailInput(subject="Out of office", body="back monday",
                       headers={"Auto-Submitted": "auto-replied"})
     d = _with(clf, screen_threshold=1.01).classify(auto)
     assert d.label == NOT_A_REQUEST and d.screened_by == "header"
 
 
-def test_no_confident_type_means_other_for_review(clf: Classifier) -> None:  # noqa: F811
+def test_no_confident_type_means_other_for_review(clf: Classifier) -> None:
     mail = EmailInput(subject="new printer", body="Please set up the new printer at reception.")
     plain = _with(clf, open_set_threshold=0.0).classify(mail)
     assert plain.label not in ("other", NOT_A_REQUEST)
@@ -49,14 +48,14 @@ def test_no_confident_type_means_other_for_review(clf: Classifier) -> None:  # n
     assert d.review_note and "no type is confident" in d.review_note
 
 
-def test_open_set_keeps_an_outage_urgent(clf: Classifier) -> None:  # noqa: F811
+def test_open_set_keeps_an_outage_urgent(clf: Classifier) -> None:
     mail = EmailInput(subject="server down", body="The server is down, nobody can log in.")
     d = _with(clf, open_set_threshold=1.01).classify(mail)
     assert d.label == "other" and d.priority == "urgent"
 
 
 def test_temperature_spreads_confidence_without_changing_the_choice(
-        clf: Classifier) -> None:  # noqa: F811
+        clf: Classifier) -> None:
     mail = EmailInput(subject="locked out", body="I am locked out, please reset my password.")
     a, b = _with(clf, temperature=1.0).classify(mail), _with(clf, temperature=3.0).classify(mail)
     assert a.label == b.label and b.confidence < a.confidence
@@ -121,7 +120,7 @@ def test_a_request_that_thanks_is_no_closing_note(subject: str, body: str) -> No
     assert closing_note(EmailInput(subject=subject, body=body)) is None
 
 
-def test_closing_note_screens_before_the_model(clf: Classifier) -> None:  # noqa: F811
+def test_closing_note_screens_before_the_model(clf: Classifier) -> None:
     d = clf.classify(EmailInput(subject="Re: [ITX #48213] website is down",
                                 body="It is back up, thanks!"))
     assert d.label == NOT_A_REQUEST and d.non_request_kind == "thanks"

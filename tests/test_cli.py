@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, select
 
-from tests.test_ingest_worker import child_pids, wait_gone
+from tests.daemons import child_pids, wait_gone
 from triage.storage.models import Client, WorkOrder
 
 REPO = Path(__file__).resolve().parents[1]

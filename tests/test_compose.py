@@ -14,18 +14,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.test_desk import FRI_10, env, events, get, open_wo  # noqa: F401 (fixture)
-from tests.test_reply_mail import REQUEST, deliver
+from tests.deskenv import events, get, open_wo
+from tests.factories import FRI_10, OUTLOOK_REQUEST, maildir_components
 from triage.ack import make_env
-from triage.config import Settings
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.canned import CannedError, CannedReplies, check_template, render_template
 from triage.desk.mail import render_reply
 from triage.desk.queue import attachment_for, work_order_detail
 from triage.desk.uploads import Upload, UploadLimits, UploadRefused, check, safe_filename, store
-from triage.mailbox.maildir import MaildirMailbox
 from triage.storage.models import AttachmentRow, Event, Outbox, WorkOrder
-from triage.wiring import build
 
 GREETING = ("Hello {{ client_name }},\n\nwe have {{ number }} ({{ request_type }}) and will "
             "answer by {{ response_due }}.{% if callback_due %} We call back by "
@@ -39,7 +36,7 @@ def canned_of(env_) -> CannedReplies:  # type: ignore[no-untyped-def]
 
 # ---- canned replies ---------------------------------------------------------------------
 
-def test_canned_replies_are_saved_audited_and_suggested_by_type(env) -> None:  # noqa: F811
+def test_canned_replies_are_saved_audited_and_suggested_by_type(env) -> None:
     _, _, sessions, _, _ = env
     canned = canned_of(env)
     a = canned.create("bob", "Zebra general", "Thanks, {{ client_name }}.")
@@ -69,7 +66,7 @@ def test_canned_replies_are_saved_audited_and_suggested_by_type(env) -> None:  #
                      ("bob", "canned_deleted", "Another")]
 
 
-def test_canned_reply_refusals_say_why(env) -> None:  # noqa: F811
+def test_canned_reply_refusals_say_why(env) -> None:
     canned = canned_of(env)
     canned.create("bob", "Hello", "Hi {{ client_name }}")
     with pytest.raises(CannedError, match="exists already"):
@@ -84,7 +81,7 @@ def test_canned_reply_refusals_say_why(env) -> None:  # noqa: F811
         canned.delete(999_999, "bob")
 
 
-def test_canned_reply_renders_the_work_orders_values_in_the_clients_zone(env) -> None:  # noqa: F811
+def test_canned_reply_renders_the_work_orders_values_in_the_clients_zone(env) -> None:
     store_, _, sessions, _, _ = env
     number = open_wo(store_, 1, "password_reset", "urgent", subject="locked out")
     canned = canned_of(env)
@@ -154,7 +151,7 @@ def test_upload_limits_refuse_with_a_clear_reason() -> None:
     assert safe_filename("a\r\nBcc: x@y.z", 1) == "a Bcc: x@y.z"
 
 
-def test_a_reply_with_files_and_resolve_is_one_audited_action(env, tmp_path: Path) -> None:  # noqa: F811
+def test_a_reply_with_files_and_resolve_is_one_audited_action(env, tmp_path: Path) -> None:
     store_, desk, sessions, policy, _ = env
     number = open_wo(store_, 1)
     version = get(sessions, number).version
@@ -189,7 +186,7 @@ def test_a_reply_with_files_and_resolve_is_one_audited_action(env, tmp_path: Pat
         assert attachment_for(s, "ITX-999999", rows[0].id) is None
 
 
-def test_a_stale_page_sends_nothing_and_stores_no_file_rows(env, tmp_path: Path) -> None:  # noqa: F811
+def test_a_stale_page_sends_nothing_and_stores_no_file_rows(env, tmp_path: Path) -> None:
     store_, desk, sessions, _, _ = env
     number = open_wo(store_, 1)
     seen = get(sessions, number).version
@@ -229,12 +226,7 @@ def test_a_reply_whose_file_is_gone_is_not_rendered_without_it(tmp_path: Path) -
 
 async def test_the_client_receives_the_files_through_real_smtp(tmp_path: Path,
                                                                smtp_sink) -> None:
-    inbox = tmp_path / "inbox"
-    deliver(inbox, "1.a.host", REQUEST)
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'r.db'}",
-                        mailbox_url=f"maildir://{inbox}", smtp_url=smtp_sink.url,
-                        attachments_dir=tmp_path / "att")
-    c = build(settings, mailbox=MaildirMailbox(inbox))
+    c, settings, _ = maildir_components(tmp_path, OUTLOOK_REQUEST, smtp_sink.url)
     runner = c.runner
     pdf = b"%PDF-1.4 steps\x00\xff"
     async with c.transport:

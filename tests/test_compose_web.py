@@ -12,52 +12,25 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from classifiers.types import Decision
-from tests.factories import Clock
-from tests.test_web import MBOX, NOW, PASSWORD, _mail, csrf_of, login
-from triage.desk import users
-from triage.desk.actions import Desk, DeskConfig
+from tests.deskenv import csrf_of, login, mime_mail, staff_web, store_mail
+from tests.factories import NOW, req
 from triage.desk.uploads import UploadLimits
-from triage.messages import RawMessage
-from triage.parse import parse
-from triage.sla import load_policy
-from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
-from triage.storage.migrate import upgrade
 from triage.storage.models import AttachmentRow, Outbox, WorkOrder
-from triage.web.app import WebDeps, create_web_app
-from triage.workorders import Ingest, StoreConfig, WorkOrderStore
 
 LIMITS = UploadLimits(max_files=2, max_file_bytes=1000, max_total_bytes=1500)
 
 
 @pytest.fixture
 def web(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'web.db'}")
-    upgrade(engine)
-    sessions, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
-    policy = load_policy()
-    clock = Clock(NOW)
-    store = WorkOrderStore(sessions, policy,
-                           StoreConfig("helpdesk@itx.net", 50, tmp_path / "att", 0.6), clock)
-    data = _mail(1, "Locked out", "I cannot log in", name="Dana <Ops>")
-    raw = RawMessage(MBOX, 1, "1", len(data), data, internal_date=NOW)
-    d = Decision(label="password_reset", confidence=0.9, priority="urgent",
-                 needs_review=False, model_version="test")
-    number = store.store_batch([Ingest(raw=raw, parsed=parse(data), decision=d)])[0].work_order
-    assert number
-    with sessions.begin() as s:
-        users.add_user(s, "alice", PASSWORD, display_name="Alice <A>")
-        bob = users.add_user(s, "bob", PASSWORD)
-        s.flush()
-        api_token = users.issue_api_token(s, bob)
-    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net"), clock)
-    app = create_web_app(WebDeps(sessions, reads, policy, desk, tmp_path / "att", clock,
-                                 upload_limits=LIMITS))
-    client = TestClient(app, base_url="https://testserver", follow_redirects=False)
-    assert login(client)[0] == 303
-    yield client, number, api_token, sessions
-    client.close()
-    engine.dispose()
+    """``(client, number, api_token, sessions)``: alice logged in; one urgent password reset
+    whose sender's name carries markup; the upload limits small."""
+    with staff_web(tmp_path, upload_limits=LIMITS) as w:
+        data = mime_mail(1, "Locked out", "I cannot log in", name="Dana <Ops>")
+        number = store_mail(w.parts.store, 1, data, req("password_reset", "urgent"),
+                            uidvalidity=1, at=NOW).work_order
+        assert number
+        assert login(w.client)[0] == 303
+        yield w.client, number, w.api_token, w.parts.sessions
 
 
 def textarea(page: str) -> str:

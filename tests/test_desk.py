@@ -5,72 +5,21 @@ clock, the SLA marks the queue filters on, and an audit event for every action."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
-from tests.factories import Clock
+from tests.deskenv import events, get, open_wo
+from tests.factories import FRI_10, MBOX
 from triage.desk import logins, users
 from triage.desk.actions import ActionError, Desk, DeskConfig, NotFound
 from triage.desk.queue import QueueFilter, format_remaining, queue_page, work_order_detail
 from triage.messages import RawMessage
 from triage.parse import parse
-from triage.sla import load_policy
 from triage.slamarks import AT_RISK, BREACHED, ON_TRACK, PAUSED, sla_state
-from triage.storage.engine import make_engine, make_sessionmaker
-from triage.storage.migrate import upgrade
-from triage.storage.models import Correction, Event, Outbox, User, WorkOrder
-from triage.workorders import Ingest, StoreConfig, WorkOrderStore
-
-FRI_10 = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)  # Friday 10:00 New York
-MBOX = "imap://helpdesk@127.0.0.1:1/INBOX"
-
-
-@pytest.fixture
-def env(db_url: str, tmp_path: Path):
-    engine = make_engine(db_url)
-    upgrade(engine)
-    sessions = make_sessionmaker(engine)
-    policy = load_policy()
-    clock = Clock(FRI_10)
-    store = WorkOrderStore(sessions, policy,
-                           StoreConfig("helpdesk@itx.net", 50, tmp_path / "att", 0.6), clock)
-    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net", 0.75), clock)
-    with sessions.begin() as s:
-        users.add_user(s, "bob", "long enough password", display_name="Bob B",
-                       email="bob@itx.net")
-    yield store, desk, sessions, policy, clock
-    engine.dispose()
-
-
-def open_wo(store: WorkOrderStore, uid: int, label: str = "email_problem",
-            priority: str = "normal", subject: str = "help", frm: str = "dana@harborview.com",
-            conf: float = 0.9) -> str:
-    data = (f"From: Dana <{frm}>\r\nTo: helpdesk@itx.net\r\nSubject: {subject}\r\n"
-            f"Message-ID: <m{uid}@harborview.com>\r\n\r\nOutlook is broken\r\n").encode()
-    raw = RawMessage(MBOX, 7, str(uid), len(data), data, internal_date=store._clock())
-    d = Decision(label=label, confidence=conf, priority=priority, needs_review=False,
-                 model_version="test")
-    out = store.store_batch([Ingest(raw=raw, parsed=parse(data), decision=d)])
-    assert out[0].work_order
-    return out[0].work_order
-
-
-def get(sessions: sessionmaker[Session], number: str) -> WorkOrder:
-    with sessions() as s:
-        wo = s.scalar(select(WorkOrder).where(WorkOrder.number == number))
-        assert wo is not None
-        return wo
-
-
-def events(sessions: sessionmaker[Session], number: str) -> list[Event]:
-    with sessions() as s:
-        wo_id = s.scalar(select(WorkOrder.id).where(WorkOrder.number == number))
-        return list(s.scalars(select(Event).where(Event.work_order_id == wo_id)
-                              .order_by(Event.id)))
+from triage.storage.models import Correction, Outbox, User
+from triage.workorders import Ingest
 
 
 def test_new_work_order_carries_queue_marks(env) -> None:

@@ -18,181 +18,46 @@ import email
 import email.policy
 import json
 import random
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.pool import NullPool
 
+from tests.daemons import (
+    Daemon,
+    Db,
+    ack_ids,
+    assert_each_request_once,
+    daemon_env,
+    expire_leases,
+    left_behind,
+    request,
+    unmarked,
+    wait_until,
+)
 from tests.factories import free_port
 from tests.smtpsink import SmtpSink, handler
-from tests.test_hostile import daemon_env, unmarked
-from triage.storage.models import Fetch, Message, Outbox, WorkOrder
+from triage.storage.models import Message, Outbox, WorkOrder
 
 pytestmark = [pytest.mark.imap, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 SEED = 20261126
 N_MESSAGES = 1000
 N_KILLS = 20
 BATCH = 20  # smaller than the default 50, so kills also land between batches
 AUTO_EVERY = 10  # every 10th message is an RFC 3834 auto-reply, not a request
 
-REQUESTS = [
-    ("Locked out", "I am locked out of my email account, please reset my password."),
-    ("Website down", "Our website is down and shows a 503 error, clients cannot reach it."),
-    ("Printer", "The office printer does not print, please set it up on the new laptop."),
-    ("QuickBooks error", "QuickBooks says the company file is damaged and will not open."),
-    ("New hire", "Please create an email account for our new hire starting Monday."),
-    ("Server down", "The server in the back office is not responding since this morning."),
-    ("Install Acrobat", "Please install Adobe Acrobat on the reception computer."),
-]
 
-
-def request(i: int, sender: str | None = None, auto: bool = False) -> bytes:
-    subject, body = REQUESTS[i % len(REQUESTS)]
-    sender = sender or f"user{i}@client{i % 25}.test"
-    extra = "Auto-Submitted: auto-replied\r\n" if auto else ""
-    return (f"From: User {i} <{sender}>\r\nTo: helpdesk@itx.net\r\nSubject: {subject}\r\n"
-            f"Date: Wed, 25 Nov 2026 14:00:00 -0500\r\nMessage-ID: <k{i}@faults.test>\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\n{extra}\r\n{body} (ref {i})\r\n"
-            ).encode()
-
-
-# ---- the daemon as a subprocess ---------------------------------------------------------------
-class Daemon:
-    """``python -m triage run``; output goes to a file (a pipe could fill and block it)."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out: TextIO = log.open("a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "triage", "run"], cwd=REPO, env=env,
-                                     stdout=self._out, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_started(self, timeout: float = 60) -> None:
-        """Until it has logged (its SIGTERM handling is in place by then: a stop in the
-        first instants of the interpreter, before any of our code runs, is a plain kill)."""
-        deadline = time.monotonic() + timeout
-        while not self.log.read_text().strip():
-            assert self.alive() and time.monotonic() < deadline, "the daemon did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self._out.close()
-
-    def stop(self) -> int:
-        """SIGTERM, as an operator stops it; the exit code."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        finally:
-            if self.alive():
-                self.proc.kill()
-                self.proc.wait()
-            self._out.close()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Every daemon a test starts is gone when the test ends, whatever happened."""
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        if d.alive():
-            d.proc.kill()
-            d.proc.wait()
-        if not d._out.closed:
-            d._out.close()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str,
-               daemon: Daemon | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if daemon is not None and not daemon.alive():
-            raise AssertionError(f"daemon exited while waiting for {what}: "
-                                 + daemon.log.read_text()[-3000:])
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Db:
-    """Read-only look at the daemon's database from the test process."""
-
-    def __init__(self, url: str) -> None:
-        self.engine: Engine = create_engine(url, poolclass=NullPool)
-
-    def scalar(self, stmt: Any) -> Any:
-        with DbSession(self.engine) as s:
-            return s.scalar(stmt)
-
-    def all(self, stmt: Any) -> list[Any]:
-        with DbSession(self.engine) as s:
-            return list(s.scalars(stmt))
-
-    def ready(self) -> bool:
-        """True once the daemon has created the schema."""
-        try:
-            self.scalar(select(func.count()).select_from(Message))
-        except Exception:
-            return False
-        return True
-
-    def stored(self) -> int:
-        if not self.ready():
-            return 0
-        return self.scalar(select(func.count()).select_from(Message)) or 0
-
-    def unsent(self) -> int:
-        if not self.ready():
-            return 0
-        return self.scalar(select(func.count()).select_from(Outbox).where(
-            Outbox.status.in_(("pending", "sending")))) or 0
-
-    def claimable(self) -> int:
-        if not self.ready():
-            return 0
-        return self.scalar(select(func.count()).select_from(Outbox).where(
-            Outbox.status == "pending")) or 0
-
-
-def assert_each_request_once(requests: set[str], wos: list[WorkOrder], outbox: list[Outbox],
-                             received: Counter[str], dovecot: Any) -> int:
-    """One work order per request, nothing left unmarked, one sent acknowledgment per work
-    order and every one of them seen at the sink; returns how many arrived twice."""
-    roots = Counter(w.root_message_id for w in wos)
-    assert set(roots) == requests and max(roots.values()) == 1
-    assert unmarked(dovecot) == []
-    assert len(outbox) == len(wos) and all(o.status == "sent" for o in outbox)
-    assert set(received) == {f"<{o.message_id}>" for o in outbox}
-    return sum(n - 1 for n in received.values())
-
-
-def ack_ids(sink: SmtpSink) -> Counter[str]:
-    return Counter(
-        str(email.message_from_bytes(r.data, policy=email.policy.default)["Message-ID"])
-        for r in sink.received
-    )
-
-
+# ---- a daemon serving /readyz, and the state a fault test breaks ------------------------------
 class Ready:
     """The daemon's /readyz, read while a fault is on (the body names the failing check)."""
 
@@ -249,14 +114,6 @@ def each_once_and_ready(d: Daemon, db: Db, sink: SmtpSink, dovecot: Any, ready: 
 
 
 # ---- SIGKILL ----------------------------------------------------------------------------------
-def expire_leases(db: Db) -> None:
-    """A killed sender leaves its claimed rows leased for 5 minutes (outbox.py); play that
-    time forward instead of waiting for it."""
-    with DbSession(db.engine) as s, s.begin():
-        s.execute(update(Outbox).where(Outbox.status == "sending").values(
-            claimed_until=datetime.now(UTC) - timedelta(seconds=1)))
-
-
 def test_sigkill_at_random_points(dovecot, sink, tmp_path: Path, daemons) -> None:
     rnd = random.Random(SEED)
     url = f"sqlite:///{tmp_path / 'kill.db'}"
@@ -306,14 +163,7 @@ def test_sigkill_at_random_points(dovecot, sink, tmp_path: Path, daemons) -> Non
     finally:
         db.engine.dispose()
 
-    db = Db(url)
-    try:
-        messages = db.all(select(Message).where(Message.direction == "in"))
-        wos = db.all(select(WorkOrder))
-        outbox = db.all(select(Outbox))
-        dup_fetches = db.scalar(select(func.count()).select_from(Fetch).where(Fetch.duplicate))
-    finally:
-        db.engine.dispose()
+    messages, wos, outbox, _, dup_fetches = left_behind(url)
 
     # Nothing lost, nothing twice.
     by_mid = {m.message_id: m for m in messages}

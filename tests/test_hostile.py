@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from tests.daemons import daemon_env, unmarked
 from tests.hostile_corpus import (
     ANCHOR_MID,
     ANCHOR_TAG,
@@ -60,33 +61,6 @@ class _Tags(HTMLParser):
         self.seen.add(tag)
         self.attrs += [(k, v) for k, v in attrs
                        if k.startswith("on") or "javascript:" in (v or "").lower()]
-
-
-def daemon_env(dovecot, sink, db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
-    env.update({
-        "TRIAGE_MAILBOX_URL": f"imap+plain://{dovecot.user}@127.0.0.1:{dovecot.port}/INBOX",
-        "TRIAGE_MAILBOX_PASSWORD": dovecot.password,
-        "TRIAGE_SMTP_URL": sink.url,
-        "TRIAGE_DATABASE_URL": db_url,
-        "TRIAGE_ATTACHMENTS_DIR": str(tmp_path / "att"),
-        "TRIAGE_OUTBOX_RETRY_BASE": "0",
-        "TRIAGE_POLL_INTERVAL": "1",
-        "TRIAGE_OUTBOX_INTERVAL": "0.5",
-        "TRIAGE_OPS_PORT": "0",  # no fixed port in tests; test_daemon serves ops on a free one
-    })
-    env.update(extra)
-    return env
-
-
-def unmarked(dovecot) -> list[bytes]:
-    """UIDs without the $Triaged keyword, asked by an independent client (stdlib imaplib)."""
-    with dovecot.imap() as conn:
-        typ, _ = conn.select("INBOX")
-        assert typ == "OK"
-        typ, data = conn.uid("SEARCH", "UNKEYWORD", "$Triaged")
-        assert typ == "OK", data
-        return data[0].split() if data and data[0] else []
 
 
 def inbox_count(dovecot) -> int:

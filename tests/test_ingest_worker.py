@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from classifiers.artifact import DEFAULT_MODEL_PATH
-from tests.test_hostile import daemon_env
+from tests.daemons import child_pids, daemon_env, wait_gone
 from triage.config import Settings
 from triage.ingest import IngestWorker, IngestWorkerError
 from triage.messages import RawMessage
@@ -161,22 +161,6 @@ def test_a_message_the_child_dies_on_twice_is_quarantined(settings: Settings,
     types, msgs = stored(settings)
     assert types == ["website_down", "website_down"]
     assert sorted(d for d, _ in msgs) == ["quarantined", "work_order", "work_order"]
-
-
-def child_pids(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def wait_gone(pids: list[int], timeout: float = 10) -> None:
-    """Until none of ``pids`` runs (a zombie waiting for its reaper counts as gone)."""
-    deadline = time.monotonic() + timeout
-    while any(Path(f"/proc/{p}").exists() and "zombie" not in
-              Path(f"/proc/{p}/status").read_text() for p in pids):
-        assert time.monotonic() < deadline, f"{pids} outlived the daemon"
-        time.sleep(0.05)
 
 
 def _maps(pid: int) -> str:

@@ -13,42 +13,23 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifiers.types import Decision
-from tests.factories import Clock
-from tests.test_desk import FRI_10, MBOX, events, get, open_wo
+from tests.deskenv import desk_parts, events, get, open_wo, store_mail, user_id
+from tests.factories import FRI_10, req
 from triage.desk import live, users
-from triage.desk.actions import Desk, DeskConfig, NotFound
-from triage.messages import RawMessage
-from triage.parse import parse
-from triage.sla import load_policy
-from triage.storage.engine import make_engine, make_sessionmaker
-from triage.storage.migrate import upgrade
-from triage.storage.models import Presence, User
-from triage.workorders import Ingest, StoreConfig, WorkOrderStore
+from triage.desk.actions import NotFound
+from triage.storage.models import Presence
+from triage.workorders import WorkOrderStore
 
 
 @pytest.fixture
 def env(db_url: str, tmp_path: Path):
-    engine = make_engine(db_url)
-    upgrade(engine)
-    sessions = make_sessionmaker(engine)
-    policy = load_policy()
-    clock = Clock(FRI_10)
-    store = WorkOrderStore(sessions, policy,
-                           StoreConfig("helpdesk@itx.net", 50, tmp_path / "att", 0.6), clock)
-    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net", 0.75), clock)
-    with sessions.begin() as s:
-        for name in ("bob", "carol"):
-            users.add_user(s, name, "long enough password", display_name=name.title() + " X")
-    yield store, desk, sessions, clock
-    engine.dispose()
-
-
-def user_id(sessions: sessionmaker[Session], name: str) -> int:
-    with sessions() as s:
-        uid = s.scalar(select(User.id).where(User.name == name))
-        assert uid is not None
-        return uid
+    """``(store, desk, sessions, clock)`` on each backend; staff: bob and carol."""
+    with desk_parts(db_url, tmp_path) as d:
+        with d.sessions.begin() as s:
+            for name in ("bob", "carol"):
+                users.add_user(s, name, "long enough password",
+                               display_name=name.title() + " X")
+        yield d.store, d.desk, d.sessions, d.clock
 
 
 def client_reply(store: WorkOrderStore, uid: int, to_uid: int) -> str:
@@ -57,12 +38,9 @@ def client_reply(store: WorkOrderStore, uid: int, to_uid: int) -> str:
             f"Subject: Re: help\r\nMessage-ID: <r{uid}@harborview.com>\r\n"
             f"In-Reply-To: <m{to_uid}@harborview.com>\r\n\r\nStill broken, please call\r\n"
             ).encode()
-    raw = RawMessage(MBOX, 7, str(uid), len(data), data, internal_date=store._clock())
-    d = Decision(label="email_problem", confidence=0.9, priority="normal",
-                 needs_review=False, model_version="test")
-    out = store.store_batch([Ingest(raw=raw, parsed=parse(data), decision=d)])
-    assert out[0].disposition == "reply", out[0]
-    return str(out[0].work_order)
+    out = store_mail(store, uid, data, req("email_problem", "normal"))
+    assert out.disposition == "reply", out
+    return str(out.work_order)
 
 
 # ---- what changed since -----------------------------------------------------------------------
@@ -181,16 +159,8 @@ def _wait_for_lock_wait(sessions: sessionmaker[Session], worker: threading.Threa
 
 def test_a_client_reply_racing_a_staff_action_keeps_both_version_steps(
         pg_url: str, tmp_path: Path) -> None:
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    try:
-        sessions = make_sessionmaker(engine)
-        policy = load_policy()
-        clock = Clock(FRI_10)
-        store = WorkOrderStore(sessions, policy,
-                               StoreConfig("helpdesk@itx.net", 50, tmp_path / "att", 0.6),
-                               clock)
-        desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net", 0.75), clock)
+    with desk_parts(pg_url, tmp_path) as d:
+        store, desk, sessions = d.store, d.desk, d.sessions
         number = open_wo(store, 1)
         assert get(sessions, number).version == 1
         stored: list[str] = []
@@ -211,5 +181,3 @@ def test_a_client_reply_racing_a_staff_action_keeps_both_version_steps(
         # A page made after the note but before the reply is refused.
         with pytest.raises(Exception, match="changed since"):
             desk.note(number, "bob", "stale", version=2)
-    finally:
-        engine.dispose()

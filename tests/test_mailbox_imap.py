@@ -22,7 +22,6 @@ from triage.mailbox.imap import (
 )
 from triage.messages import RawMessage
 
-pytest_plugins = ["tests.dovecot"]
 pytestmark = pytest.mark.imap
 
 # Every byte but NUL, CR and LF, then an 8-bit line: what BODY[] must give back exactly.

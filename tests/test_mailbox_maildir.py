@@ -14,8 +14,6 @@ from triage.mailbox import PermanentMailboxError
 from triage.mailbox.maildir import MaildirMailbox, unique_name
 from triage.messages import RawMessage
 
-pytest_plugins = ["tests.dovecot"]
-
 
 def message(n: int, body: bytes = b"hello\r\n") -> bytes:
     return b"From: c%d@example.com\r\nSubject: request %d\r\nMessage-ID: <m%d@x>\r\n\r\n%s" % (

@@ -10,31 +10,23 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from classifiers.types import Decision
-from tests.test_desk import FRI_10, MBOX, env, events, get, open_wo  # noqa: F401
-from tests.test_web import csrf_of, login, web  # noqa: F401  (the fixture)
+from tests.deskenv import csrf_of, events, get, login, open_wo, store_mail
+from tests.factories import FRI_10, req
 from triage.desk.actions import ActionError, Conflict, NotFound
 from triage.desk.merge import merge
 from triage.desk.queue import QueueFilter, queue_page, work_order_detail
-from triage.messages import RawMessage
-from triage.parse import parse
 from triage.slawatch import SlaWatch
 from triage.storage.models import Message, Outbox, SlaAlert
-from triage.workorders import Ingest
 
 
 def deliver(store, uid: int, head: str, frm: str = "dana@harborview.com",
             body: str = "Still broken, please call") -> str | None:
     data = (f"From: Dana <{frm}>\r\nTo: helpdesk@itx.net\r\n{head}"
             f"Message-ID: <r{uid}@harborview.com>\r\n\r\n{body}\r\n").encode()
-    raw = RawMessage(MBOX, 7, str(uid), len(data), data, internal_date=store._clock())
-    d = Decision(label="email_problem", confidence=0.9, priority="normal",
-                 needs_review=False, model_version="test")
-    out = store.store_batch([Ingest(raw=raw, parsed=parse(data), decision=d)])
-    return out[0].work_order
+    return store_mail(store, uid, data, req("email_problem", "normal")).work_order
 
 
-def test_the_later_joins_the_earlier_and_is_closed_with_a_pointer(env) -> None:  # noqa: F811
+def test_the_later_joins_the_earlier_and_is_closed_with_a_pointer(env) -> None:
     store, desk, sessions, policy, clock = env
     first = open_wo(store, 1, subject="Outlook broken")
     clock.t = FRI_10 + timedelta(minutes=5)
@@ -66,7 +58,7 @@ def test_the_later_joins_the_earlier_and_is_closed_with_a_pointer(env) -> None: 
         assert gone.wo.merged_into.number == first
 
 
-def test_merging_is_refused_across_clients_and_twice(env) -> None:  # noqa: F811
+def test_merging_is_refused_across_clients_and_twice(env) -> None:
     store, desk, sessions, _, _ = env
     a = open_wo(store, 1)
     b = open_wo(store, 2, frm="sam@otherco.com")
@@ -91,7 +83,7 @@ def test_merging_is_refused_across_clients_and_twice(env) -> None:  # noqa: F811
         desk.reply(c, "bob", "hello")
 
 
-def test_senders_of_no_known_client_are_not_merged(env) -> None:  # noqa: F811
+def test_senders_of_no_known_client_are_not_merged(env) -> None:
     store, desk, _, _, _ = env
     a = open_wo(store, 1, frm="root")
     b = open_wo(store, 2, frm="admin")
@@ -99,7 +91,7 @@ def test_senders_of_no_known_client_are_not_merged(env) -> None:  # noqa: F811
         merge(desk, a, b, "bob")
 
 
-def test_a_chain_of_merges_points_at_the_open_one(env) -> None:  # noqa: F811
+def test_a_chain_of_merges_points_at_the_open_one(env) -> None:
     store, desk, sessions, _, clock = env
     a = open_wo(store, 1)
     clock.t = FRI_10 + timedelta(minutes=1)
@@ -114,7 +106,7 @@ def test_a_chain_of_merges_points_at_the_open_one(env) -> None:  # noqa: F811
         assert s.scalar(select(Message.id).where(Message.work_order_id != wo_a.id)) is None
 
 
-def test_a_reply_to_the_merged_one_threads_into_the_survivor(env) -> None:  # noqa: F811
+def test_a_reply_to_the_merged_one_threads_into_the_survivor(env) -> None:
     store, desk, sessions, _, clock = env
     first = open_wo(store, 1)
     clock.t = FRI_10 + timedelta(minutes=5)
@@ -133,7 +125,7 @@ def test_a_reply_to_the_merged_one_threads_into_the_survivor(env) -> None:  # no
     assert [e.action for e in events(sessions, first)][-2:] == ["client_reply"] * 2
 
 
-def test_the_merged_ones_clocks_stop(env) -> None:  # noqa: F811
+def test_the_merged_ones_clocks_stop(env) -> None:
     store, desk, sessions, policy, clock = env
     first = open_wo(store, 1)
     clock.t = FRI_10 + timedelta(minutes=5)
@@ -150,7 +142,7 @@ def test_the_merged_ones_clocks_stop(env) -> None:  # noqa: F811
     assert result.breached >= 1 and targets and later_id not in targets
 
 
-def test_merge_through_the_api_and_the_form_with_bounds(web) -> None:  # noqa: F811
+def test_merge_through_the_api_and_the_form_with_bounds(web) -> None:
     client, _, data = web
     login(client)
     first, later = data["plain"], data["hostile"]  # one client (harborview.com)

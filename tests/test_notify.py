@@ -18,15 +18,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from tests.test_desk import FRI_10, env, get, open_wo  # noqa: F401
-from triage.config import Settings
+from tests.deskenv import get, open_wo
+from tests.factories import FRI_10, deliver, maildir_components
 from triage.desk import users
-from triage.mailbox.maildir import MaildirMailbox
 from triage.notify import WEBHOOK_RECIPIENT, breached, webhook_text
 from triage.outbox.enqueue import enqueue
 from triage.slawatch import SlaWatch
 from triage.storage.models import Event, Outbox, SlaAlert, WorkOrder
-from triage.wiring import build
 
 
 class Hook:
@@ -83,19 +81,9 @@ URGENT = (b"From: Dana <dana@harborview.com>\r\nTo: helpdesk@itx.net\r\n"
           b"it urgently, the shop is offline.\r\n")
 
 
-def deliver(inbox: Path, name: str, data: bytes) -> None:
-    for sub in ("new", "cur", "tmp"):
-        (inbox / sub).mkdir(parents=True, exist_ok=True)
-    (inbox / "new" / name).write_bytes(data)
-
-
 def service(tmp_path: Path, db_url: str, smtp_url: str, webhook_url: str | None) -> Any:
-    inbox = tmp_path / "inbox"
-    deliver(inbox, "1.a.host", URGENT)
-    settings = Settings(database_url=db_url, mailbox_url=f"maildir://{inbox}",
-                        smtp_url=smtp_url, attachments_dir=tmp_path / "att",
-                        notify_webhook_url=webhook_url, outbox_retry_base=0)
-    c = build(settings, mailbox=MaildirMailbox(inbox))
+    c, _, inbox = maildir_components(tmp_path, URGENT, smtp_url, database_url=db_url,
+                                     notify_webhook_url=webhook_url, outbox_retry_base=0)
     with c.sessions.begin() as s:
         users.add_user(s, "alice", "long enough password", display_name="Alice M",
                        email="alice@itx.net")
@@ -222,7 +210,7 @@ async def test_a_webhook_that_refuses_for_good_is_dead_lettered(tmp_path: Path,
         gone.stop()
 
 
-def test_no_webhook_rows_without_a_webhook(env) -> None:  # noqa: F811
+def test_no_webhook_rows_without_a_webhook(env) -> None:
     store, desk, sessions, _, _ = env
     n = open_wo(store, 1, "website_down", "urgent")
     desk.assign(n, "alice", "bob")
@@ -231,7 +219,7 @@ def test_no_webhook_rows_without_a_webhook(env) -> None:  # noqa: F811
     assert kinds == ["ack", "notify"]
 
 
-def test_one_notification_one_row(env) -> None:  # noqa: F811
+def test_one_notification_one_row(env) -> None:
     store, _, sessions, policy, clock = env
     n = open_wo(store, 1, "website_down", "urgent")
     wo = get(sessions, n)

@@ -11,20 +11,20 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Decision
-from tests.test_desk import FRI_10, MBOX, env, get, open_wo  # noqa: F401 (env: fixture)
+from tests.deskenv import get, open_wo, store_mail
+from tests.factories import FRI_10
 from triage.clients import set_client
 from triage.desk.queue import QueueFilter, queue_page, work_order_detail
 from triage.desk.sent import SentAcks
 from triage.desk.thread import Entry, client_has_last_word, in_order
-from triage.messages import RawMessage
-from triage.parse import parse
 from triage.sla import SlaPolicy
 from triage.storage.models import Outbox, WorkOrder
-from triage.workorders import Ingest, WorkOrderStore
+from triage.workorders import WorkOrderStore
 
 
 @pytest.fixture
-def world(env):  # noqa: F811 (test_desk's fixture: store, desk, sessions, policy, clock)
+def world(env):
+    """tests/deskenv.py's env: store, desk, sessions, policy, clock."""
     return env
 
 
@@ -44,10 +44,7 @@ def client_mail(store: WorkOrderStore, uid: int, subject: str, *, arrived_before
     if references:
         head += f"References: {references}\r\n"
     data = (head + "\r\nStill broken. > We have received your request\r\n").encode()
-    raw = RawMessage(MBOX, 7, str(uid), len(data), data,
-                     internal_date=store._clock() - arrived_before)
-    out = store.store_batch([Ingest(raw=raw, parsed=parse(data), decision=DECISION)])
-    return out[0].disposition
+    return store_mail(store, uid, data, DECISION, at=store._clock() - arrived_before).disposition
 
 
 def thread_of(sessions: sessionmaker[Session], policy: SlaPolicy, number: str,
@@ -251,7 +248,7 @@ def test_client_history_on_the_page_and_in_the_api(world, tmp_path) -> None:
 
     from starlette.testclient import TestClient
 
-    from tests.test_web import login
+    from tests.deskenv import login
     from triage.desk import users
     from triage.storage.engine import make_read_sessionmaker
     from triage.storage.models import Client

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from classifiers.predict import Classifier
+from tests.factories import ScriptedMailbox
 from tests.smtpsink import REJECT, SmtpSink
-from tests.test_service import ScriptedMailbox
 from triage.config import Settings
 from triage.outbox.store import Job
 from triage.relay import Held, RefusalStreak

@@ -10,30 +10,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from triage.config import Settings
-from triage.mailbox.maildir import MaildirMailbox
+from tests.factories import OUTLOOK_REQUEST, deliver, maildir_components
 from triage.storage.models import Message, Outbox, WorkOrder
-from triage.wiring import build
-
-REQUEST = (b"From: Dana <dana@harborview.com>\r\nTo: helpdesk@itx.net\r\n"
-           b"Subject: cannot send email\r\nMessage-ID: <s1@harborview.com>\r\n\r\n"
-           b"Outlook cannot send any email since this morning.\r\n")
-
-
-def deliver(inbox: Path, name: str, data: bytes) -> None:
-    for sub in ("new", "cur", "tmp"):
-        (inbox / sub).mkdir(parents=True, exist_ok=True)
-    (inbox / "new" / name).write_bytes(data)
 
 
 async def test_reply_is_sent_threaded_and_the_answer_threads_back(tmp_path: Path,
                                                                   smtp_sink) -> None:
-    inbox = tmp_path / "inbox"
-    deliver(inbox, "1.a.host", REQUEST)
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'r.db'}",
-                        mailbox_url=f"maildir://{inbox}", smtp_url=smtp_sink.url,
-                        attachments_dir=tmp_path / "att")
-    c = build(settings, mailbox=MaildirMailbox(inbox))
+    c, _, inbox = maildir_components(tmp_path, OUTLOOK_REQUEST, smtp_sink.url)
     runner = c.runner
     async with c.transport:
         await runner.mailbox.connect()

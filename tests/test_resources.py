@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from classifiers.artifact import DEFAULT_MODEL_PATH
-from tests.test_ack import view
+from tests.factories import ack_view
 from triage.ack import make_env, render_ack
 from triage.cli import main
 from triage.config import Settings
@@ -44,7 +44,7 @@ def own_templates(tmp_path: Path) -> Path:
 
 
 def _ack_text(templates: Path | None) -> str:
-    v = replace(view("printer"), request_type="no_template_of_its_own")
+    v = replace(ack_view("printer"), request_type="no_template_of_its_own")
     msg = render_ack(make_env(templates), v, from_address="helpdesk@itx.net",
                      from_name="ITX Helpdesk", phone="800")
     body = msg.get_body(("plain",))

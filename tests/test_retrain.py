@@ -32,9 +32,10 @@ from classifiers.retrain import (
     nightly,
     retrain,
 )
-from classifiers.train import DEFAULT_HELDOUT, data_hash, train
+from classifiers.train import DEFAULT_HELDOUT, data_hash
 from classifiers.types import EmailInput
 from tests import factories
+from tests.models import train_weak_model
 from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.storage.models import Correction, Message
@@ -215,19 +216,6 @@ def test_export_with_no_corrections_writes_an_empty_file(db_url: str, tmp_path: 
 
 
 # --------------------------------------------------------------------------- retrain
-
-
-def train_weak_model(root: Path, types: tuple[str, ...]) -> Path:
-    """A model trained on 20 records of each of ``types``: far below any real candidate."""
-    lines: list[str] = []
-    for name in types:
-        src = artifact.DEFAULT_MODEL_PATH.parents[2] / "data" / "training" / f"{name}.jsonl"
-        lines += src.read_text(encoding="utf-8").splitlines()[:20]
-    data = root / "tiny.jsonl"
-    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    path = root / MODEL_FILE
-    train([data], path, test_size=0)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from classifiers.retrain import MODEL_FILE
-from tests.test_retrain import train_weak_model
+from tests.models import train_weak_model
 from triage.config import Settings
 from triage.service import Service
 from triage.storage.models import WorkOrder

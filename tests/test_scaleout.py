@@ -18,21 +18,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
-from tests.smtpsink import handler
-from tests.test_faults import (
+from tests.daemons import (
     Daemon,
     Db,
     ack_ids,
     assert_each_request_once,
+    daemon_env,
     expire_leases,
+    left_behind,
     request,
+    unmarked,
     wait_until,
 )
-from tests.test_hostile import daemon_env, unmarked
+from tests.smtpsink import handler
 from triage.lease import lease_key
-from triage.storage.models import Fetch, Message, Outbox, WorkOrder
 
 pytestmark = [pytest.mark.imap, pytest.mark.slow]
 
@@ -46,11 +47,7 @@ def daemons() -> Iterator[dict[str, Daemon]]:
     started: dict[str, Daemon] = {}
     yield started
     for d in started.values():
-        if d.alive():
-            d.proc.kill()
-            d.proc.wait()
-        if not d._out.closed:
-            d._out.close()
+        d.reap()
 
 
 def lease_holders(db: Db) -> list[str]:
@@ -135,15 +132,7 @@ def test_three_daemons_one_mailbox_holder_killed(dovecot, sink, pg_url: str, tmp
     finally:
         db.engine.dispose()
 
-    db = Db(pg_url)
-    try:
-        messages = db.all(select(Message).where(Message.direction == "in"))
-        wos = db.all(select(WorkOrder))
-        outbox = db.all(select(Outbox))
-        fetches = db.scalar(select(func.count()).select_from(Fetch))
-        dup_fetches = db.scalar(select(func.count()).select_from(Fetch).where(Fetch.duplicate))
-    finally:
-        db.engine.dispose()
+    messages, wos, outbox, fetches, dup_fetches = left_behind(pg_url)
 
     # Every message handled exactly once.
     by_mid = Counter(m.message_id for m in messages)

@@ -6,59 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
 from classifiers.predict import Classifier
+from tests.factories import ScriptedMailbox
 from triage.config import Settings
 from triage.mailbox import PermanentMailboxError, TransientMailboxError
-from triage.messages import RawMessage
 from triage.outbox.recorders import InTable
 from triage.service import FatalMailboxError, Service
 from triage.smtp import SendResult as Result
 from triage.wiring import build
-
-
-class ScriptedMailbox:
-    name = "scripted://test"
-
-    def __init__(self, messages: list[bytes] | None = None, fail: type[Exception] | None = None,
-                 fail_connect: bool = False) -> None:
-        self.messages = list(messages or [])
-        self.fail, self.fail_connect = fail, fail_connect
-        self.connects = self.polls = 0
-        self.marked: list[str] = []
-
-    @property
-    def uidvalidity(self) -> int:
-        return 1
-
-    async def connect(self) -> None:
-        self.connects += 1
-        if self.fail_connect:
-            raise TransientMailboxError("connection refused")
-
-    async def close(self) -> None:
-        return None
-
-    async def batches(self, batch_size: int = 50) -> AsyncGenerator[list[RawMessage], None]:
-        self.polls += 1
-        if self.fail:
-            raise self.fail("server said NO")
-        waiting = [(str(i), m) for i, m in enumerate(self.messages, 1)
-                   if str(i) not in self.marked]
-        if waiting:
-            yield [RawMessage(self.name, 1, uid, len(m), m) for uid, m in waiting]
-
-    async def mark_done(self, messages: Sequence[RawMessage]) -> None:
-        self.marked += [m.uid for m in messages]
-
-    async def wait_for_new(self, timeout: float) -> bool:
-        await asyncio.sleep(min(timeout, 0.05))
-        return False
 
 
 class ScriptedTransport:

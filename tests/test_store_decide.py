@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_workorders import NOW, ingest, mail, nonreq, req
+from tests.factories import NOW, ingest, mail, nonreq, req
 from triage.sla import load_policy
 from triage.store.context import BatchContext, WorkOrderView
 from triage.store.decide import Decider, Rules

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.test_desk import env, events, get, open_wo  # noqa: F401  (env is a fixture)
+from tests.deskenv import events, get, open_wo, user_id
 from triage.desk import users
 from triage.desk.actions import NotFound
 from triage.desk.bulk import (
@@ -35,14 +35,7 @@ from triage.desk.views import (
     total_statement,
     user_views,
 )
-from triage.storage.models import Correction, SavedView, User, WorkOrder
-
-
-def user_id(sessions, name: str) -> int:  # type: ignore[no-untyped-def]
-    with sessions() as s:
-        uid = s.scalar(select(User.id).where(User.name == name))
-        assert uid is not None
-        return uid
+from triage.storage.models import Correction, SavedView, WorkOrder
 
 
 def counts(sessions, policy, clock, name: str = "bob") -> dict[str, int | None]:  # type: ignore[no-untyped-def]
@@ -58,7 +51,7 @@ def shown(sessions, policy, clock, args: dict[str, str]) -> int:  # type: ignore
 
 
 @pytest.fixture
-def desk_env(env):  # type: ignore[no-untyped-def]  # noqa: F811
+def desk_env(env):  # type: ignore[no-untyped-def]
     sessions = env[2]
     with sessions.begin() as s:
         users.add_user(s, "cara", "long enough password", display_name="Cara C")

@@ -4,7 +4,6 @@ JSON API and its OpenAPI document. The browser-level checks are in test_browser.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,106 +13,13 @@ from sqlalchemy import select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from classifiers.types import Decision
-from tests.factories import Clock
+from tests.deskenv import PASSWORD, csrf_of, desk_parts, login
+from tests.factories import NOW
 from triage.desk import logins, users
-from triage.desk.actions import Desk, DeskConfig
-from triage.messages import RawMessage
-from triage.metrics import Metrics
-from triage.parse import parse
-from triage.sla import load_policy
-from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
-from triage.storage.migrate import upgrade
 from triage.storage.models import AttachmentRow, Outbox, WorkOrder
 from triage.web.actions import ACTIONS
 from triage.web.alerts import done_text
 from triage.web.app import SESSION_COOKIE, WebDeps, clean_html, create_web_app, safe_next
-from triage.web.ops import create_ops_app
-from triage.workorders import Ingest, StoreConfig, WorkOrderStore
-
-NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
-MBOX = "imap://helpdesk@127.0.0.1:1/INBOX"
-PASSWORD = "correct horse battery"
-XSS = '<script>window.__xss=1;alert(1)</script><img src=x onerror="alert(2)">'
-
-
-def _mail(uid: int, subject: str, body: str, *, name: str = "Dana", html: str | None = None,
-          attachment: tuple[str, bytes] | None = None) -> bytes:
-    head = (f'From: "{name}" <dana@harborview.com>\r\nTo: helpdesk@itx.net\r\n'
-            f"Subject: {subject}\r\nMessage-ID: <w{uid}@harborview.com>\r\nMIME-Version: 1.0\r\n")
-    if html is None and attachment is None:
-        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
-    parts = [f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"]
-    if html is not None:
-        parts.append(f"Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n")
-    if attachment is not None:
-        import base64
-
-        fname, payload = attachment
-        parts.append("Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
-                     f'Content-Disposition: attachment; filename="{fname}"\r\n\r\n'
-                     + base64.b64encode(payload).decode() + "\r\n")
-    out = head + 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
-    for p in parts:
-        out += "--b\r\n" + p
-    return (out + "--b--\r\n").encode()
-
-
-@pytest.fixture
-def web(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'web.db'}")
-    upgrade(engine)
-    sessions, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
-    policy = load_policy()
-    clock = Clock(NOW)
-    store = WorkOrderStore(sessions, policy,
-                           StoreConfig("helpdesk@itx.net", 50, tmp_path / "att", 0.6), clock)
-    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net"), clock)
-
-    def add(uid: int, label: str, priority: str, data: bytes) -> str:
-        raw = RawMessage(MBOX, 1, str(uid), len(data), data, internal_date=NOW)
-        d = Decision(label=label, confidence=0.91, priority=priority, needs_review=False,
-                     model_version="test")
-        out = store.store_batch([Ingest(raw=raw, parsed=parse(data), decision=d)])
-        assert out[0].work_order
-        return out[0].work_order
-
-    plain = add(1, "email_problem", "urgent", _mail(1, "Outlook disconnected", "no mail"))
-    hostile = add(2, "website_down", "urgent", _mail(
-        2, f"Site down {XSS}", f"body {XSS}", name="<b>Evil</b> \"x\"",
-        html=f"<p>hello</p>{XSS}<a href=\"javascript:alert(3)\">click</a>"
-             "<img src=\"https://tracker.example/p.gif\">",
-        attachment=('inv"oice<script>.pdf', b"%PDF-1.4 fake")))
-    with sessions.begin() as s:
-        users.add_user(s, "alice", PASSWORD, display_name="Alice <A>")
-        users.add_user(s, "bob", PASSWORD)
-        bob = s.scalar(select(users.User).where(users.User.name == "bob"))
-        assert bob is not None
-        api_token = users.issue_api_token(s, bob)
-    ops = create_ops_app(Metrics(process=False), {}, metrics_token="scrape-secret")
-    app = create_web_app(WebDeps(sessions, reads, policy, desk, tmp_path / "att", clock,
-                                 cookie_secure=True), extra_routes=list(ops.routes))
-    client = TestClient(app, base_url="https://testserver", follow_redirects=False)
-    yield client, app, {"plain": plain, "hostile": hostile, "token": api_token,
-                        "sessions": sessions, "clock": clock}
-    client.close()
-    engine.dispose()
-
-
-def login(client: TestClient, name: str = "alice", password: str = PASSWORD,
-          next_: str = "/queue") -> tuple[int, str | None]:
-    page = client.get("/login")
-    m = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert m
-    r = client.post("/login", data={"name": name, "password": password,
-                                    "csrf_token": m.group(1), "next": next_})
-    return r.status_code, r.headers.get("location")
-
-
-def csrf_of(html: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert m
-    return m.group(1)
 
 
 # ---- access -----------------------------------------------------------------------------------
@@ -423,18 +329,14 @@ def test_scripts_are_served_from_the_templates_js_folder_only(tmp_path: Path) ->
     shutil.copytree(TEMPLATES_DIR, templates)
     (templates / "web" / "js").mkdir(exist_ok=True)
     (templates / "web" / "js" / "probe.js").write_text("document.title = 'x';\n")
-    engine = make_engine(f"sqlite:///{tmp_path / 'js.db'}")
-    upgrade(engine)
-    sessions, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
-    policy, clock = load_policy(), Clock(NOW)
-    desk = Desk(sessions, policy, DeskConfig("helpdesk@itx.net"), clock)
-    app = create_web_app(WebDeps(sessions, reads, policy, desk, tmp_path / "att", clock,
-                                 templates_dir=templates))
-    with TestClient(app, base_url="https://testserver") as client:
-        r = client.get("/static/js/probe.js")
-        assert r.status_code == 200 and "document.title" in r.text
-        assert r.headers["content-type"].startswith("text/javascript")
-        assert "script-src 'self'" in r.headers["content-security-policy"]
-        for bad in ("/static/js/nope.js", "/static/js/..%2Fapp.js", "/static/js/app.css.js"):
-            assert client.get(bad).status_code == 404, bad
-    engine.dispose()
+    with desk_parts(f"sqlite:///{tmp_path / 'js.db'}", tmp_path, NOW) as d:
+        app = create_web_app(WebDeps(d.sessions, d.reads, d.policy, d.desk, tmp_path / "att",
+                                     d.clock, templates_dir=templates))
+        with TestClient(app, base_url="https://testserver") as client:
+            r = client.get("/static/js/probe.js")
+            assert r.status_code == 200 and "document.title" in r.text
+            assert r.headers["content-type"].startswith("text/javascript")
+            assert "script-src 'self'" in r.headers["content-security-policy"]
+            for bad in ("/static/js/nope.js", "/static/js/..%2Fapp.js",
+                        "/static/js/app.css.js"):
+                assert client.get(bad).status_code == 404, bad

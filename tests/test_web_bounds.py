@@ -1,6 +1,6 @@
 """Input at the edges never gives a 500 (ids, numbers, dates past what the database or a time
 zone can hold), page alerts never come from the URL, and direction controls in client text
-are isolated and shown. Uses test_web's app (ASGI test client, real SQLite)."""
+are isolated and shown. Uses the staff app of tests/deskenv.py (ASGI test client, real SQLite)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
-from tests.test_web import XSS, csrf_of, login, web  # noqa: F401  (the fixture)
+from tests.deskenv import XSS, csrf_of, login
 from triage.storage.models import AttachmentRow, WorkOrder
 
 HUGE = "99999999999999999999999"
 PHISH = "Your account is suspended. Call +1 555 0100 now"
 
 
-def test_ids_and_numbers_out_of_range_are_4xx_with_a_reason(web) -> None:  # noqa: F811
+def test_ids_and_numbers_out_of_range_are_4xx_with_a_reason(web) -> None:
     client, _, data = web
     login(client)
     n = data["plain"]
@@ -32,7 +32,7 @@ def test_ids_and_numbers_out_of_range_are_4xx_with_a_reason(web) -> None:  # noq
     assert client.get("/api/v1/work-orders/ITX-999999").status_code == 404
 
 
-def test_promise_dates_past_the_calendar_are_refused_not_stored(web) -> None:  # noqa: F811
+def test_promise_dates_past_the_calendar_are_refused_not_stored(web) -> None:
     client, _, data = web
     login(client)
     n = data["plain"]
@@ -57,7 +57,7 @@ def test_promise_dates_past_the_calendar_are_refused_not_stored(web) -> None:  #
     assert ok.status_code == 303
 
 
-def test_a_stored_out_of_range_date_still_renders(web) -> None:  # noqa: F811
+def test_a_stored_out_of_range_date_still_renders(web) -> None:
     """A row written before the bound (or by hand) must not make its page answer 500."""
     client, _, data = web
     login(client)
@@ -69,7 +69,7 @@ def test_a_stored_out_of_range_date_still_renders(web) -> None:  # noqa: F811
     assert r.status_code == 200 and "0001-01-01T00:00:00+00:00" in r.text
 
 
-def test_alerts_come_only_from_fixed_keys(web) -> None:  # noqa: F811
+def test_alerts_come_only_from_fixed_keys(web) -> None:
     client, _, data = web
     r = client.get("/login", params={"error": PHISH})
     assert r.status_code == 200 and "Call +1 555" not in r.text and 'role="alert"' not in r.text
@@ -84,7 +84,7 @@ def test_alerts_come_only_from_fixed_keys(web) -> None:  # noqa: F811
     assert "Call +1 555" not in r.text
 
 
-def test_direction_controls_in_client_text_are_isolated_and_shown(web) -> None:  # noqa: F811
+def test_direction_controls_in_client_text_are_isolated_and_shown(web) -> None:
     client, _, data = web
     login(client)
     with data["sessions"].begin() as s:

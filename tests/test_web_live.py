@@ -1,5 +1,5 @@
 """The live queue's poll, presence and the API's collision guard through the HTTP surface
-(ASGI test client, real SQLite; tests/test_web.py's app). The browser-level checks are in
+(ASGI test client, real SQLite; the app of tests/deskenv.py). The browser-level checks are in
 test_browser_live.py, the desk layer on both databases in test_live.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from starlette.testclient import TestClient
 
-from tests.test_web import csrf_of, login, web  # noqa: F401  (web: the app fixture)
+from tests.deskenv import csrf_of, login
 from triage.desk import live
 
 
@@ -18,7 +18,7 @@ def bearer(data: dict) -> dict[str, str]:
 
 
 # ---- the API's collision guard ----------------------------------------------------------------
-def test_api_actions_take_a_version_and_refuse_a_stale_one_with_the_changes(web) -> None:  # noqa: F811
+def test_api_actions_take_a_version_and_refuse_a_stale_one_with_the_changes(web) -> None:
     client, _, data = web
     n, auth = data["plain"], bearer(data)
     got = client.get(f"/api/v1/work-orders/{n}", headers=auth)
@@ -57,7 +57,7 @@ def test_api_actions_take_a_version_and_refuse_a_stale_one_with_the_changes(web)
 
 
 
-def test_the_api_merge_takes_the_same_guard(web) -> None:  # noqa: F811
+def test_the_api_merge_takes_the_same_guard(web) -> None:
     client, _, data = web
     first, later, auth = data["plain"], data["hostile"], bearer(data)  # one client
     client.post(f"/api/v1/work-orders/{later}/notes", headers=auth, json={"text": "x"})
@@ -73,7 +73,7 @@ def test_the_api_merge_takes_the_same_guard(web) -> None:  # noqa: F811
                     json={"other": first})
     assert r.status_code == 200 and r.json()["survivor"] == first
 
-def test_api_versions_out_of_bounds_are_clear_4xx(web) -> None:  # noqa: F811
+def test_api_versions_out_of_bounds_are_clear_4xx(web) -> None:
     client, _, data = web
     n, auth = data["plain"], bearer(data)
     for header in ("seven", '"0"', f'"{2**31}"', '"-1"', '"1.5"'):
@@ -89,7 +89,7 @@ def test_api_versions_out_of_bounds_are_clear_4xx(web) -> None:  # noqa: F811
         assert r.status_code == 422, bad
 
 
-def test_the_openapi_document_describes_the_guard_and_the_live_routes(web) -> None:  # noqa: F811
+def test_the_openapi_document_describes_the_guard_and_the_live_routes(web) -> None:
     client, _, _ = web
     login(client)
     doc = client.get("/api/openapi.json").json()
@@ -107,7 +107,7 @@ def test_the_openapi_document_describes_the_guard_and_the_live_routes(web) -> No
 
 
 # ---- the live queue's poll --------------------------------------------------------------------
-def test_changes_give_a_cursor_then_what_changed_after_it(web) -> None:  # noqa: F811
+def test_changes_give_a_cursor_then_what_changed_after_it(web) -> None:
     client, _, data = web
     auth = bearer(data)
     start = client.get("/api/v1/changes", headers=auth).json()
@@ -133,7 +133,7 @@ def test_changes_give_a_cursor_then_what_changed_after_it(web) -> None:  # noqa:
         assert r.status_code == 422, bad
 
 
-def test_the_queue_page_carries_versions_and_the_script(web) -> None:  # noqa: F811
+def test_the_queue_page_carries_versions_and_the_script(web) -> None:
     client, _, data = web
     login(client)
     html = client.get("/queue").text
@@ -144,7 +144,7 @@ def test_the_queue_page_carries_versions_and_the_script(web) -> None:  # noqa: F
 
 
 # ---- presence ---------------------------------------------------------------------------------
-def test_presence_heartbeats_show_each_other_and_need_the_csrf_header(web) -> None:  # noqa: F811
+def test_presence_heartbeats_show_each_other_and_need_the_csrf_header(web) -> None:
     client, app, data = web
     n, auth = data["plain"], bearer(data)
     client = TestClient(app, base_url="https://testserver", follow_redirects=False)  # bob: API
@@ -171,7 +171,7 @@ def test_presence_heartbeats_show_each_other_and_need_the_csrf_header(web) -> No
     client.close()
 
 
-def test_presence_input_is_bounded(web) -> None:  # noqa: F811
+def test_presence_input_is_bounded(web) -> None:
     client, _, data = web
     auth = bearer(data)
     r = client.post("/api/v1/work-orders/ITX-999999/presence", headers=auth, json={})

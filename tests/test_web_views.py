@@ -9,7 +9,7 @@ import re
 
 from starlette.testclient import TestClient
 
-from tests.test_web import PASSWORD, csrf_of, login, web  # noqa: F401  (web is a fixture)
+from tests.deskenv import PASSWORD, csrf_of, login
 from triage.desk.bulk import MAX_ROWS
 
 
@@ -23,11 +23,11 @@ def version_of(client: TestClient, number: str) -> int:
     return int(client.get(f"/api/v1/work-orders/{number}").json()["version"])
 
 
-def test_the_navigation_counts_each_view_on_every_page(web) -> None:  # noqa: F811
+def test_the_navigation_counts_each_view_on_every_page(web) -> None:
     client, _, data = web
     login(client)
     q = client.get("/queue")
-    # Both work orders are urgent and unassigned (test_web's fixture).
+    # Both work orders are urgent and unassigned (the web fixture, tests/deskenv.py).
     assert nav(q.text) == {"Mine": "0", "Unassigned urgent": "2"}
     assert 'href="/queue?assignee=alice"' in q.text
     token = csrf_of(q.text)
@@ -39,7 +39,7 @@ def test_the_navigation_counts_each_view_on_every_page(web) -> None:  # noqa: F8
     assert nav(client.get("/screened").text) == {"Mine": "1", "Unassigned urgent": "1"}
 
 
-def test_views_are_saved_from_the_queue_renamed_and_deleted(web) -> None:  # noqa: F811
+def test_views_are_saved_from_the_queue_renamed_and_deleted(web) -> None:
     client, app, _ = web
     login(client)
     q = client.get("/queue?type=website_down&status=all")
@@ -84,7 +84,7 @@ def test_views_are_saved_from_the_queue_renamed_and_deleted(web) -> None:  # noq
     assert client.post(f"/views/{2**31}/delete", data={"csrf_token": token}).status_code == 422
 
 
-def test_the_bulk_form_reports_each_row(web) -> None:  # noqa: F811
+def test_the_bulk_form_reports_each_row(web) -> None:
     client, _, data = web
     login(client)
     q = client.get("/queue")
@@ -125,7 +125,7 @@ def test_the_bulk_form_reports_each_row(web) -> None:  # noqa: F811
     assert client.get(f"/api/v1/work-orders/{plain}").json()["status"] == "resolved"
 
 
-def test_bulk_bounds_are_clear_4xx(web) -> None:  # noqa: F811
+def test_bulk_bounds_are_clear_4xx(web) -> None:
     client, _, data = web
     login(client)
     token = csrf_of(client.get("/queue").text)
@@ -148,7 +148,7 @@ def test_bulk_bounds_are_clear_4xx(web) -> None:  # noqa: F811
     assert client.get(f"/api/v1/work-orders/{plain}").json()["status"] == "new"
 
 
-def test_views_and_bulk_api(web) -> None:  # noqa: F811
+def test_views_and_bulk_api(web) -> None:
     client, _, data = web
     fresh = TestClient(client.app, base_url="https://testserver")
     h = {"Authorization": f"Bearer {data['token']}"}  # bob's

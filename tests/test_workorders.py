@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from classifiers.types import Decision
 from tests.conftest import throwaway_pg_database
+from tests.factories import MBOX, NOW, ingest, mail, nonreq, req
 from triage.messages import RawMessage
 from triage.parse import parse
 from triage.sla import load_policy
@@ -20,54 +20,6 @@ from triage.storage.engine import make_engine, make_sessionmaker
 from triage.storage.migrate import upgrade
 from triage.storage.models import Client, Event, Fetch, Message, Outbox, RawBlob, WorkOrder
 from triage.workorders import Ingest, RetryBatch, StoreConfig, WorkOrderStore
-
-NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)  # Friday 10:00 New York
-MBOX = "imap://helpdesk@127.0.0.1:1/INBOX"
-
-
-def mail(
-    uid: int,
-    *,
-    frm: str = "dana@harborview.com",
-    subject: str = "help",
-    mid: str | None = None,
-    extra: str = "",
-    body: str = "Outlook is broken",
-    at: datetime | None = None,
-) -> RawMessage:
-    mid = mid if mid is not None else f"m{uid}@harborview.com"
-    head = f"From: {frm}\r\nTo: helpdesk@itx.net\r\nSubject: {subject}\r\n"
-    if mid:
-        head += f"Message-ID: <{mid}>\r\n"
-    data = (head + extra + "\r\n" + body + "\r\n").encode()
-    return RawMessage(MBOX, 7, str(uid), len(data), data, internal_date=at)
-
-
-def req(label: str = "email_problem", priority: str = "urgent", conf: float = 0.9) -> Decision:
-    return Decision(
-        label=label, confidence=conf, priority=priority, needs_review=False, model_version="test"
-    )
-
-
-def nonreq(kind: str, *, by_header: bool | None = None) -> Decision:
-    """A non-request as the classifier gives it: screened by a header (``screened_by``
-    "header") for the kinds the header screen finds unless ``by_header`` says otherwise,
-    else by the text model (``screened_by`` None)."""
-    if by_header is None:
-        by_header = kind in ("auto_reply", "bounce", "bulk")
-    return Decision(
-        label="not_a_request",
-        confidence=0.99,
-        priority=None,
-        needs_review=False,
-        non_request_kind=kind,
-        screened_by="header" if by_header else None,
-    )
-
-
-def ingest(raw: RawMessage, d: Decision) -> Ingest:
-    assert raw.data is not None
-    return Ingest(raw=raw, parsed=parse(raw.data), decision=d)
 
 
 @pytest.fixture
