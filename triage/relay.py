@@ -31,12 +31,12 @@ held refusals are the recipients', whatever their number. It is asked when the t
 is reached, because a burst of forged senders at many domains looks exactly like a broken
 relay and, paused and retried, would hold the outbox forever on the same rows; and when a
 sweep ends with refusals held, so that a lone bad recipient with no mail behind it is
-dead-lettered at once, as before. The probe is used only when every held refusal was at
+dead-lettered at once. The probe is used only when every held refusal was at
 RCPT: a relay that refuses our content at DATA accepts any RCPT. Without a known address
 (a new install) the threshold alone decides.
 
-A held row whose attempts reach the retry limit is dead-lettered as before, so a refusal
-nothing ever explains is not retried forever.
+A held row whose attempts reach the retry limit is dead-lettered like any other, so a
+refusal nothing ever explains is not retried forever.
 """
 
 from __future__ import annotations

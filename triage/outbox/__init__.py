@@ -13,11 +13,10 @@ sends the rows.
 Nothing is imported here: ``enqueue`` is imported by the ingest worker, which must not load
 the renderers, Jinja2 or SMTP for it.
 
-Recording deliveries on SQLite (issue 17 item 6, bench/results.md): each answer is recorded
-before the next mail is handed over, and SQLite's one write lock is held by ingestion for
-each batch it stores. Recorded in the outbox table, deliveries waited for every batch: the
-backlog benchmark's drain took 4 to 5 times as long. A home-made append-only file (the
-"sent log", with file locks, snapshot files and torn lines to handle) avoided that; a second
-SQLite database (WAL, ``synchronous=NORMAL``) does the same at the same speed, measured in
-the same runs, with SQLite doing the locking and the atomicity, and replaced it.
+Recording deliveries on SQLite (``recorders.SideDatabase``): each answer is recorded before
+the next mail is handed over, and SQLite's one write lock is held by ingestion for each
+batch it stores. Recorded in the outbox table, deliveries would wait for every batch (the
+backlog benchmark's drain takes 4 to 5 times as long, bench/results.md). A second SQLite
+database (WAL, ``synchronous=NORMAL``) has its own write lock, and SQLite does the locking
+and the atomicity that a hand-written append-only file would have to.
 """
