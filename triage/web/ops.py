@@ -121,7 +121,10 @@ async def serve(
     The socket is bound here, so a taken port raises ``OSError`` (uvicorn would call
     ``sys.exit``) and port 0 works: the real port is given to ``bound`` when it is passed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: the accepted connections copy the listener's protocol number, and
+    # asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that say TCP; with 0
+    # Nagle stays on and a response's body waits for the client's delayed ACK of its headers.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
