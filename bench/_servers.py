@@ -83,12 +83,35 @@ def database(kind: str, folder: Path) -> Iterator[str]:
         admin.dispose()
 
 
+def pin(cpus: set[int] | None) -> None:
+    """Keep the calling process, and every thread and process it starts from now on, on
+    ``cpus`` (None: leave it where it is)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+def affinity(pid: int) -> set[int]:
+    """The CPUs any thread of process ``pid`` may run on (the union over its threads)."""
+    cpus: set[int] = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in status.read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    for part in line.split(":", 1)[1].strip().split(","):
+                        low, _, high = part.partition("-")
+                        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
 @contextlib.contextmanager
-def web_server(script: str, url: str, *, ready_path: str = "/login"
+def web_server(script: str, url: str, *, ready_path: str = "/login",
+               cpus: set[int] | None = None, args: tuple[str, ...] = ()
                ) -> Iterator[tuple[str, int]]:
     """``python SCRIPT --serve URL --port N`` (a benchmark serving the staff app from the
     database at URL) on a free loopback port; yields its base URL and pid once ``ready_path``
-    answers 200, and stops it with SIGINT (SIGKILL after 10 s)."""
+    answers 200, and stops it with SIGINT (SIGKILL after 10 s). With ``cpus`` the server is
+    started on those CPUs (before its first thread, so all of its threads stay there);
+    ``args`` go on its command line."""
     import signal
     import socket
     import time
@@ -98,8 +121,9 @@ def web_server(script: str, url: str, *, ready_path: str = "/login"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, script, "--serve", url, "--port", str(port)],
-                            cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, script, "--serve", url, "--port", str(port), *args],
+                            cwd=Path(__file__).resolve().parent.parent,
+                            preexec_fn=(lambda: pin(cpus)) if cpus else None)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -97,11 +97,11 @@ def test_login_limits_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in (("CLIENT_BURST", "4"), ("CLIENT_RATE", "0.5"), ("OVERALL_BURST", "9"),
                         ("OVERALL_RATE", "1.5"), ("PENDING", "2"), ("CLIENTS", "50"),
                         ("FREE_ATTEMPTS", "3"), ("NAME_FREE_ATTEMPTS", "7"),
-                        ("FIRST_DELAY", "1"), ("MAX_DELAY", "60")):
+                        ("FIRST_DELAY", "1"), ("MAX_DELAY", "60"), ("ARGON2_NICE", "0")):
         monkeypatch.setenv(f"TRIAGE_LOGIN_{name}", value)
     limits = LoginLimits.from_settings(Settings())
     assert (limits.per_client, limits.overall) == (Rate(4, 0.5), Rate(9, 1.5))
-    assert (limits.pending, limits.clients) == (2, 50)
+    assert (limits.pending, limits.clients, limits.argon2_nice) == (2, 50, 0)
     d = limits.delay
     assert (d.free_attempts, d.name_free_attempts) == (3, 7)
     assert [d.after(n) for n in (0, 1, 5, 6, 1000)] == [timedelta(seconds=s)

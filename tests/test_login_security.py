@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -241,6 +245,38 @@ async def test_attempts_beyond_pending_are_refused_at_once(
     assert [(await f)[0]["status"] for f in first] == [401, 401]
     assert throttle.pending == 0
     assert (await attempt("198.51.100.3"))[0]["status"] == 401  # room again
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+@pytest.mark.parametrize("nice", [10, 0])
+def test_passwords_are_checked_on_a_nicer_thread(tmp_path: Path, nice: int) -> None:
+    """The login's argon2 thread runs ``argon2_nice`` steps nicer than the pages, and so do
+    the threads it starts (argon2's lanes): under a flood the checks get the CPU the pages
+    leave, not the reverse."""
+    limits = LoginLimits(argon2_nice=nice)
+    sites = _site(f"sqlite:///{tmp_path / 'n.db'}", tmp_path, LoginBuckets(limits))
+    site = next(sites)
+    client = _client(site.deps, "198.51.100.1")
+    assert _post_login(client, "alice", "wrong")[0] == 401  # checked: the thread exists
+    assert _post_login(client, "alice", PASSWORD)[0] == 303
+    argon2 = cast(ThreadPoolExecutor, client.app.state.argon2)  # type: ignore[attr-defined]
+
+    def with_a_lane() -> tuple[int, int]:
+        lane: list[int] = []
+        t = threading.Thread(target=lambda: lane.append(_niceness()))
+        t.start()
+        t.join()
+        return _niceness(), lane[0]
+
+    expected = min(19, _niceness() + nice)
+    assert argon2.submit(with_a_lane).result() == (expected, expected)
+    assert _niceness() == expected - nice  # the caller's own priority is untouched
+    client.close()
+    sites.close()
 
 
 def test_buckets_forget_the_least_recent_address() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from triage.metrics import Metrics
 from triage.storage.engine import make_engine, make_read_sessionmaker, make_sessionmaker
@@ -184,3 +189,47 @@ async def test_readyz_runs_checks_concurrently():
     async with running(Metrics(), {"first": first, "second": second}, timeout=5) as c:
         r = await c.get("/readyz")
     assert r.json() == {"status": "ready", "checks": {"first": "ok", "second": "ok"}}
+
+
+async def test_serve_parses_http_with_httptools():
+    """The daemon's server parses HTTP with httptools (a dependency, named in ``serve``), not
+    uvicorn's fallback h11: the request cycle that hands the app its request is httptools'."""
+
+    async def parser(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(type(request.receive.__self__).__module__)  # type: ignore[attr-defined]
+
+    stop = asyncio.Event()
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(Starlette(routes=[Route("/", parser)]), "127.0.0.1", 0,
+                                     stop, bound=bound))
+    port = await bound
+    try:
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(f"http://127.0.0.1:{port}/")
+        assert (r.status_code, r.text) == (200, "uvicorn.protocols.http.httptools_impl")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_serve_sends_without_nagle_delay():
+    """Each accepted connection has TCP_NODELAY: a response is written in pieces (headers,
+    then body), and with Nagle's algorithm on, the body waited for the client's delayed ACK."""
+
+    async def nodelay(request: Request) -> PlainTextResponse:
+        transport = request.receive.__self__.transport  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        return PlainTextResponse(str(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+    stop = asyncio.Event()
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(Starlette(routes=[Route("/", nodelay)]), "127.0.0.1", 0,
+                                     stop, bound=bound))
+    port = await bound
+    try:
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(f"http://127.0.0.1:{port}/")
+        assert (r.status_code, r.text) == (200, "1")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -196,8 +196,8 @@ class Settings(BaseSettings):
     reply_max_file_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     reply_max_total_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     # POST /login limits (triage.web.throttle, triage.desk.logins): token buckets per client
-    # address and overall (burst, attempts a second), checks in progress at once, and the
-    # progressive delay per name and address.
+    # address and overall (burst, attempts a second), checks in progress at once, the
+    # progressive delay per name and address, and how much nicer the argon2 thread runs.
     login_client_burst: float = Field(default=10.0, ge=1)
     login_client_rate: float = Field(default=0.2, gt=0)
     login_overall_burst: float = Field(default=20.0, ge=1)
@@ -208,6 +208,7 @@ class Settings(BaseSettings):
     login_name_free_attempts: int = Field(default=20, ge=1)
     login_first_delay: float = Field(default=2.0, gt=0, le=3600)
     login_max_delay: float = Field(default=900.0, gt=0, le=86_400)
+    login_argon2_nice: int = Field(default=19, ge=0, le=19)
     # Corrections become training data; a nightly retrain swaps the model in only when its
     # held-out macro-F1 is not worse. retrain_hour is UTC; -1 turns the job off.
     corrections_dir: Path = Path("var/corrections")

@@ -10,8 +10,11 @@ import asyncio
 import hmac
 import logging
 import math
+import os
 import re
 import secrets
+import sys
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ LOGIN_CSRF_COOKIE = "itx_login_csrf"
 SAFE_NEXT = re.compile(r"^/(?![/\\])[^\s\\]*$")
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,27 @@ def throttle_logins(app: FastAPI, deps: WebDeps, *, headers: Mapping[str, str]) 
     app.add_middleware(LoginThrottleMiddleware, buckets=buckets, metrics=deps.metrics,
                        headers=dict(headers))
     app.state.login_buckets = buckets
-    # argon2 gets one thread of its own: a login flood queues here, not in the thread pool
-    # the pages use, and keeps at least one core for everything else.
-    app.state.argon2 = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argon2")
+    # argon2 gets one thread of its own, so checks run one at a time and a login flood
+    # queues here, not in the thread pool the pages use. A check still spreads over argon2's
+    # lanes (threads it starts, four in our hashes) and holds no GIL, so the thread and its
+    # lanes run at a lower priority (argon2_nice): when the CPU is short, pages get it first.
+    app.state.argon2 = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argon2",
+                                          initializer=lower_priority,
+                                          initargs=(buckets.limits.argon2_nice,))
+
+
+def lower_priority(nice: int) -> None:
+    """Make the calling thread ``nice`` steps nicer (at most 19). On Linux a thread has a
+    nice value of its own, and the threads it starts (argon2's lanes) inherit it; elsewhere
+    the value is per process, so nothing is changed there."""
+    if not nice or sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread,
+                       min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+    except OSError as e:  # a sandbox that forbids it: checks run at the usual priority
+        log.warning("argon2 thread priority unchanged: %s", e)
 
 
 def login_page(deps: WebDeps, render: Renderer, next_: str, alert: str = "",
@@ -237,5 +259,5 @@ def logout(request: Request, deps: Deps, who: Who, csrf_token: Csrf = "") -> Res
 
 
 __all__ = ["LOGIN_CSRF_COOKIE", "SESSION_COOKIE", "ApiWho", "LoginRequired", "Principal", "Who",
-           "api_principal", "check_csrf", "login_required", "principal", "router", "safe_next",
-           "throttle_logins"]
+           "api_principal", "check_csrf", "login_required", "lower_priority", "principal",
+           "router", "safe_next", "throttle_logins"]

@@ -1,7 +1,8 @@
 """Token buckets for ``POST /login``, per client address and overall, in the daemon's memory.
 
-Each login costs an argon2 check (~0.1 s of one core). Without a bound, sixty concurrent
-wrong logins take both cores and the thread pool the staff pages share. A refused attempt is
+Each login costs an argon2 check (~0.2 s of CPU, spread over the hash's four lanes, each
+a thread). Without a bound, sixty concurrent wrong logins take both cores and the thread
+pool the staff pages share. A refused attempt is
 answered at once with 429 and ``Retry-After`` by ``LoginThrottleMiddleware``, a plain ASGI
 layer in front of the app: no routing, no form parsing, no template, no database, no argon2,
 so a flood of refused attempts costs the event loop little. The throttled events are logged
@@ -26,12 +27,13 @@ overall one, which is safe but coarse.
 The password checks themselves are bounded too: at most ``pending`` attempts are past this
 layer at once (counting its database steps, the wait for the one argon2 thread and the
 check); one more is answered 429 at once rather than queued, so a burst never builds a queue
-of argon2 work or holds more than ``pending`` pooled connections for logins.
+of argon2 work or holds more than ``pending`` pooled connections for logins. The checks that
+do run take CPU at a lower priority than the pages (``argon2_nice``, see
+``triage.web.auth.throttle_logins``): a flood's checks use what the desk leaves idle.
 
-What a refused attempt costs, measured (``bench/bench_login_flood.py``, results in
-``bench/results.md``): 0.1–0.2 ms of the event loop here, under 1 ms of server CPU with
-uvicorn's HTTP parsing; a ``GET /healthz`` costs about twice that and the login form three
-times. Refusing connections or requests faster than that is a reverse proxy's job.
+What a refused attempt costs the server (``bench/bench_login_flood.py``'s table of costs,
+figures in ``bench/results.md``) is less than a ``GET /healthz``: mostly uvicorn's HTTP
+handling. Refusing connections or requests faster than that is a reverse proxy's job.
 """
 
 from __future__ import annotations
@@ -73,13 +75,17 @@ class Rate:
 class LoginLimits:
     # An office behind one address: ten logins at once, then one every five seconds.
     per_client: Rate = Rate(burst=10, per_second=0.2)
-    # Every client together: what the daemon spends on argon2 at most, about a third of a core.
+    # Every client together: bounds the argon2 checks a second, so the CPU they take.
     overall: Rate = Rate(burst=20, per_second=3)
     clients: int = 10_000  # addresses remembered; the least recently seen is forgotten first
     # Attempts past the buckets at once (database steps, argon2 queue and check): argon2 has
     # one thread, so four is at most ~0.4 s of waiting on an idle core.
     pending: int = 4
     delay: Delay = DEFAULT_DELAY  # the progressive delay per name and address
+    # How much nicer than the pages the argon2 thread and its lanes run (Linux; 0: the same
+    # priority). The lanes are four threads against one page's: anything less than the
+    # lowest priority still gives the checks most of a contended CPU.
+    argon2_nice: int = 19
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoginLimits:
@@ -91,7 +97,8 @@ class LoginLimits:
             delay=Delay(free_attempts=settings.login_free_attempts,
                         name_free_attempts=settings.login_name_free_attempts,
                         first_delay=timedelta(seconds=settings.login_first_delay),
-                        max_delay=timedelta(seconds=settings.login_max_delay)))
+                        max_delay=timedelta(seconds=settings.login_max_delay)),
+            argon2_nice=settings.login_argon2_nice)
 
 
 class _Bucket:
