@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_web
-import httpx
 from sqlalchemy import bindparam, select, text, update
 
 from triage.desk.live import LIMIT, OVERLAP
@@ -65,9 +64,7 @@ def run_db(kind: str, args: argparse.Namespace) -> list[bench_web.Timing]:
                   sep="\n    ", flush=True)
             assert c.scalar(select(WorkOrder.id).limit(1)) is not None
         engine.dispose()
-        with bench_web.server(url) as (base, pid), \
-                httpx.Client(base_url=base, timeout=60) as client:
-            bench_web.login(client)
+        with bench_web.signed_in(url) as (client, pid):
             first = client.get("/api/v1/changes").json()
             steady = client.get("/api/v1/changes", params={"since": first["cursor"]}).json()
             print(f"[{kind}] a steady poll lists {len(steady['work_orders'])} work orders",
@@ -75,13 +72,11 @@ def run_db(kind: str, args: argparse.Namespace) -> list[bench_web.Timing]:
             since_q = "/api/v1/changes?since=" + first["cursor"].replace("+", "%2B")
             for page, path in (("poll", "/api/v1/changes"), ("poll", since_q),
                                ("queue", "/queue")):
-                ms, size, cpu = bench_web.time_paths(
-                    client, [path] * (args.requests + args.warmup), args.warmup, pid)
-                t = bench_web.Timing(kind, page, path[:60], ms, size, cpu, os.getloadavg()[0])
+                t = bench_web.timed(client, pid, kind, page, path, path[:60], args)
                 out.append(t)
                 print(f"[{kind}] {path[:60]:60s} median {t.median:6.1f}  p90 {t.pct(90):6.1f}"
-                      f"  p99 {t.pct(99):6.1f} ms  server CPU {cpu:5.1f} ms/req  "
-                      f"{size} bytes", flush=True)
+                      f"  p99 {t.pct(99):6.1f} ms  server CPU {t.cpu_ms:5.1f} ms/req  "
+                      f"{t.size} bytes", flush=True)
     return out
 
 

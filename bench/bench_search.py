@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_web
-import httpx
 from sqlalchemy import func, select
 
 from triage.sla import load_policy
@@ -67,22 +66,18 @@ def run_db(kind: str, args: argparse.Namespace) -> list[bench_web.Timing]:
             total = c.scalar(select(func.count()).select_from(WorkOrder))
         print(f"[{kind}] {total} work orders", flush=True)
         engine.dispose()
-        with bench_web.server(url) as (base, pid), \
-                httpx.Client(base_url=base, timeout=60) as client:
-            bench_web.login(client)
+        with bench_web.signed_in(url) as (client, pid):
             for q in QUERIES:
                 words, _, rest = q.partition("&")
                 path = "/queue?q=" + words.replace(" ", "+") + (f"&{rest}" if rest else "")
                 first = client.get(path)
                 first.raise_for_status()
                 found = first.text.split('<p class="summary">', 1)[1].split(" ", 1)[0]
-                ms, size, cpu = bench_web.time_paths(
-                    client, [path] * (args.requests + args.warmup), args.warmup, pid)
-                t = bench_web.Timing(kind, "search", path, ms, size, cpu, os.getloadavg()[0])
+                t = bench_web.timed(client, pid, kind, "search", path, path, args)
                 out.append(t)
                 print(f"[{kind}] {path:40s} {found:>7s} found  median {t.median:7.1f}  "
                       f"p90 {t.pct(90):7.1f}  p99 {t.pct(99):7.1f} ms  "
-                      f"server CPU {cpu:6.1f} ms/req  load {t.load:.1f}", flush=True)
+                      f"server CPU {t.cpu_ms:6.1f} ms/req  load {t.load:.1f}", flush=True)
     return out
 
 

@@ -337,6 +337,22 @@ def server(url: str) -> Iterator[tuple[str, int]]:
         yield served
 
 
+@contextlib.contextmanager
+def signed_in(url: str) -> Iterator[tuple[httpx.Client, int]]:
+    """The staff app served from the database at ``url``, a client signed in as the first
+    staff member, and the server's pid (for its CPU time)."""
+    with server(url) as (base, pid), httpx.Client(base_url=base, timeout=60) as client:
+        login(client)
+        yield client, pid
+
+
+def timed(client: httpx.Client, pid: int, kind: str, page: str, path: str, label: str,
+          args: argparse.Namespace) -> Timing:
+    """``args.requests`` GETs of ``path`` after ``args.warmup`` unmeasured ones."""
+    ms, size, cpu = time_paths(client, [path] * (args.requests + args.warmup), args.warmup, pid)
+    return Timing(kind, page, label, ms, size, cpu, os.getloadavg()[0])
+
+
 def login(client: httpx.Client) -> None:
     r = client.get("/login")
     m = re.search(r'name="csrf_token" value="([^"]+)"', r.text)
