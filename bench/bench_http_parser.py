@@ -33,13 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 from _servers import machine, web_server
-from bench_login_flood import TOKEN, cpu_seconds
-from bench_web import PASSWORD, STAFF, database, seed
+from bench_login_flood import cpu_seconds, signed_in_and_refused
+from bench_web import database, seed
 
 from triage.sla import load_policy
 from triage.storage.engine import make_engine
 from triage.storage.migrate import upgrade
-from triage.web.throttle import LoginLimits
 
 PARSERS = ("h11", "httptools")
 FLOOD_SCRIPT = str(Path(__file__).resolve().parent / "bench_login_flood.py")
@@ -47,18 +46,7 @@ FLOOD_SCRIPT = str(Path(__file__).resolve().parent / "bench_login_flood.py")
 
 def kinds(base: str) -> dict[str, tuple[int, Callable[[], httpx.Response]]]:
     """Per kind: the share of a block and one request, on clients made here for ``base``."""
-    staff, other = httpx.Client(base_url=base), httpx.Client(base_url=base)
-    token = TOKEN.search(staff.get("/login").text)
-    assert token
-    r = staff.post("/login", data={"name": STAFF[0], "password": PASSWORD,
-                                   "csrf_token": token.group(1)})
-    assert r.status_code == 303, r.status_code
-    form = TOKEN.search(other.get("/login").text)
-    assert form
-    wrong = {"name": "nobody", "password": "wrong guess", "csrf_token": form.group(1)}
-    for _ in range(int(LoginLimits().per_client.burst) + 2):  # empty its address's bucket
-        if other.post("/login", data=wrong).status_code == 429:
-            break
+    staff, other, wrong = signed_in_and_refused(base)
     return {"POST /login refused by the throttle": (1, lambda: other.post("/login", data=wrong)),
             "GET /healthz": (1, lambda: other.get("/healthz")),
             "GET /queue (signed in)": (10, lambda: staff.get("/queue"))}

@@ -473,9 +473,9 @@ class Cost:
     answers: Counter[int]
 
 
-def costs(db: str, base: str, pid: int, n: int) -> list[Cost]:
-    """Server CPU per request by kind, one keep-alive client at a time (no concurrency, so
-    the machine's load sways it little): what each kind of flood costs the server."""
+def signed_in_and_refused(base: str) -> tuple[httpx.Client, httpx.Client, dict[str, str]]:
+    """A client signed in as staff; another whose address's bucket is empty, so its next
+    wrong login (the form data returned) is refused by the throttle."""
     staff, other = httpx.Client(base_url=base), httpx.Client(base_url=base)
     token = TOKEN.search(staff.get("/login").text)
     assert token
@@ -488,7 +488,13 @@ def costs(db: str, base: str, pid: int, n: int) -> list[Cost]:
     for _ in range(int(LoginLimits().per_client.burst) + 2):  # empty its address's bucket
         if other.post("/login", data=wrong).status_code == 429:
             break
+    return staff, other, wrong
 
+
+def costs(db: str, base: str, pid: int, n: int) -> list[Cost]:
+    """Server CPU per request by kind, one keep-alive client at a time (no concurrency, so
+    the machine's load sways it little): what each kind of flood costs the server."""
+    staff, other, wrong = signed_in_and_refused(base)
     addresses = (f"127.0.2.{i}" for i in itertools.count(1))
 
     def checked() -> httpx.Response:

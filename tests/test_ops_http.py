@@ -191,6 +191,22 @@ async def test_readyz_runs_checks_concurrently():
     assert r.json() == {"status": "ready", "checks": {"first": "ok", "second": "ok"}}
 
 
+async def served_once(handler: Callable[[Request], Awaitable[PlainTextResponse]]
+                      ) -> httpx.Response:
+    """One GET of ``/`` answered by ``handler`` through the daemon's ``serve``."""
+    stop = asyncio.Event()
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(Starlette(routes=[Route("/", handler)]), "127.0.0.1", 0,
+                                     stop, bound=bound))
+    port = await bound
+    try:
+        async with httpx.AsyncClient(timeout=10) as c:
+            return await c.get(f"http://127.0.0.1:{port}/")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_serve_parses_http_with_httptools():
     """The daemon's server parses HTTP with httptools (a dependency, named in ``serve``), not
     uvicorn's fallback h11: the request cycle that hands the app its request is httptools'."""
@@ -198,18 +214,8 @@ async def test_serve_parses_http_with_httptools():
     async def parser(request: Request) -> PlainTextResponse:
         return PlainTextResponse(type(request.receive.__self__).__module__)  # type: ignore[attr-defined]
 
-    stop = asyncio.Event()
-    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(Starlette(routes=[Route("/", parser)]), "127.0.0.1", 0,
-                                     stop, bound=bound))
-    port = await bound
-    try:
-        async with httpx.AsyncClient(timeout=10) as c:
-            r = await c.get(f"http://127.0.0.1:{port}/")
-        assert (r.status_code, r.text) == (200, "uvicorn.protocols.http.httptools_impl")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    r = await served_once(parser)
+    assert (r.status_code, r.text) == (200, "uvicorn.protocols.http.httptools_impl")
 
 
 async def test_serve_sends_without_nagle_delay():
@@ -221,15 +227,5 @@ async def test_serve_sends_without_nagle_delay():
         sock = transport.get_extra_info("socket")
         return PlainTextResponse(str(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
 
-    stop = asyncio.Event()
-    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(Starlette(routes=[Route("/", nodelay)]), "127.0.0.1", 0,
-                                     stop, bound=bound))
-    port = await bound
-    try:
-        async with httpx.AsyncClient(timeout=10) as c:
-            r = await c.get(f"http://127.0.0.1:{port}/")
-        assert (r.status_code, r.text) == (200, "1")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    r = await served_once(nodelay)
+    assert (r.status_code, r.text) == (200, "1")
