@@ -2,10 +2,10 @@
 
 Each login costs an argon2 check (~0.2 s of CPU, spread over the hash's four lanes, each
 a thread). Without a bound, sixty concurrent wrong logins take both cores and the thread
-pool the staff pages share. A refused attempt is
-answered at once with 429 and ``Retry-After`` by ``LoginThrottleMiddleware``, a plain ASGI
-layer in front of the app: no routing, no form parsing, no template, no database, no argon2,
-so a flood of refused attempts costs the event loop little. The throttled events are logged
+pool the staff pages share. A refused attempt is answered at once with 429 and
+``Retry-After`` by ``LoginThrottleMiddleware``, a plain ASGI layer in front of the app: no
+routing, no form parsing, no template, no database, no argon2, so a flood of refused
+attempts costs the event loop little. The throttled events are logged
 at most once per ``LOG_EVERY`` seconds, with how many were not logged, so a flood does not
 become a flood of log lines.
 
